@@ -1,0 +1,33 @@
+# Every target creates .venv and installs locvit into it when needed, so a fresh clone only needs
+# python3 (>= 3.10) and pip access to the package registry.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.locvit-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test demo lint readme clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m locvit demo --output runs/demo
+
+lint: $(STAMP)
+	$(PY) -m pip install --quiet ruff
+	$(VENV)/bin/ruff check src tests
+
+readme: $(STAMP)
+	$(PY) -m locvit models --markdown --update-readme README.md
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,27 @@
+"""locvit: locality-aware vision transformers as faithful, tested timm models.
+
+Importing the package registers every model into timm's registry, so ``timm.create_model(name)``
+and :func:`locvit.create_model` build the same thing.
+"""
+from locvit import models as _models  # noqa: F401  (registers the model zoo)
+from locvit._registry import ALIASES, create_model, family_of, list_models, resolve_alias
+from locvit.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint, save_checkpoint
+from locvit.official import from_official, official_classes
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALIASES",
+    "CheckpointError",
+    "LoadReport",
+    "__version__",
+    "create_model",
+    "family_of",
+    "from_official",
+    "list_models",
+    "load_checkpoint",
+    "official_classes",
+    "read_checkpoint",
+    "resolve_alias",
+    "save_checkpoint",
+]

@@ -1,0 +1,3 @@
+from locvit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Measurement: FLOPs/params, throughput/latency/memory, resolution sweeps."""

@@ -1,0 +1,256 @@
+"""Reading, converting and strictly loading checkpoints (the authors' files and ours).
+
+* ``.safetensors`` is locvit's own format (plain tensors, nothing executable).
+* ``.pth``/``.pt``/``.bin`` are read with ``torch.load(weights_only=True)``. The authors' training scripts
+  pickle their ``argparse.Namespace`` next to the weights; that class is allow-listed because rebuilding it
+  runs no code. Anything else that is pickled (e.g. Focal's yacs config) is refused with an error naming the
+  object, unless the caller passes ``trust_pickle=True`` (CLI: ``--trust-checkpoint``), which falls back to
+  full unpickling -- only for files from a source you trust.
+* Every family module defines ``checkpoint_filter_fn(state_dict, model)`` that maps official keys to ours
+  (and resizes tables/embeddings to the target model). :func:`load_checkpoint` finds it through the model's
+  module, so timm's own models (whose modules have their own filter) load their official files too.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+StateDict = dict[str, torch.Tensor]
+_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
+_EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read or does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_checkpoint` did: keys loaded, model keys left as initialised, checkpoint keys dropped."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    source: str = "<state dict>"
+
+    @property
+    def exact(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors from {self.source}"]
+        if self.mismatched:
+            lines.append(f"  skipped {len(self.mismatched)} with another shape (left as initialised): "
+                         + _fmt([f"{k} {tuple(a)}->{tuple(b)}" for k, a, b in self.mismatched]))
+        if self.missing:
+            lines.append(f"  newly initialised ({len(self.missing)}): " + _fmt(self.missing))
+        if self.unexpected:
+            lines.append(f"  dropped from the checkpoint ({len(self.unexpected)}): " + _fmt(self.unexpected))
+        return "\n".join(lines)
+
+
+def _fmt(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def read_checkpoint(
+    path: str | os.PathLike,
+    *,
+    trust_pickle: bool = False,
+    use_ema: bool = False,
+    map_location: str | torch.device = "cpu",
+) -> StateDict:
+    """Read a checkpoint file and return its state dict (unwrapped from ``{'model': ...}`` and friends).
+
+    Args:
+        path: ``.safetensors``, ``.pth``, ``.pt`` or ``.bin`` file.
+        trust_pickle: allow full unpickling when the file pickles more than tensors and ``argparse.Namespace``.
+        use_ema: prefer the EMA weights when the file holds them.
+        map_location: device for the tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=str(map_location))
+        except SafetensorError as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-download or re-export it") from e
+    if not zipfile.is_zipfile(path) and path.stat().st_size < 64:
+        raise CheckpointError(f"{path} is too small to be a checkpoint ({path.stat().st_size} bytes)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust_pickle:
+            culprit = _unsupported_global(str(e))
+            raise CheckpointError(
+                f"{path} pickles {culprit or 'Python objects'} besides its tensors, so it is not loaded by default "
+                "(unpickling can run code). If you trust the file's source, pass trust_pickle=True "
+                "(CLI: --trust-checkpoint)."
+            ) from None
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(
+            f"{path} is not a complete PyTorch checkpoint ({str(e).splitlines()[0]}); the file is probably "
+            "truncated or corrupt: download or copy it again"
+        ) from e
+    return unwrap_state_dict(obj, use_ema=use_ema, source=str(path))
+
+
+def _unsupported_global(msg: str) -> str | None:
+    for token in ("Unsupported global: GLOBAL ", "GLOBAL "):
+        if token in msg:
+            return msg.split(token, 1)[1].split()[0].rstrip(".,")
+    return None
+
+
+def unwrap_state_dict(obj: Any, use_ema: bool = False, source: str = "<object>") -> StateDict:
+    """Strip the wrappers the authors' and timm's training scripts put around a state dict."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source} holds a {type(obj).__name__}, not a state dict")
+    if use_ema:
+        for k in _EMA_KEYS:
+            if isinstance(obj.get(k), Mapping):
+                obj = obj[k]
+                break
+    for k in _WRAPPER_KEYS:
+        if k in obj and isinstance(obj[k], Mapping):
+            obj = obj[k]
+            break
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError(f"{source} contains no tensors (keys: {_fmt(list(obj))})")
+    if all(k.startswith("module.") for k in sd):  # saved from a DistributedDataParallel wrapper
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def find_filter_fn(model: nn.Module) -> Callable[[StateDict, nn.Module], StateDict] | None:
+    """The ``checkpoint_filter_fn`` of the module that defines ``model``'s class (timm convention)."""
+    module = sys.modules.get(type(model).__module__)
+    return getattr(module, "checkpoint_filter_fn", None)
+
+
+def _unwrap_model(model: nn.Module) -> nn.Module:
+    # timm's feature wrappers (features_only=True) keep the network in `.model`
+    inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) and hasattr(model, "feature_info") else model
+
+
+def load_checkpoint(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    *,
+    strict: bool = True,
+    filter_fn: Callable | None | str = "auto",
+    trust_pickle: bool = False,
+    use_ema: bool = False,
+) -> LoadReport:
+    """Load a checkpoint (path or dict; official or locvit format) into ``model``.
+
+    The state dict goes through the model family's ``checkpoint_filter_fn`` (official key names -> ours,
+    tables and embeddings resized to the model), then is compared key by key with the model.
+
+    Args:
+        model: the target model (a ``features_only`` wrapper is unwrapped).
+        checkpoint: file path, or a (possibly wrapped) state dict.
+        strict: raise :class:`CheckpointError` naming every missing, unexpected and mis-shaped key. With
+            ``strict=False`` what fits is loaded and the rest is reported (fine-tuning, backbones).
+        filter_fn: ``'auto'`` (the family's filter), ``None`` (keys used as they are) or a callable.
+        trust_pickle: see :func:`read_checkpoint`.
+        use_ema: prefer EMA weights when present.
+
+    Returns:
+        A :class:`LoadReport`.
+    """
+    target = _unwrap_model(model)
+    if isinstance(checkpoint, (str, os.PathLike)):
+        source = str(checkpoint)
+        sd = read_checkpoint(checkpoint, trust_pickle=trust_pickle, use_ema=use_ema)
+    else:
+        source = "<state dict>"
+        sd = unwrap_state_dict(checkpoint, use_ema=use_ema)
+    if filter_fn == "auto":
+        filter_fn = find_filter_fn(target)
+    if filter_fn is not None:
+        sd = filter_fn(dict(sd), target)
+
+    own = target.state_dict()
+    report = LoadReport(source=source)
+    report.missing = [k for k in own if k not in sd]
+    report.unexpected = [k for k in sd if k not in own]
+    report.mismatched = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own
+                         if k in sd and sd[k].shape != own[k].shape]
+    if strict and not report.exact:
+        problems = []
+        if report.missing:
+            problems.append(f"missing keys ({len(report.missing)}): {_fmt(report.missing)}")
+        if report.unexpected:
+            problems.append(f"unexpected keys ({len(report.unexpected)}): {_fmt(report.unexpected)}")
+        if report.mismatched:
+            problems.append(f"shape mismatches ({len(report.mismatched)}): "
+                            + _fmt([f"{k}: checkpoint {a} vs model {b}" for k, a, b in report.mismatched]))
+        raise CheckpointError(
+            f"{source} does not fit {type(target).__name__}:\n  " + "\n  ".join(problems)
+            + "\n(Is it another model's checkpoint? Pass strict=False to load what fits, e.g. to fine-tune "
+            "with a new head.)"
+        )
+    bad = {k for k, _, _ in report.mismatched}
+    usable = {k: v for k, v in sd.items() if k in own and k not in bad}
+    target.load_state_dict(usable, strict=False)
+    report.loaded = sorted(usable)
+    return report
+
+
+def save_checkpoint(obj: Mapping[str, Any] | nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write a checkpoint atomically: a temp file in the same folder, fsync, then rename over ``path``.
+
+    A model or a flat tensor dict with a ``.safetensors`` suffix is written as safetensors; anything else
+    (e.g. a training state with optimizer and scheduler) with ``torch.save``. A kill at any moment leaves
+    either the previous file or the complete new one, never a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import save
+
+                sd = obj.state_dict() if isinstance(obj, nn.Module) else dict(obj)
+                # safetensors refuses shared storage; contiguous clones keep the file self-contained
+                sd = {k: v.detach().contiguous().clone() for k, v in sd.items()}
+                f.write(save(sd, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+            else:
+                torch.save(obj.state_dict() if isinstance(obj, nn.Module) else obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,118 @@
+"""Scaled dot-product attention with a fused path and an explicit path that are numerically equal.
+
+The fused path (``F.scaled_dot_product_attention``) is the default. The explicit path (logits, softmax,
+dropout, weighted sum) is used inside :func:`explicit_attention` -- for FLOP counting, where every matmul
+must be visible -- and inside :func:`record_attention`, which also hands the attention probabilities of
+every call to the caller (visualisation). Neither context changes results.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_explicit_depth = 0
+_recorders: list[dict[nn.Module | None, list[Tensor]]] = []
+
+
+@contextlib.contextmanager
+def explicit_attention() -> Iterator[None]:
+    """Run every locvit attention through the explicit softmax path while the context is active."""
+    global _explicit_depth
+    _explicit_depth += 1
+    try:
+        yield
+    finally:
+        _explicit_depth -= 1
+
+
+@contextlib.contextmanager
+def record_attention() -> Iterator[dict[nn.Module | None, list[Tensor]]]:
+    """Collect attention probabilities: yields a dict ``{owner module: [probs of each call]}``.
+
+    Probabilities are detached and have shape ``(..., queries, keys)`` as the calling mechanism lays them
+    out (windows folded into the batch). Implies :func:`explicit_attention`.
+    """
+    store: dict[nn.Module | None, list[Tensor]] = {}
+    _recorders.append(store)
+    try:
+        with explicit_attention():
+            yield store
+    finally:
+        _recorders.remove(store)
+
+
+def fused_enabled() -> bool:
+    """True when attention may take the fused SDPA path (no explicit/recording context is active)."""
+    return _explicit_depth == 0
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    owner: nn.Module | None = None,
+) -> Tensor:
+    """``softmax(q kᵀ · scale + bias) v`` over the last two dims.
+
+    Args:
+        q: ``(..., Lq, d)``.
+        k: ``(..., Lk, d)``.
+        v: ``(..., Lk, dv)``.
+        bias: additive logits bias (relative position tables, masks), broadcastable to ``(..., Lq, Lk)``.
+        scale: logit scale, ``d ** -0.5`` when None.
+        dropout_p: attention dropout (pass 0 in eval).
+        owner: the calling module, used as the key under :func:`record_attention`.
+    """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if _explicit_depth == 0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+    logits = (q * scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        logits = logits + bias
+    probs = logits.softmax(dim=-1)
+    for store in _recorders:
+        store.setdefault(owner, []).append(probs.detach())
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, dropout_p)
+    return probs @ v
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one ``qkv`` projection (DeiT/timm key layout: ``qkv``, ``proj``).
+
+    ``forward(x, bias)`` accepts an additive logits bias (relative positions, masks) broadcastable to
+    ``B x heads x N x N``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = attend(q, k, v, bias, self.scale, self.attn_drop if self.training else 0.0, owner=self)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))

@@ -1,0 +1,314 @@
+"""LocalViT on its DeiT host (Li et al., "LocalViT: Bringing Locality to Vision Transformers").
+
+The host is a plain DeiT/ViT. Each block keeps its attention and replaces ``norm2 + MLP`` with the locality
+feed-forward (:class:`~locvit.layers.LocalityFeedForward`), applied to the image tokens laid out as a map;
+the class token bypasses it. Differences from a standard ViT block that decide exactness:
+
+* no LayerNorm before the feed-forward, and its residual lives inside the layer;
+* no drop-path on the feed-forward branch;
+* the class token is not touched by the feed-forward.
+
+Unlike the official code (timm 0.3.2, fixed ``img_size``), the position embedding is resampled to the
+input's grid, so any size of at least one patch works, non-square included.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from timm.layers import DropPath, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.models import checkpoint, generate_default_cfgs
+from timm.models._features import feature_take_indices
+from torch import Tensor, nn
+
+from locvit._registry import register_family_model
+from locvit.layers import Attention, LocalityFeedForward, tokens_through_map
+from locvit.layers.locality_ffn import act_from_code
+from locvit.models._helpers import build_model, check_image, make_cfg
+from locvit.official import norm_eps, pop_unused, register_official
+
+__all__ = ["LocalViT", "LocalViTBlock"]
+
+
+class LocalViTBlock(nn.Module):
+    """``x + DP(attn(LN(x)))``, then the locality feed-forward on the image tokens (prefix tokens bypass)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        act: str = "hs+se",
+        reduction: int = 4,
+        wo_dp_conv: bool = False,
+        dp_first: bool = False,
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.conv = LocalityFeedForward(dim, mlp_ratio, act, reduction, wo_dp_conv=wo_dp_conv, dp_first=dp_first)
+
+    def forward(self, x: Tensor, grid: tuple[int, int], num_prefix: int = 1) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return tokens_through_map(self.conv, x, grid, num_prefix)
+
+
+class LocalViT(nn.Module):
+    """DeiT with the locality feed-forward in every block.
+
+    Args:
+        img_size: default input size (the position embedding's grid); other sizes resample it on the fly.
+        patch_size: patch size of the conv patch embedding.
+        in_chans: input channels.
+        num_classes: classifier outputs (0 for none).
+        global_pool: ``'token'`` (class token, official), ``'avg'`` (mean of image tokens) or ``''``.
+        embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_scale: transformer shape.
+        act: locality FFN activation, ``'relu6' | 'hs' | 'hs+se' | 'hs+eca' | 'hs+ecah'`` or official code 1-5.
+        reduction: SE divisor.
+        wo_dp_conv, dp_first: the official ablation switches.
+        norm_eps: LayerNorm epsilon (1e-6 in every registered model).
+        drop_rate, pos_drop_rate, attn_drop_rate, drop_path_rate: regularisation.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        act: str | int = "hs+se",
+        reduction: int = 4,
+        wo_dp_conv: bool = False,
+        dp_first: bool = False,
+        norm_eps: float = 1e-6,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float | None = None,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.in_chans = in_chans
+        self.patch_size = patch_size
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate if pos_drop_rate is None else pos_drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        act = act_from_code(act)
+        self.blocks = nn.ModuleList([
+            LocalViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i],
+                          norm_layer, act, reduction, wo_dp_conv, dp_first)
+            for i in range(depth)
+        ])
+        self.norm = norm_layer(embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
+
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        self.apply(_init_weights)
+
+    # --- timm contract -------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("token", "avg", ""):
+                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """Resample the position embedding for a new default input size (e.g. before fine-tuning at 384)."""
+        old = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size=img_size)
+        new = self.patch_embed.grid_size
+        if new != old:
+            with torch.no_grad():
+                pe = resample_abs_pos_embed(self.pos_embed, list(new), list(old), num_prefix_tokens=1)
+            self.pos_embed = nn.Parameter(pe)
+
+    # --- forward -----------------------------------------------------------------------------------------------
+    def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        check_image(x, self.in_chans, (self.patch_size, self.patch_size), type(self).__name__)
+        x = self.patch_embed.proj(x).permute(0, 2, 3, 1)  # floors sizes that are not multiples of the patch
+        B, H, W, C = x.shape
+        pos = self.pos_embed
+        if (H, W) != tuple(self.patch_embed.grid_size):
+            pos = resample_abs_pos_embed(pos, [H, W], list(self.patch_embed.grid_size), num_prefix_tokens=1)
+        x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], dim=1) + pos
+        return self.pos_drop(x), (H, W)
+
+    def _block(self, blk: nn.Module, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(blk, x, grid)
+        return blk(x, grid)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x, grid = self._embed(x)
+        for blk in self.blocks:
+            x = self._block(blk, x, grid)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        elif self.global_pool == "token":
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Block outputs as ``B x C x H x W`` maps (``'NLC'``: token sequences), timm's interface."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x, (H, W) = self._embed(x)
+        B = x.shape[0]
+        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
+        intermediates, prefixes = [], []
+        for i, blk in enumerate(blocks):
+            x = self._block(blk, x, (H, W))
+            if i in take_indices:
+                y = self.norm(x) if norm else x
+                prefixes.append(y[:, :1])
+                y = y[:, 1:]
+                intermediates.append(y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
+                                     if output_fmt == "NCHW" else y)
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefixes))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: LocalViT) -> dict[str, Tensor]:
+    """Official LocalViT (DeiT host) checkpoints use our key names; only a position embedding trained at
+    another size is resampled to the model's grid."""
+    out = {}
+    for k, v in state_dict.items():
+        if k == "pos_embed" and v.shape != model.pos_embed.shape:
+            v = resample_abs_pos_embed(v, list(model.patch_embed.grid_size), num_prefix_tokens=1)
+        out[k] = v
+    return out
+
+
+@register_official("models.localvit.LocalVisionTransformer")
+def _from_official(kw: dict[str, Any]) -> LocalViT:
+    norm_layer = kw.pop("norm_layer", nn.LayerNorm)
+    pop_unused(kw, {"hybrid_backbone": None})
+    return LocalViT(norm_eps=norm_eps(norm_layer, 1e-5), **kw)
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> LocalViT:
+    return build_model(LocalViT, variant, pretrained, filter_fn=checkpoint_filter_fn,
+                       feature_cfg=dict(out_indices=3), **kwargs)
+
+
+_RELEASE = "https://github.com/ofsoundof/LocalViT/releases/tag/v1.0.0"
+default_cfgs = generate_default_cfgs({
+    "localvit_tiny.in1k": make_cfg(_RELEASE, notes=("official name localvit_tiny_mlp4_act3_r192; 74.84 top-1",)),
+    "localvit_tiny_se4.in1k": make_cfg(_RELEASE, notes=("official name localvit_tiny_mlp4_act3_r4; 75.74 top-1",)),
+    "localvit_tiny_mlp6_relu6": make_cfg(notes=("official name localvit_tiny_mlp6_act1 (ablation); no weights",)),
+    "localvit_small.in1k": make_cfg(_RELEASE, notes=("official name localvit_small_mlp4_act3_r384; 80.78 top-1",)),
+})
+
+
+@register_family_model("localvit", aliases=("localvit_tiny_mlp4_act3_r192",))
+def localvit_tiny(pretrained: bool = False, **kwargs: Any) -> LocalViT:
+    """LocalViT-T: DeiT-T with 4 heads, locality FFN (expand 4, h_swish + SE with 4 hidden units)."""
+    args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=4, mlp_ratio=4, act="hs+se", reduction=192)
+    return _create("localvit_tiny", pretrained, **dict(args, **kwargs))
+
+
+@register_family_model("localvit", aliases=("localvit_tiny_mlp4_act3_r4",))
+def localvit_tiny_se4(pretrained: bool = False, **kwargs: Any) -> LocalViT:
+    """LocalViT-T-SE4: as LocalViT-T with SE reduction 4 (192 hidden units)."""
+    args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=4, mlp_ratio=4, act="hs+se", reduction=4)
+    return _create("localvit_tiny_se4", pretrained, **dict(args, **kwargs))
+
+
+@register_family_model("localvit", aliases=("localvit_tiny_mlp6_act1",))
+def localvit_tiny_mlp6_relu6(pretrained: bool = False, **kwargs: Any) -> LocalViT:
+    """Ablation: expand 6, ReLU6, no SE."""
+    args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=4, mlp_ratio=6, act="relu6", reduction=4)
+    return _create("localvit_tiny_mlp6_relu6", pretrained, **dict(args, **kwargs))
+
+
+@register_family_model("localvit", aliases=("localvit_small_mlp4_act3_r384",))
+def localvit_small(pretrained: bool = False, **kwargs: Any) -> LocalViT:
+    """LocalViT-S: DeiT-S with 8 heads, locality FFN (expand 4, h_swish + SE with 4 hidden units)."""
+    args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=8, mlp_ratio=4, act="hs+se", reduction=384)
+    return _create("localvit_small", pretrained, **dict(args, **kwargs))
