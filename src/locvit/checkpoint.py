@@ -16,7 +16,6 @@ import argparse
 import os
 import pickle
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,36 +220,25 @@ def load_checkpoint(
 
 
 def save_checkpoint(obj: Mapping[str, Any] | nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write a checkpoint atomically: a temp file in the same folder, fsync, then rename over ``path``.
+    """Write a checkpoint atomically (temp file in the same folder, fsync, rename over ``path``).
 
     A model or a flat tensor dict with a ``.safetensors`` suffix is written as safetensors; anything else
     (e.g. a training state with optimizer and scheduler) with ``torch.save``. A kill at any moment leaves
     either the previous file or the complete new one, never a half-written file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import save
+    from locvit._io import atomic_write
 
-                sd = obj.state_dict() if isinstance(obj, nn.Module) else dict(obj)
-                # safetensors refuses shared storage; contiguous clones keep the file self-contained
-                sd = {k: v.detach().contiguous().clone() for k, v in sd.items()}
-                f.write(save(sd, metadata={k: str(v) for k, v in (metadata or {}).items()}))
-            else:
-                torch.save(obj.state_dict() if isinstance(obj, nn.Module) else obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    path = Path(path)
+    sd = obj.state_dict() if isinstance(obj, nn.Module) else obj
+
+    def write(f) -> None:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save
+
+            # safetensors refuses shared storage; contiguous clones keep the file self-contained
+            tensors = {k: v.detach().contiguous().clone() for k, v in sd.items()}
+            f.write(save(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+        else:
+            torch.save(sd, f)
+
+    return atomic_write(path, write)

@@ -44,7 +44,8 @@ def build_model(
 
     ``pretrained=True`` loads the file named by the pretrained cfg (``pretrained_cfg_overlay=dict(file=...)``)
     through :func:`locvit.load_checkpoint` -- the authors' files included -- strictly except for the classifier,
-    which is left newly initialised when ``num_classes`` differs (or dropped for ``features_only``).
+    which is left newly initialised when ``num_classes`` differs (with ``features_only`` the keys of pruned layers
+    are dropped).
     """
     from locvit.checkpoint import CheckpointError, load_checkpoint
 
@@ -67,7 +68,10 @@ def build_model(
         def is_head(k: str) -> bool:
             return any(k == h or k.startswith(h + ".") for h in heads)
 
-        bad = [k for k in report.missing + report.unexpected + [m[0] for m in report.mismatched] if not is_head(k)]
+        # a features_only model has pruned its head/final norm: checkpoint keys for them are expected leftovers
+        pruned = hasattr(model, "feature_info") and model is not getattr(model, "model", model)
+        leftovers = [] if pruned else report.unexpected
+        bad = [k for k in report.missing + leftovers + [m[0] for m in report.mismatched] if not is_head(k)]
         if bad:
             raise CheckpointError(f"{file} does not fit {variant}:\n{report}")
         model.load_report = report

@@ -1,0 +1,194 @@
+"""Datasets: ImageNet-style folders, CIFAR from its standard files on disk, and an embedded default dataset.
+
+Every dataset returns ``(image, target)`` where ``image`` is ``None`` when the file could not be decoded; the
+collate function of :mod:`locvit.data.loader` drops those samples and counts them, so a few corrupt JPEGs
+never stop an epoch. Augmentation randomness is a function of ``(seed, epoch, index)`` (see
+:meth:`SeededDataset.__getitem__`), which makes a resumed run see exactly the samples an uninterrupted run
+would have seen.
+"""
+from __future__ import annotations
+
+import os
+import random
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+EMBEDDED = ("digits",)
+CIFAR = ("cifar10", "cifar100")
+_CIFAR_URL = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+              "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"}
+_CIFAR_DIR = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class SeededDataset(Dataset):
+    """Base class: samples are loaded by :meth:`load` and transformed under per-sample seeding."""
+
+    classes: list[str]
+
+    def __init__(self, transform: Callable | None = None, seed: int = 0):
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        try:
+            img, target = self.load(index)
+        except _DECODE_ERRORS:
+            return None, self.target(index)
+        if self.transform is not None:
+            # random crops, RandAugment, erasing... drawn from (seed, epoch, index) alone, whatever the worker
+            s = zlib.crc32(f"{self.seed}/{self.epoch}/{index}".encode())
+            random.seed(s)
+            np.random.seed(s)
+            torch.manual_seed(s)
+            img = self.transform(img)
+        return img, target
+
+    def target(self, index: int) -> int:
+        raise NotImplementedError
+
+
+class ImageFolderDataset(SeededDataset):
+    """Class sub-folders of images (``root/<class>/<image>``), classes sorted naturally as timm does."""
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, seed: int = 0,
+                 class_to_idx: dict[str, int] | None = None):
+        super().__init__(transform, seed)
+        from timm.data.readers.reader_image_folder import find_images_and_targets
+
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root} does not exist")
+        self.samples, self.class_to_idx = find_images_and_targets(str(self.root), class_to_idx=class_to_idx)
+        if not self.samples:
+            raise ValueError(f"{self.root} holds no images: expected class sub-folders of image files "
+                             "(root/<class>/<image>.jpg)")
+        self.classes = sorted(self.class_to_idx, key=self.class_to_idx.get)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        path, target = self.samples[index]
+        with Image.open(path) as im:
+            return im.convert("RGB"), target
+
+    def target(self, index: int) -> int:
+        return self.samples[index][1]
+
+
+class ArrayDataset(SeededDataset):
+    """Images held in memory as a ``N x H x W [x 3]`` uint8 array with integer labels."""
+
+    def __init__(self, images: np.ndarray, targets: Sequence[int], classes: list[str],
+                 transform: Callable | None = None, seed: int = 0):
+        super().__init__(transform, seed)
+        self.images = images
+        self.targets = [int(t) for t in targets]
+        self.classes = classes
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        img = Image.fromarray(self.images[index])
+        return img.convert("RGB"), self.targets[index]
+
+    def target(self, index: int) -> int:
+        return self.targets[index]
+
+
+def digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes): a fixed stratified
+    80/20 split, ``'train'`` (1,437 images) or ``'val'`` (360). Installed with scikit-learn, no download."""
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as e:  # pragma: no cover - scikit-learn is a dependency of the tools extra
+        raise ValueError("the embedded 'digits' dataset needs scikit-learn: pip install 'locvit[tools]'") from e
+    d = load_digits()
+    images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
+    idx_train, idx_val = train_test_split(np.arange(len(images)), test_size=0.2, random_state=0, stratify=d.target)
+    idx = idx_train if split == "train" else idx_val
+    return images[idx], d.target[idx], [str(c) for c in range(10)]
+
+
+def cifar_arrays(name: str, root: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """CIFAR-10/100 from the standard python-version files under ``root`` (never downloaded)."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    try:
+        ds = cls(str(root), train=split == "train", download=False)
+    except RuntimeError:
+        raise FileNotFoundError(
+            f"{name} files not found under {root}: extract {_CIFAR_URL[name]} there so that "
+            f"{Path(root) / _CIFAR_DIR[name]} exists (locvit downloads nothing)"
+        ) from None
+    return ds.data, np.asarray(ds.targets), list(ds.classes)
+
+
+def split_folder(root: str | os.PathLike, split: str) -> Path:
+    """``root/train`` or ``root/val`` (also ``validation``); a folder of class folders is its own split."""
+    root = Path(root)
+    names = ("train", "training") if split == "train" else ("val", "validation", "valid", "test")
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
+        return root
+    raise FileNotFoundError(f"no '{names[0]}' split under {root}: expected {root}/{names[0]}/<class>/<image> "
+                            f"or a folder of class sub-folders")
+
+
+def build_dataset(data: str, split: str, transform: Callable | None = None, seed: int = 0,
+                  class_to_idx: dict[str, int] | None = None) -> SeededDataset:
+    """Build a dataset from ``data``: ``'digits'`` (embedded), ``'cifar10[:ROOT]'``/``'cifar100[:ROOT]'``
+    (ROOT defaults to ``./data``) or a folder path (``train/`` and ``val/`` inside, or class folders).
+
+    Args:
+        data: dataset spec as above.
+        split: ``'train'`` or ``'val'``.
+        transform: image transform (timm's ``create_transform``).
+        seed: augmentation seed.
+        class_to_idx: reuse the train split's class mapping for the val split.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    name, _, root = data.partition(":")
+    if name in EMBEDDED:
+        images, targets, classes = digits_arrays(split)
+        return ArrayDataset(images, targets, classes, transform, seed)
+    if name in CIFAR:
+        images, targets, classes = cifar_arrays(name, root or "data", split)
+        return ArrayDataset(images, targets, classes, transform, seed)
+    return ImageFolderDataset(split_folder(data, split), transform, seed, class_to_idx=class_to_idx)
+
+
+def check_readable(dataset: SeededDataset, max_tries: int = 64) -> None:
+    """Fail before training when a dataset has no readable image (tries files until one decodes)."""
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the dataset is empty")
+    step = max(1, n // max_tries)
+    for i in range(0, n, step):
+        try:
+            dataset.load(i)
+            return
+        except _DECODE_ERRORS:
+            continue
+    where = getattr(dataset, "root", "the dataset")
+    raise ValueError(f"no readable image in {where}: the {min(n, max_tries)} files tried could not be decoded")

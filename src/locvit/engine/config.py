@@ -1,0 +1,156 @@
+"""Training configuration: defaults < family recipe < YAML file < command-line flags.
+
+A recipe is a YAML file of :class:`TrainConfig` fields; the papers' recipes ship in ``locvit/configs/`` and can
+be named without path or suffix (``--config regionvit_in1k``). The resolved configuration is written to the run
+directory as ``config.yaml``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class TrainConfig:
+    # what to train, on what
+    model: str = "localvit_tiny"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None          # initial weights (official or ours); head/tables adapted
+    trust_checkpoint: bool = False         # allow checkpoints that pickle more than tensors
+    data: str = "digits"                   # folder path, 'digits', 'cifar10[:ROOT]', 'cifar100[:ROOT]'
+    num_classes: int | None = None         # default: the dataset's class count
+    img_size: int | None = None            # default: the model's pretrained cfg
+    output: str = "runs/train"
+    # schedule and optimiser (DeiT/Swin recipe)
+    epochs: int = 300
+    batch_size: int = 128                  # per process
+    lr: float | None = None                # absolute lr; default blr * global_batch / 512
+    blr: float = 5e-4
+    scale_lr: bool = True                  # scale lr, warmup_lr and min_lr by global_batch / 512
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_epochs: int = 5
+    sched: str = "cosine"
+    sched_on_updates: bool = False         # per-iteration schedule (Swin/Focal) instead of per-epoch
+    opt: str = "adamw"
+    opt_eps: float = 1e-8
+    opt_betas: tuple[float, float] | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.05
+    clip_grad: float | None = None
+    # regularisation and augmentation
+    drop_path: float = 0.1
+    drop: float = 0.0
+    smoothing: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    aa: str | None = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.4
+    reprob: float = 0.25
+    remode: str = "pixel"
+    recount: int = 1
+    train_interpolation: str = "bicubic"
+    scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
+    repeated_aug: int = 3                  # repeats per sample (RASampler); 1 = off
+    model_ema: bool = False
+    model_ema_decay: float = 0.99996
+    # machinery
+    amp: str = "auto"                      # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | off
+    grad_checkpointing: bool = False
+    sync_bn: bool = False                  # synchronised BatchNorm under DDP (CUDA); the papers used per-GPU BN
+    channels_last: bool = False
+    workers: int = 4
+    seed: int = 0
+    device: str | None = None              # default: cuda if available, else cpu
+    checkpoint_interval: int = 0           # also save every N optimiser steps (0: end of each epoch only)
+    eval_interval: int = 1                 # epochs
+    log_interval: int = 10                 # steps between progress-bar updates of the loss
+    max_steps: int | None = None           # stop after this many optimiser steps (smoke tests)
+    resume: str | None = None              # a run directory or checkpoint; 'auto' = output/last.pth if present
+    deterministic: bool = False
+    tensorboard: bool = True               # when tensorboard is installed
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def resolve_config_path(name: str) -> Path:
+    """A YAML path, or the name of a shipped recipe (``regionvit_in1k`` -> ``locvit/configs/regionvit_in1k.yaml``)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml", CONFIG_DIR / p.name):
+        if cand.is_file():
+            return cand
+    shipped = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"config {name!r} not found (shipped recipes: {shipped})")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping of field: value")
+    base = data.pop("base", None)  # recipes may inherit another recipe
+    if base:
+        data = {**load_yaml(resolve_config_path(base)), **data}
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"{path}: unknown config fields {unknown}; valid fields: {sorted(FIELDS)}")
+    return data
+
+
+def family_recipe(model: str) -> dict[str, Any]:
+    """The recipe shipped for a model's family and size class, when there is one."""
+    from locvit._registry import family_of, resolve_alias
+
+    fam = family_of(model)
+    name = resolve_alias(model)
+    if fam is None:
+        return {}
+    size = next((s for s in ("tiny", "small", "medium", "large", "base") if f"_{s}" in name), "")
+    for cand in (f"{fam}_{size}_in1k", f"{fam}_in1k"):
+        p = CONFIG_DIR / f"{cand}.yaml"
+        if p.is_file():
+            return load_yaml(p)
+    return {}
+
+
+def build_config(config: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Merge defaults, the model family's recipe, a YAML file and explicit overrides (in that order)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    merged: dict[str, Any] = {}
+    file_cfg = load_yaml(resolve_config_path(config)) if config else {}
+    model = overrides.get("model") or file_cfg.get("model") or TrainConfig.model
+    merged.update(family_recipe(model))
+    merged.update(file_cfg)
+    merged.update(overrides)
+    unknown = sorted(set(merged) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown config fields {unknown}")
+    if isinstance(merged.get("aa"), str) and merged["aa"].lower() in ("none", ""):
+        merged["aa"] = None
+    for k in ("opt_betas", "scale"):
+        if merged.get(k) is not None:
+            merged[k] = tuple(merged[k])
+    return TrainConfig(**merged)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    from locvit._io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

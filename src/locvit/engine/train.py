@@ -1,0 +1,287 @@
+"""The training loop: the DeiT/Swin recipe, every piece delegated to timm; the loop itself stays small.
+
+Nothing is lost on a kill: the training state (model, optimiser, scheduler, EMA, scaler, position in the epoch,
+metrics history) is written atomically to ``last.pth`` every ``checkpoint_interval`` steps and at the end of
+each epoch, and ``resume`` continues from it. All randomness of a step -- augmentation (seeded per sample by
+``(seed, epoch, index)``), mixup and drop-path (seeded per step) -- is a function of the step's position, so a
+resumed run on CPU reproduces an uninterrupted one bit for bit.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.data import Mixup, resolve_data_config
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, NativeScaler
+from torch import nn
+from tqdm import tqdm
+
+from locvit._registry import create_model
+from locvit.checkpoint import load_checkpoint, save_checkpoint
+from locvit.data.datasets import build_dataset, check_readable
+from locvit.data.loader import build_loader, build_transform, steps_per_epoch
+from locvit.engine.config import TrainConfig, save_config
+from locvit.engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from locvit.engine.evaluate import evaluate
+from locvit.engine.logger import RunLogger
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+def _seed_step(seed: int, step: int, rank: int) -> None:
+    s = (seed * 1_000_003 + step * 7919 + rank) % (2**31)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    """(context factory, grad scaler) for the precision ``cfg.amp`` asks for on ``device``."""
+    mode = cfg.amp
+    if mode == "auto":
+        mode = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
+    if mode == "off":
+        return contextlib.nullcontext, None
+    if mode not in ("bf16", "fp16"):
+        raise ValueError(f"amp must be auto, bf16, fp16 or off, got {cfg.amp!r}")
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    scaler = NativeScaler(device=device.type) if mode == "fp16" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+def _resume_path(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    if not cfg.resume:
+        return None
+    p = Path(cfg.resume)
+    if cfg.resume == "auto":
+        p = run_dir / "last.pth"
+        return p if p.is_file() else None
+    if p.is_dir():
+        p = p / "last.pth"
+    if not p.is_file():
+        raise FileNotFoundError(f"nothing to resume: {p} does not exist")
+    return p
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train ``cfg.model`` as configured; returns the final metrics. Run under ``torchrun`` for DDP."""
+    dist = init_distributed(cfg.device)
+    try:
+        return _train(cfg, dist)
+    finally:
+        cleanup()
+
+
+def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
+    device, main = dist.device, dist.main
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    run_dir = Path(cfg.output)
+    resume_from = _resume_path(cfg, run_dir)
+    _seed_step(cfg.seed, 0, dist.rank)
+
+    # data (classes first: they size the head)
+    train_set = build_dataset(cfg.data, "train", seed=cfg.seed)
+    class_to_idx = getattr(train_set, "class_to_idx", None)
+    val_set = build_dataset(cfg.data, "val", seed=cfg.seed, class_to_idx=class_to_idx)
+    check_readable(train_set)
+    num_classes = cfg.num_classes or len(train_set.classes)
+
+    # model
+    kwargs = dict(cfg.model_kwargs)
+    if cfg.img_size:
+        kwargs["img_size"] = cfg.img_size
+    model = create_model(cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path, drop_rate=cfg.drop,
+                         **kwargs)
+    if cfg.checkpoint and resume_from is None:
+        report = load_checkpoint(model, cfg.checkpoint, strict=False, trust_pickle=cfg.trust_checkpoint)
+        if main:
+            print(report)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    data_cfg = resolve_data_config({"input_size": (3, cfg.img_size, cfg.img_size)} if cfg.img_size else {},
+                                   model=model)
+    aug = dict(scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
+               re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount,
+               train_interpolation=cfg.train_interpolation)
+    train_set.transform = build_transform(data_cfg, True, aug)
+    val_set.transform = build_transform(data_cfg, False)
+    train_loader = build_loader(train_set, cfg.batch_size, True, cfg.workers, cfg.seed, dist.rank, dist.world,
+                                repeats=cfg.repeated_aug)
+    val_loader = build_loader(val_set, cfg.batch_size, False, cfg.workers, cfg.seed, dist.rank, dist.world)
+    n_steps = steps_per_epoch(train_loader)
+
+    # recipe: lr scaled by the global batch, AdamW without decay on norms/biases/tables, warmup + cosine
+    global_batch = cfg.batch_size * dist.world
+    scale = global_batch / 512 if cfg.scale_lr else 1.0
+    lr = cfg.lr if cfg.lr is not None else cfg.blr * scale
+    opt_kwargs: dict[str, Any] = dict(eps=cfg.opt_eps) if cfg.opt.lower().endswith("adamw") else {}
+    if cfg.opt_betas:
+        opt_kwargs["betas"] = tuple(cfg.opt_betas)
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum, **opt_kwargs)
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+        warmup_lr=cfg.warmup_lr * (scale if cfg.scale_lr and cfg.lr is None else 1.0),
+        min_lr=cfg.min_lr * (scale if cfg.scale_lr and cfg.lr is None else 1.0),
+        step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=n_steps)
+    autocast, scaler = _autocast(cfg, device)
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                      switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.smoothing,
+                      num_classes=num_classes)
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    elif cfg.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+
+    net: nn.Module = model
+    if dist.distributed:
+        # The papers trained BatchNorm models (LocalViT) with per-device statistics; sync_bn (CUDA only) makes BN
+        # see the global batch instead.
+        if cfg.sync_bn and device.type == "cuda":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # resume
+    start_epoch, start_step, global_step = 0, 0, 0
+    history: list[dict[str, Any]] = []
+    best = -math.inf
+    if resume_from is not None:
+        state = torch.load(resume_from, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        history, best = state.get("history", []), state.get("best", -math.inf)
+        if start_step >= n_steps:
+            start_epoch, start_step = start_epoch + 1, 0
+        if main:
+            print(f"resumed from {resume_from}: epoch {start_epoch}, step {start_step} of {n_steps}")
+    logger = RunLogger(run_dir, cfg.tensorboard, history) if main else None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    def save_state(epoch: int, step_in_epoch: int) -> None:
+        if not main:
+            return
+        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     ema=ema.state_dict() if ema is not None else None,
+                     scaler=scaler.state_dict() if scaler is not None else None, epoch=epoch,
+                     step_in_epoch=step_in_epoch, global_step=global_step, history=logger.history, best=best,
+                     config=cfg.to_dict())
+        save_checkpoint(state, run_dir / "last.pth")
+
+    metrics: dict[str, Any] = history[-1] if history else {}
+    stop = False
+    for epoch in range(start_epoch, num_epochs):
+        train_loader.sampler.set_epoch(epoch, start=start_step * cfg.batch_size)
+        train_set.set_epoch(epoch)
+        net.train()
+        t0, seen, loss_sum, skipped = time.time(), 0, 0.0, 0
+        bar = tqdm(total=n_steps, initial=start_step, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not main,
+                   dynamic_ncols=True, leave=False)
+        step_in_epoch = start_step
+        for batch in train_loader:
+            images, targets = batch
+            skipped += batch.skipped
+            step_in_epoch += 1
+            _seed_step(cfg.seed, global_step, dist.rank)
+            if images.numel():
+                images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                if cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                if mixup is not None:
+                    if images.shape[0] % 2:  # mixup pairs samples: drop one after skipped unreadable images
+                        images, targets = images[:-1], targets[:-1]
+                    images, targets = mixup(images, targets)
+                with autocast():
+                    loss = criterion(net(images), targets)
+                if not torch.isfinite(loss).all():
+                    raise NonFiniteLossError(
+                        f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step_in_epoch} (global step "
+                        f"{global_step + 1}); training stopped, the last good checkpoint is {run_dir / 'last.pth'}")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler(loss, optimizer, clip_grad=cfg.clip_grad, parameters=model.parameters())
+                else:
+                    loss.backward()
+                    if cfg.clip_grad:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    optimizer.step()
+                if ema is not None:
+                    ema.update(model, step=global_step)
+                loss_sum += loss.item() * images.shape[0]
+                seen += images.shape[0]
+            global_step += 1
+            scheduler.step_update(num_updates=global_step)
+            if main:
+                bar.update(1)
+                if step_in_epoch % max(1, cfg.log_interval) == 0 or step_in_epoch == n_steps:
+                    ips = seen * dist.world / max(time.time() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
+                                    lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{ips:.0f}")
+            if cfg.checkpoint_interval and global_step % cfg.checkpoint_interval == 0:
+                save_state(epoch, step_in_epoch)
+            if cfg.max_steps and global_step >= cfg.max_steps:
+                stop = True
+                break
+        bar.close()
+        start_step = 0
+        epoch_time = time.time() - t0
+        totals = all_reduce_sum(torch.tensor([loss_sum, seen, skipped], dtype=torch.float64))
+        scheduler.step(epoch + 1)
+        finished_epoch = step_in_epoch >= n_steps
+        if finished_epoch and ((epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == num_epochs):
+            val = evaluate(model, val_loader, device, autocast, channels_last=cfg.channels_last)
+            metrics = dict(epoch=epoch + 1, train_loss=totals[0].item() / max(totals[1].item(), 1),
+                           lr=optimizer.param_groups[0]["lr"], val_loss=val["loss"], top1=val["top1"],
+                           top5=val["top5"], images_per_s=totals[1].item() / max(epoch_time, 1e-9),
+                           skipped=int(totals[2].item() + val["skipped"]), epoch_time_s=epoch_time)
+            if ema is not None:
+                metrics["ema_top1"] = evaluate(ema.module, val_loader, device, autocast)["top1"]
+            if main:
+                logger.log_epoch(metrics)
+                msg = (f"epoch {epoch + 1}: train loss {metrics['train_loss']:.4f}  val loss {val['loss']:.4f}  "
+                       f"top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}")
+                if metrics["skipped"]:
+                    msg += f"  ({metrics['skipped']} unreadable images skipped)"
+                print(msg, flush=True)
+                if val["top1"] > best:
+                    best = val["top1"]
+                    save_checkpoint(model, run_dir / "best.safetensors", metadata=dict(epoch=epoch + 1, top1=best))
+        save_state(epoch, step_in_epoch if not finished_epoch else n_steps)
+        barrier()
+        if stop:
+            break
+
+    if main:
+        save_checkpoint(model, run_dir / "model.safetensors", metadata=dict(model=cfg.model))
+        if ema is not None:
+            save_checkpoint(ema.module, run_dir / "model_ema.safetensors", metadata=dict(model=cfg.model))
+        logger.close()
+    return metrics
+
