@@ -17,6 +17,11 @@ from timm.models._registry import _model_entrypoints
 ALIASES: dict[str, str] = {}
 # canonical name -> family ('regionvit', 'focal', 'vvt', 'localvit', 'pvt', 't2t', ...)
 _FAMILY: dict[str, str] = {}
+# official name -> the model locvit builds for it, where timm registers the same name for another architecture
+# (e.g. the LocalViT repository's tnt_s_patch16_224 is timm's tnt_s_legacy_patch16_224). timm.create_model keeps
+# timm's meaning of such a name; locvit.create_model, whose contract is that official names build the official
+# model, follows this table.
+OFFICIAL_HOMONYMS: dict[str, str] = {}
 
 
 def register_family_model(family: str, aliases: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
@@ -45,6 +50,12 @@ def _register_alias(alias: str, fn: Callable[..., Any]) -> None:
     entry.__doc__ = f"Official name for :func:`{fn.__name__}` (same model)."
     register_model(entry)
     ALIASES[alias] = fn.__name__
+
+
+def register_official_homonym(official: str, target: str) -> None:
+    """Make :func:`create_model` build ``target`` for the official name ``official``, which timm registers for a
+    different architecture (timm's own meaning of the name is left untouched)."""
+    OFFICIAL_HOMONYMS[official] = target
 
 
 def resolve_alias(name: str) -> str:
@@ -87,12 +98,16 @@ def _natural_key(s: str) -> list:
 def create_model(name: str, pretrained: bool = False, checkpoint: str | None = None, **kwargs: Any):
     """Build a model by name (canonical, official alias, or any timm name).
 
+    Official names that timm registers for another architecture build the official model (see
+    :data:`OFFICIAL_HOMONYMS`); every other name builds what ``timm.create_model(name)`` builds.
+
     Args:
         name: model name.
         pretrained: load the weights named by the pretrained cfg (``pretrained_cfg_overlay=dict(file=...)``).
         checkpoint: a checkpoint file (official or locvit format) to load strictly after building.
         **kwargs: forwarded to the model (``num_classes``, ``img_size``, ``drop_path_rate``, ...).
     """
+    name = OFFICIAL_HOMONYMS.get(name, name)
     if not timm.is_model(name):
         close = fnmatch.filter(list_models(include_aliases=True), f"*{name.split('_')[0]}*")[:8]
         hint = f" Similar: {', '.join(close)}." if close else " See `locvit models`."

@@ -133,6 +133,177 @@ def _eval(p: argparse.ArgumentParser):
     return run
 
 
+def _expand_models(patterns: list[str]) -> list[str]:
+    """Wildcards over locvit's models (and timm's, for peers such as deit_small_patch16_224)."""
+    import timm
+
+    import locvit
+
+    names: list[str] = []
+    for p in patterns:
+        found = locvit.list_models(p, include_aliases=True) or timm.list_models(p)
+        if not found:
+            raise ValueError(f"no model matches {p!r}; `locvit models` lists locvit's, timm.list_models() timm's")
+        names += [n for n in found if n not in names]
+    return names
+
+
+def _sizes(values: list[int] | None) -> list[tuple[int, int]]:
+    return [(v, v) for v in values or [224]]
+
+
+# --- locvit flops -----------------------------------------------------------------------------------------------
+@command("flops", "parameters and FLOPs (GMACs, as the papers report) at any input size")
+def _flops(p: argparse.ArgumentParser):
+    p.add_argument("--model", nargs="+", required=True, help="names or wildcards")
+    p.add_argument("--img-size", type=int, nargs="+", default=None, help="square sides (default: model's)")
+    p.add_argument("--csv", help="also write the table as CSV")
+
+    def run(a: argparse.Namespace) -> int:
+        from locvit._registry import create_model
+        from locvit.bench.flops import COUNTER, count_flops
+
+        rows = []
+        for name in _expand_models(a.model):
+            for size in a.img_size or [None]:
+                kw = {"img_size": size} if size else {}
+                model = create_model(name, **kw)
+                res = model.pretrained_cfg["input_size"][-1] if size is None else size
+                fc = count_flops(model, (3, res, res))
+                rows.append(dict(model=name, img_size=res, params_m=round(fc.params / 1e6, 3),
+                                 gmacs=round(fc.gmacs, 3), gflops=round(fc.gflops, 3)))
+        print(f"counter: {COUNTER}")
+        print(f"{'model':36s} {'input':>7s} {'params (M)':>11s} {'GMACs':>9s} {'GFLOPs':>9s}")
+        for r in rows:
+            print(f"{r['model']:36s} {r['img_size']:7d} {r['params_m']:11.2f} {r['gmacs']:9.2f} {r['gflops']:9.2f}")
+        if a.csv:
+            from locvit.bench.sweep import write_csv
+
+            write_csv(rows, a.csv)
+        return 0
+
+    return run
+
+
+# --- locvit bench -----------------------------------------------------------------------------------------------
+@command("bench", "throughput, latency and peak memory; --vs for interleaved ratios, --sweep for resolution sweeps")
+def _bench(p: argparse.ArgumentParser):
+    p.add_argument("--model", nargs="+", required=True, help="names or wildcards (timm names work too)")
+    p.add_argument("--vs", help="a second model run interleaved with each --model; prints speed ratios")
+    p.add_argument("--img-size", type=int, nargs="+", default=[224], help="square sides")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[8])
+    p.add_argument("--mode", nargs="+", default=["infer"], choices=["infer", "train", "latency"],
+                   help="latency = inference at batch 1")
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--peak", action="store_true", help="also report the share of this CPU's fp32 matmul peak")
+    p.add_argument("--sweep", action="store_true",
+                   help="resolution sweep over --img-size: GMACs, time, memory and fitted exponents")
+    p.add_argument("--csv", help="write results as CSV")
+    p.add_argument("--json", help="write results as JSON")
+    p.add_argument("--plot", help="write a PNG (sweep: three log-log panels; else images/s bars)")
+
+    def run(a: argparse.Namespace) -> int:
+        import json
+
+        from locvit.bench import throughput as tp
+
+        models = _expand_models(a.model)
+        if a.sweep:
+            from locvit.bench import sweep
+
+            rows = sweep.resolution_sweep(models, a.img_size, batch_size=a.batch_size[0], runs=a.runs,
+                                          warmup=a.warmup, device=a.device, threads=a.threads)
+            ex = sweep.exponents(rows)
+            print("\nfitted exponent k (cost ~ pixels^k):")
+            for name, e in ex.items():
+                print(f"  {name:32s} GMACs {e['gmacs']:.2f}  time {e['ms_per_image']:.2f}  memory {e['peak_mem_mb']:.2f}")
+            if a.csv:
+                sweep.write_csv(rows, a.csv)
+            if a.plot:
+                sweep.plot_sweep(rows, a.plot)
+            if a.json:
+                from locvit._io import atomic_write_text
+
+                atomic_write_text(a.json, json.dumps(dict(rows=rows, exponents=ex), indent=1))
+            return 0
+
+        rows = []
+        peak = tp.matmul_peak_gflops(device=a.device) if a.peak else None
+        if peak:
+            print(f"fp32 matmul peak now: {peak:.1f} GFLOP/s")
+        for name in models:
+            for size in _sizes(a.img_size):
+                for mode in a.mode:
+                    for bs in ([1] if mode == "latency" else a.batch_size):
+                        m = "infer" if mode == "latency" else mode
+                        spec = tp.BenchSpec(name, bs, size, m, a.device, a.threads, a.channels_last, a.compile,
+                                            a.amp)
+                        if a.vs:
+                            vs = tp.BenchSpec(a.vs, bs, size, m, a.device, a.threads, a.channels_last, a.compile,
+                                              a.amp)
+                            ra, rb, ratio = tp.benchmark_pair(spec, vs, a.warmup, a.runs, not a.no_memory)
+                            for r in (ra, rb):
+                                row = r.row()
+                                row["vs"] = a.vs if r is ra else name
+                                row["ratio"] = ratio if r is ra else 1 / ratio
+                                rows.append(row)
+                        else:
+                            rows.append(tp.benchmark(spec, a.warmup, a.runs, not a.no_memory).row())
+                        if peak:
+                            from locvit._registry import create_model
+                            from locvit.bench.flops import count_flops
+
+                            gm = count_flops(create_model(name), (3, *size)).gmacs
+                            for r in rows[-2 if a.vs else -1:]:
+                                if r["model"] == name:
+                                    r["peak_share"] = 2 * gm * r["images_per_s"] / peak
+                        _print_row(rows[-2] if a.vs else rows[-1], a.vs)
+                        if a.vs:
+                            _print_row(rows[-1], a.vs)
+        if a.csv:
+            from locvit.bench.sweep import write_csv
+
+            write_csv(rows, a.csv)
+        if a.json:
+            from locvit._io import atomic_write_text
+
+            atomic_write_text(a.json, json.dumps(rows, indent=1))
+        return 0
+
+    return run
+
+
+def _print_row(r: dict, vs: str | None) -> None:
+    extra = f"  x{r['ratio']:.2f} vs {r['vs']}" if vs else ""
+    mem = f"  peak {r['peak_mem_mb']:.0f} MB" if r.get("peak_mem_mb") is not None else ""
+    share = f"  {100 * r['peak_share']:.0f}% of matmul peak" if r.get("peak_share") else ""
+    print(f"{r['model']:34s} {r['mode']:5s} bs {r['batch_size']:3d} {r['img_size']:>9s}  "
+          f"{r['images_per_s']:8.1f} img/s ({r['spread']})  {r['step_ms']:8.1f} ms/step{mem}{extra}{share}", flush=True)
+
+
+# --- locvit demo -------------------------------------------------------------------------------------------------
+@command("demo", "train a small model of each family on the embedded digits dataset and compare them")
+def _demo(p: argparse.ArgumentParser):
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--epochs", type=int, help="override the demo's epochs (quicker, less accurate)")
+    p.add_argument("--family", nargs="*", help="only these families (RegionViT, Focal, VVT, LocalViT)")
+
+    def run(a: argparse.Namespace) -> int:
+        from locvit.engine.demo import run_demo
+
+        run_demo(a.output, epochs=a.epochs, families=a.family)
+        return 0
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     import locvit
 

@@ -7,6 +7,7 @@ element-wise ops; the papers report multiply-adds ("GFLOPs" in their tables are 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -39,15 +40,29 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
+def flop_count(fn: Callable[..., Any], *args: Any, module: nn.Module | None = None, **kwargs: Any) -> FlopCounterMode:
+    """Run ``fn(*args, **kwargs)`` under the FLOP counter with every attention on its explicit path (locvit's via
+    :func:`explicit_attention`, timm's through their ``fused_attn`` switch on ``module``)."""
+    counter = FlopCounterMode(display=False, depth=2)
+    fused = [m for m in (module.modules() if module is not None else []) if getattr(m, "fused_attn", False) is True]
+    for m in fused:
+        m.fused_attn = False
+    try:
+        with explicit_attention(), counter:
+            fn(*args, **kwargs)
+    finally:
+        for m in fused:
+            m.fused_attn = True
+    return counter
+
+
 def count_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), batch_size: int = 1) -> FlopCount:
     """FLOPs of one forward pass in eval mode at ``input_size`` (C, H, W), per image."""
     was_training = model.training
     model.eval()
     x = torch.randn(batch_size, *input_size, device=next(model.parameters()).device)
-    counter = FlopCounterMode(display=False, depth=2)
     try:
-        with explicit_attention(), counter:
-            model(x)
+        counter = flop_count(model, x, module=model)
     finally:
         model.train(was_training)
     by_module = {k: int(sum(v.values())) // batch_size for k, v in counter.get_flop_counts().items()}

@@ -4,12 +4,20 @@ each with BatchNorm) that replaces a transformer's MLP *and* its pre-norm, with 
 The layer keeps the official ``nn.Sequential`` layout, so state-dict keys read ``conv.N.*`` exactly as in
 the authors' checkpoints: 0 1x1 conv, 1 BN, 2 act, 3 depth-wise conv, 4 BN, 5 act, [6 SE/ECA], then the
 projecting 1x1 conv and its BN (``dp_first`` / ``wo_dp_conv`` move or drop the depth-wise triple).
+
+Inference is bound by memory traffic on large early-stage maps, not by arithmetic, so eval mode takes shortcuts
+that give the same result up to float rounding: the BatchNorms are folded into the convolutions before them;
+with autograd off, activations, the SE gate and the residual work in place; and for float32 CPU inputs of the
+standard layout, the activations are fused into the convolutions (oneDNN post-ops, the kernels
+``torch.compile`` uses on CPU), the SE gate is folded into the projecting 1x1 convolution's per-image weights
+and the residual into its accumulator, so the wide hidden map is written twice and read three times in all.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from timm.layers import EcaModule
 from torch import Tensor, nn
 
@@ -80,7 +88,8 @@ class LocalityFeedForward(nn.Module):
         act_layer = nn.Hardswish if "hs" in act else nn.ReLU6
         layers: list[nn.Module] = [nn.Conv2d(dim, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act_layer()]
         if not wo_dp_conv:
-            dw = [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), act_layer()]
+            dw = [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                  act_layer()]
             layers = dw + layers if dp_first else layers + dw
         if "+" in act:
             gate = act.split("+", 1)[1]
@@ -94,8 +103,107 @@ class LocalityFeedForward(nn.Module):
         layers += [nn.Conv2d(hidden, dim, 1, bias=False), nn.BatchNorm2d(dim)]
         self.conv = nn.Sequential(*layers)
 
+        self._standard = not (dp_first or wo_dp_conv) and stride == 1  # the layout the fused path expects
+
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv(x)
+        if self.training:
+            return x + self.conv(x)
+        if self._standard and _fusable(x) and not any(m.training for m in self.conv):  # BNs all in eval mode
+            return self._forward_fused(x)
+        return self._forward_eval(x)
+
+    def _forward_fused(self, x: Tensor) -> Tensor:
+        """Inference with conv + BN + activation as one oneDNN call per convolution, the SE gate folded into
+        per-image projection weights, and the residual accumulated by the projection (float32 CPU, no autograd)."""
+        layers = self.conv
+        expand, bn1, act, dw, bn2 = layers[0], layers[1], layers[2], layers[3], layers[4]
+        gate = layers[6] if len(layers) == 9 else None
+        proj, bn3 = layers[-2], layers[-1]
+        attr, scalars = ("hardswish", []) if isinstance(act, nn.Hardswish) else ("hardtanh", [0.0, 6.0])
+        if not (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()):
+            x = x.contiguous(memory_format=torch.channels_last)
+        w, b = fold_batchnorm(expand, bn1)
+        y = _conv_pointwise(x, w, b, [0, 0], [1, 1], [1, 1], 1, attr, scalars, "")
+        w, b = fold_batchnorm(dw, bn2)
+        y = _conv_pointwise(y, w, b, list(dw.padding), list(dw.stride), list(dw.dilation), dw.groups, attr, scalars,
+                            "")
+        B, Ch, H, W = y.shape
+        w, b = fold_batchnorm(proj, bn3)
+        w = w.flatten(1)  # C x Ch
+        if isinstance(gate, SqueezeExcite) and H * W > w.shape[0]:
+            # per-image weights (B x C x Ch) are smaller than the map: scale them instead of the map
+            w = w.unsqueeze(0) * gate.fc(y.mean((2, 3))).unsqueeze(1)
+        elif isinstance(gate, SqueezeExcite):
+            y = y.mul_(gate.fc(y.mean((2, 3)))[:, :, None, None])
+        elif gate is not None:
+            y = gate(y)
+        y = y.permute(0, 2, 3, 1)  # B x H x W x Ch, a plain view of the channels-last maps the convs return
+        out = x.permute(0, 2, 3, 1) + b  # the residual plus the projection's bias, accumulated into below
+        w = w.transpose(-1, -2)
+        if w.ndim == 3:
+            out = out.reshape(B, H * W, -1).baddbmm_(y.reshape(B, H * W, Ch), w)
+        else:
+            out = out.reshape(B * H * W, -1).addmm_(y.reshape(B * H * W, Ch), w)
+        return out.reshape(B, H, W, -1).permute(0, 3, 1, 2)
+
+    def _forward_eval(self, x: Tensor) -> Tensor:
+        inplace = not torch.is_grad_enabled()
+        layers = list(self.conv)
+        y, i = x, 0
+        while i < len(layers):
+            m = layers[i]
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(m, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d) and not nxt.training \
+                    and nxt.running_var is not None:
+                w, b = fold_batchnorm(m, nxt)
+                y = F.conv2d(y, w, b, m.stride, m.padding, m.dilation, m.groups)
+                i += 2
+                continue
+            fresh = inplace and y is not x
+            if fresh and isinstance(m, nn.Hardswish):
+                y = F.hardswish(y, inplace=True)
+            elif fresh and isinstance(m, nn.ReLU6):
+                y = F.relu6(y, inplace=True)
+            elif fresh and isinstance(m, SqueezeExcite):
+                y = y.mul_(m.fc(y.mean((2, 3)))[:, :, None, None])
+            else:
+                y = m(y)
+            i += 1
+        return y.add_(x) if inplace and y is not x else x + y
+
+
+try:  # oneDNN convolution with a fused pointwise post-op (what Inductor emits on CPU); absent in some builds
+    _conv_pointwise = torch.ops.mkldnn._convolution_pointwise.default
+except (AttributeError, RuntimeError):  # pragma: no cover
+    _conv_pointwise = None
+
+
+def _fusable(x: Tensor) -> bool:
+    """Whether the fused inference path applies: float32 on CPU with oneDNN, autograd off, plain eager."""
+    return (
+        _conv_pointwise is not None
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.jit.is_scripting()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Weight and bias of ``conv`` followed by ``bn`` in eval mode as one convolution."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    bias = -bn.running_mean * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
 
 
 def tokens_through_map(fn: nn.Module, x: Tensor, grid: tuple[int, int], num_prefix: int = 0) -> Tensor:

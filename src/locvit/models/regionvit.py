@@ -1,0 +1,795 @@
+"""RegionViT (Chen, Panda and Fan, "RegionViT: Regional-to-Local Attention for Vision Transformers").
+
+The image is tokenised twice: *local* tokens from a 4x4-stride stem and *regional* tokens from one large
+non-overlapping patch of ``4 * ws`` pixels, so each regional token sits on a ``ws x ws`` window of local tokens.
+A regional-to-local (R2L) block then
+
+1. runs self-attention over all regional tokens of an image (global, cheap: there are few of them);
+2. runs self-attention inside every window over ``[its regional token, its ws² local tokens]``, with a
+   relative-position bias among the local tokens -- the regional token carries global context into the window;
+3. applies the MLP to every token.
+
+Both attention steps use the *same* ``qkv``/``proj`` weights (one module, two calls). Between stages a shared
+depth-wise projection halves both maps and multiplies the channels. Classification averages the final regional
+tokens; detection uses the four local-token maps.
+
+Working layout: each stage keeps one tensor ``x`` of shape ``(B * nW) x (1 + ws²) x C`` (windows batch-major,
+row-major over the regional grid; token 0 is the regional token, then the window's local tokens row-major).
+
+Official behaviour reproduced (``IBM/RegionViT``, the released weights were trained with it):
+
+* relative position: the table is ``heads x (2ws-1)²`` and the slot of displacement ``d = key - query`` is
+  ``(d + ws//2) mod (2ws-1)`` per axis (an offset of ``ws//2`` with Python's negative-index wrap-around, not the
+  Swin ``ws-1``); the regional row and column get no bias;
+* regional stem padding: when H *or* W is not a multiple of the regional patch P, *both* sides are zero-padded
+  by ``P - size % P``, centred -- a side that already divides gets a whole extra patch (224x200 -> 9x8 regions);
+* local padding and masks: local maps are zero-padded bottom/right to ``(Hr*ws) x (Wr*ws)`` once per stage; the
+  padded tokens are carried through every block (``LN(0)`` is the LN bias, not zero) and cropped at the end.
+  Masked logits are *replaced* by ``finfo.min`` (fully masked rows get a uniform softmax). The bottom-right
+  window's mask ORs the "right" and "bottom" rules instead of AND-ing them, so padded columns of valid rows (and
+  valid columns of padded rows) stay visible there. ``corrected_mask=True`` uses the AND (opt-in);
+* stochastic depth on the local-attention and MLP branches drops whole *windows* (their batch axis is
+  ``B * nW``), on the regional branch whole images;
+* PEG (``*_peg``): one depth-wise 3x3 conv per stage, applied residually to both maps after the first block, on
+  the cropped maps, which are then padded again with zeros;
+* ``det_norm``: a channel LayerNorm per stage on the local map that is both the stage's output *and* the next
+  stage's input (the official detection backbone), not a side branch.
+"""
+from __future__ import annotations
+
+import math
+import re
+from functools import partial
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerNorm2d, Mlp, to_2tuple, trunc_normal_
+from timm.models import checkpoint, generate_default_cfgs
+from timm.models._features import feature_take_indices
+from torch import Tensor, nn
+
+from locvit._registry import register_family_model
+from locvit.layers.attention import attend, fused_enabled
+from locvit.layers.rel_pos import resize_bias_grid
+from locvit.models._helpers import build_model, check_image, make_cfg
+from locvit.official import norm_eps, pop_unused, register_official
+
+__all__ = ["R2LAttention", "R2LBlock", "RegionViT", "RegionViTStage", "r2l_window_mask", "rel_pos_index"]
+
+
+# the official LayerNorm2d keeps eps as a float32 tensor: in float64 it adds float32(1e-5), not 1e-5
+LN2D_EPS = float(torch.tensor(1e-5, dtype=torch.float32))
+
+
+# --- the regional-to-local attention ---------------------------------------------------------------------------
+def rel_pos_index(window_size: int) -> Tensor:
+    """``ws² x ws²`` index into the flattened ``(2ws-1)²`` table for (query, key) local tokens, official layout:
+    per axis, slot ``(key - query + ws//2) mod (2ws-1)``."""
+    ws = window_size
+    span = 2 * ws - 1
+    pos = torch.arange(ws)
+    slot = (pos[None, :] - pos[:, None] + ws // 2) % span  # [query, key]
+    index = slot[:, None, :, None] * span + slot[None, :, None, :]  # [y, x, y', x']
+    return index.reshape(ws * ws, ws * ws)
+
+
+def r2l_window_mask(
+    grid: tuple[int, int],
+    pad: tuple[int, int],
+    window_size: int,
+    corrected: bool = False,
+    device: torch.device | None = None,
+) -> Tensor:
+    """Which (query, key) pairs may attend in every window: bool ``(Hr*Wr) x (1+ws²) x (1+ws²)``.
+
+    Local maps are padded at the bottom by ``pad[0]`` and at the right by ``pad[1]`` tokens (at most ``ws``),
+    so only the last window row/column holds padding. Interior windows see everything; last-column windows
+    mask padded columns (as queries and keys), last-row windows padded rows. The official bottom-right window
+    allows a pair when *either* rule allows it; ``corrected=True`` requires both.
+    """
+    (Hr, Wr), (pad_b, pad_r), ws = grid, pad, window_size
+    t = torch.arange(ws * ws, device=device)
+    regional = torch.ones(1, dtype=torch.bool, device=device)
+    col_ok = torch.cat([regional, t % ws < ws - pad_r])
+    row_ok = torch.cat([regional, t // ws < ws - pad_b])
+    right = col_ok[:, None] & col_ok[None, :]
+    bottom = row_ok[:, None] & row_ok[None, :]
+    corner = right & bottom if corrected else right | bottom
+    last_col = (torch.arange(Wr, device=device) == Wr - 1).view(1, Wr, 1, 1)
+    last_row = (torch.arange(Hr, device=device) == Hr - 1).view(Hr, 1, 1, 1)
+    mask = torch.where(last_row, torch.where(last_col, corner, bottom), torch.where(last_col, right, True))
+    return mask.reshape(Hr * Wr, ws * ws + 1, ws * ws + 1)
+
+
+class R2LAttention(nn.Module):
+    """Multi-head attention shared by the regional and the local step of an R2L block.
+
+    ``regional(r)`` attends over the ``B x nW x C`` regional tokens of each image; ``local(x, mask)`` attends
+    inside each ``(B*nW) x (1+ws²) x C`` window with the relative-position bias, and the window mask if given.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.window_size = window_size
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.rel_pos = nn.Parameter(torch.zeros(num_heads, (2 * window_size - 1) ** 2))
+        # full (1+ws²)² index; the regional row/column point at a zero slot appended to the table
+        n = window_size ** 2
+        index = torch.full((n + 1, n + 1), (2 * window_size - 1) ** 2, dtype=torch.long)
+        index[1:, 1:] = rel_pos_index(window_size)
+        self.register_buffer("bias_index", index, persistent=False)
+        trunc_normal_(self.rel_pos, std=0.02)
+
+    def relative_position_bias(self) -> Tensor:
+        """``heads x (1+ws²) x (1+ws²)`` bias, zero on the regional token's row and column."""
+        return F.pad(self.rel_pos, (0, 1))[:, self.bias_index]
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, N, C = x.shape
+        return self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _merge(self, x: Tensor) -> Tensor:
+        B, h, N, d = x.shape
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, h * d)))
+
+    def regional(self, r: Tensor) -> Tensor:
+        q, k, v = self._heads(r)
+        return self._merge(attend(q, k, v, None, self.scale, self.attn_drop if self.training else 0.0, owner=self))
+
+    def local(self, x: Tensor, mask: Tensor | None = None, regional_only: bool = False) -> Tensor:
+        """``mask``: bool ``nW x 1 x N x N`` (True = attend) for padded maps, else None. ``regional_only``: only
+        the regional token of each window queries (output ``(B*nW) x 1 x C``)."""
+        q, k, v = self._heads(x)
+        bias = self.relative_position_bias().to(q.dtype)
+        if regional_only:
+            q, bias, mask = q[:, :, :1], bias[:, :1], None if mask is None else mask[..., :1, :]
+        p = self.attn_drop if self.training else 0.0
+        if mask is None:
+            return self._merge(attend(q, k, v, bias.unsqueeze(0), self.scale, p, owner=self))  # 4-D: fused kernel
+        # masked logits are *replaced* by finfo.min: adding it to a logit rounds back to finfo.min exactly, so
+        # fully masked rows still get the official uniform softmax
+        bias = torch.where(mask, bias, torch.finfo(q.dtype).min)  # nW x heads x Nq x N
+        nW, h, Nq, N = bias.shape
+        B = q.shape[0] // nW
+        if fused_enabled():
+            # windows folded into the head axis: the per-window bias broadcasts over the batch without a copy
+            q, k, v = (t.reshape(B, nW * h, -1, t.shape[-1]) for t in (q, k, v))
+            out = attend(q, k, v, bias.reshape(1, nW * h, Nq, N), self.scale, p, owner=self)
+            out = out.view(B * nW, h, Nq, -1)
+        else:
+            bias = bias.expand(B, -1, -1, -1, -1).reshape(B * nW, h, Nq, N)
+            out = attend(q, k, v, bias, self.scale, p, owner=self)
+        return self._merge(out)
+
+
+# --- block, layout, stage --------------------------------------------------------------------------------------
+class R2LBlock(nn.Module):
+    """Regional attention, then windowed local attention, then MLP; pre-norm residuals (one drop-path rate)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.norm0 = norm_layer(dim)
+        self.norm1 = norm_layer(dim)
+        self.attn = R2LAttention(dim, num_heads, window_size, qkv_bias, qk_scale, attn_drop, proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+
+    def forward(self, x: Tensor, num_windows: int, mask: Tensor | None = None, regional_only: bool = False) -> Tensor:
+        """``x``: ``(B*nW) x (1+ws²) x C`` windows; ``mask`` as in :meth:`R2LAttention.local`. ``regional_only``
+        returns just the regional tokens (``(B*nW) x 1 x C``), for a last block whose local tokens nobody reads
+        (classification): the local tokens still serve as keys and values, the result is the same."""
+        BW, N, C = x.shape
+        r = x[:, 0].reshape(BW // num_windows, num_windows, C)
+        r = r + self.drop_path(self.attn.regional(self.norm0(r)))
+        x = torch.cat([r.reshape(BW, 1, C), x[:, 1:]], dim=1)
+        attn = self.attn.local(self.norm1(x), mask, regional_only)
+        x = (x[:, :1] if regional_only else x) + self.drop_path(attn)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def to_windows(region: Tensor, local: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
+    """``B x C x Hr x Wr`` regional and ``B x C x H x W`` local maps -> ``(B*Hr*Wr) x (1+ws²) x C`` windows.
+
+    The local map is zero-padded at the bottom/right to ``(Hr*ws) x (Wr*ws)``; returns the padding
+    ``(pad_b, pad_r)``.
+    """
+    B, C, Hr, Wr = region.shape
+    H, W = local.shape[-2:]
+    ws = window_size
+    pad_b, pad_r = Hr * ws - H, Wr * ws - W
+    if pad_b or pad_r:
+        local = F.pad(local, (0, pad_r, 0, pad_b))
+    local = local.reshape(B, C, Hr, ws, Wr, ws).permute(0, 2, 4, 3, 5, 1).reshape(B * Hr * Wr, ws * ws, C)
+    region = region.permute(0, 2, 3, 1).reshape(B * Hr * Wr, 1, C)
+    return torch.cat([region, local], dim=1), (pad_b, pad_r)
+
+
+def to_maps(x: Tensor, grid: tuple[int, int], size: tuple[int, int], window_size: int) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`to_windows`: regional ``B x C x Hr x Wr`` and local ``B x C x H x W`` maps (padding
+    cropped). Both come back channels-last in memory, which the following norms and convs prefer."""
+    (Hr, Wr), (H, W), ws = grid, size, window_size
+    C = x.shape[-1]
+    region = x[:, 0].reshape(-1, Hr, Wr, C).permute(0, 3, 1, 2)
+    local = x[:, 1:].reshape(-1, Hr, Wr, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, Hr * ws, Wr * ws, C)
+    return region, local[:, :H, :W].permute(0, 3, 1, 2)
+
+
+class Projection(nn.Module):
+    """The down-sampling between stages, one module for the regional and the local map: LayerNorm2d -> GELU ->
+    grouped conv (``groups = in_dim``, each channel feeding ``out_dim // in_dim`` outputs); ``'sc'`` is k3 s2 p1,
+    ``'c'`` is k1 s1."""
+
+    def __init__(self, in_dim: int, out_dim: int, mode: str = "sc"):
+        super().__init__()
+        if mode not in ("c", "sc"):
+            raise ValueError(f"downsampling mode must be 'c' or 'sc', got {mode!r}")
+        if out_dim % in_dim:
+            raise ValueError(f"projection {in_dim}->{out_dim}: output channels must be a multiple of the input")
+        k, s = (3, 2) if mode == "sc" else (1, 1)
+        self.norm = LayerNorm2d(in_dim, eps=LN2D_EPS)
+        self.act = nn.GELU()
+        self.conv = nn.Conv2d(in_dim, out_dim, k, s, k // 2, groups=in_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(self.act(self.norm(x)))
+
+
+class RegionViTStage(nn.Module):
+    """Projection, then R2L blocks on the windowed layout (PEG after the first), then back to maps."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        downsampling: str = "sc",
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: Sequence[float] = (),
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        peg: bool = False,
+        det_norm: bool = False,
+        corrected_mask: bool = False,
+    ):
+        super().__init__()
+        self.window_size = window_size
+        self.corrected_mask = corrected_mask
+        self.grad_checkpointing = False
+        identity = downsampling == "c" and in_dim == dim
+        self.downsample = nn.Identity() if identity else Projection(in_dim, dim, downsampling)
+        dpr = list(drop_path) or [0.0] * depth
+        self.blocks = nn.ModuleList([
+            R2LBlock(dim, num_heads, window_size, mlp_ratio, qkv_bias, qk_scale, proj_drop, attn_drop, dpr[i],
+                     norm_layer)
+            for i in range(depth)
+        ])
+        self.peg = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False) if peg else None
+        self.det_norm = LayerNorm2d(dim, eps=LN2D_EPS) if det_norm else None
+        self._masks: dict[tuple, Tensor] = {}
+
+    def window_mask(self, grid: tuple[int, int], pad: tuple[int, int], device: torch.device) -> Tensor | None:
+        """The stage's attention mask for a padded input (None when nothing is padded), cached by shape."""
+        ws = self.window_size
+        if not pad[0] and not pad[1]:
+            return None
+        if not 0 <= pad[0] <= ws or not 0 <= pad[1] <= ws:
+            raise ValueError(f"window size {ws} does not fit a local map padded by {pad} for a {grid} regional "
+                             "grid; use the same window size in every stage")
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return r2l_window_mask(grid, pad, ws, self.corrected_mask, device).unsqueeze(1)
+        key = (grid, pad, device)
+        mask = self._masks.get(key)
+        if mask is None:
+            if len(self._masks) >= 32:  # many input sizes (detection): keep the cache bounded
+                self._masks.clear()
+            mask = self._masks[key] = r2l_window_mask(grid, pad, ws, self.corrected_mask, device).unsqueeze(1)
+        return mask
+
+    def _run(self, blk: nn.Module, x: Tensor, num_windows: int, mask: Tensor | None, regional_only: bool) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(blk, x, num_windows, mask, regional_only)
+        return blk(x, num_windows, mask, regional_only)
+
+    def forward(self, region: Tensor, local: Tensor, need_local: bool = True) -> tuple[Tensor, Tensor | None]:
+        """``B x C x H x W`` maps in and out. ``need_local=False`` skips what only the output local map needs
+        (it is returned as None)."""
+        region, local = self.downsample(region), self.downsample(local)
+        grid, size, ws = tuple(region.shape[-2:]), tuple(local.shape[-2:]), self.window_size
+        x, pad = to_windows(region, local, ws)
+        mask = self.window_mask(grid, pad, x.device)
+        num_windows = grid[0] * grid[1]
+        for i, blk in enumerate(self.blocks):
+            pegged = i == 0 and self.peg is not None
+            if i == len(self.blocks) - 1 and not need_local and not pegged:
+                r = self._run(blk, x, num_windows, mask, True)
+                return r.reshape(-1, grid[0], grid[1], r.shape[-1]).permute(0, 3, 1, 2), None
+            x = self._run(blk, x, num_windows, mask, False)
+            if pegged:
+                region, local = to_maps(x, grid, size, ws)
+                x, _ = to_windows(region + self.peg(region), local + self.peg(local), ws)
+        region, local = to_maps(x, grid, size, ws)
+        if self.det_norm is not None:
+            local = self.det_norm(local)
+        return region, local
+
+
+# --- stems and the model ---------------------------------------------------------------------------------------
+class LocalStem(nn.Module):
+    """Local-token stem: ``'3conv'`` (three 3x3 convs, strides 2/2/1, LayerNorm2d+GELU between; patch 4 only),
+    ``'1conv'`` (kernel 2p, stride p, padding p-1) or ``'linear'`` (kernel = stride = p). No norm after it."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int = 4, conv_type: str = "3conv"):
+        super().__init__()
+        if conv_type == "3conv":
+            if patch_size != 4:
+                raise ValueError(f"the '3conv' stem is defined for patch_size 4 only, got {patch_size}")
+            self.proj = nn.Sequential(
+                nn.Conv2d(in_chans, dim // 4, 3, 2, 1), LayerNorm2d(dim // 4, eps=LN2D_EPS), nn.GELU(),
+                nn.Conv2d(dim // 4, dim // 2, 3, 2, 1), LayerNorm2d(dim // 2, eps=LN2D_EPS), nn.GELU(),
+                nn.Conv2d(dim // 2, dim, 3, 1, 1),
+            )
+            self.min_size = 1
+        elif conv_type == "1conv":
+            self.proj = nn.Conv2d(in_chans, dim, 2 * patch_size, patch_size, patch_size - 1)
+            self.min_size = 2
+        elif conv_type == "linear":
+            self.proj = nn.Conv2d(in_chans, dim, patch_size, patch_size)
+            self.min_size = patch_size
+        else:
+            raise ValueError(f"patch_conv_type must be '3conv', '1conv' or 'linear', got {conv_type!r}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
+class RegionalStem(nn.Module):
+    """Regional-token stem: a conv with kernel = stride = P on the image, zero-padded centred to multiples of P
+    (official rule: when either side needs it, both sides get ``P - size % P``, see the module docstring)."""
+
+    def __init__(self, in_chans: int, dim: int, patch: int):
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(in_chans, dim, patch, patch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[-2:]
+        P = self.patch
+        if H % P or W % P:
+            ph, pw = P - H % P, P - W % P
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        return self.proj(x)
+
+
+class RegionViT(nn.Module):
+    """RegionViT: regional-to-local attention on a 4-stage pyramid.
+
+    Args:
+        img_size: nominal input size (pretrained cfg only: every size works).
+        patch_size: local-token stride of the stem.
+        in_chans: input channels.
+        num_classes: classifier outputs (0 for none).
+        global_pool: ``'avg'`` (mean of the final regional tokens, official) or ``''``.
+        embed_dim: channels of each stage.
+        depth: R2L blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: local tokens per window side, one int or one per stage (7, or 14 for the ``w14`` models);
+            the regional patch is ``patch_size * window_size[0]`` pixels.
+        stem_dim: channels of the stems (official ``embed_dim[0]``); ``embed_dim[0]`` when None.
+        patch_conv_type: local stem, ``'3conv'``, ``'1conv'`` or ``'linear'``.
+        downsampling: projection mode per stage, ``'c'`` (k1; identity when channels stay) or ``'sc'`` (k3 s2).
+        mlp_ratio: MLP expansion, one float or one per stage.
+        qkv_bias, qk_scale: attention projection bias and logit scale (``head_dim ** -0.5`` when None).
+        peg: add the position-encoding generator (depth-wise conv after each stage's first block).
+        det_norm: normalise each stage's local map (the official detection backbone; feeds the next stage).
+        corrected_mask: opt-in fix of the official bottom-right window mask (see the module docstring).
+        norm_eps: epsilon of the token LayerNorms (1e-6 in every registered model).
+        drop_rate, attn_drop_rate, drop_path_rate: regularisation as in the official code (``drop_rate``: after
+            the stem, in the MLPs and after the attention projections).
+        head_drop_rate: dropout before the classifier (not in the official model).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        embed_dim: Sequence[int] = (96, 192, 384, 768),
+        depth: Sequence[int] = (2, 2, 8, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int | Sequence[int] = 7,
+        stem_dim: int | None = None,
+        patch_conv_type: str = "3conv",
+        downsampling: Sequence[str] = ("c", "sc", "sc", "sc"),
+        mlp_ratio: float | Sequence[float] = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        peg: bool = False,
+        det_norm: bool = False,
+        corrected_mask: bool = False,
+        norm_eps: float = 1e-6,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        head_drop_rate: float = 0.0,
+    ):
+        super().__init__()
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        num_stages = len(depth)
+        if not (len(embed_dim) == len(num_heads) == len(downsampling) == num_stages):
+            raise ValueError("embed_dim, depth, num_heads and downsampling need one entry per stage")
+        window_size = [window_size] * num_stages if isinstance(window_size, int) else list(window_size)
+        mlp_ratio = [mlp_ratio] * num_stages if isinstance(mlp_ratio, (int, float)) else list(mlp_ratio)
+        stem_dim = stem_dim or embed_dim[0]
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.embed_dim = tuple(embed_dim)
+        self.num_features = self.head_hidden_size = embed_dim[-1]
+        self.in_chans = in_chans
+        self.img_size = to_2tuple(img_size)
+        self.window_size = tuple(window_size)
+        self.det_norm = det_norm
+
+        self.patch_embed = LocalStem(in_chans, stem_dim, patch_size, patch_conv_type)
+        self.region_embed = RegionalStem(in_chans, stem_dim, patch_size * window_size[0])
+        self.pos_drop = nn.Dropout(drop_rate)
+        self._min_size = (self.patch_embed.min_size, self.patch_embed.min_size)
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depth)).tolist()
+        self.stages = nn.ModuleList()
+        self.feature_info = []
+        in_dim, stride, start = stem_dim, patch_size, 0
+        for i in range(num_stages):
+            self.stages.append(RegionViTStage(
+                in_dim, embed_dim[i], depth[i], num_heads[i], window_size[i], downsampling[i], mlp_ratio[i],
+                qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[start:start + depth[i]], norm_layer, peg,
+                det_norm, corrected_mask,
+            ))
+            stride *= 2 if downsampling[i] == "sc" else 1
+            self.feature_info.append(dict(num_chs=embed_dim[i], reduction=stride, module=f"stages.{i}"))
+            in_dim, start = embed_dim[i], start + depth[i]
+        self.norm = norm_layer(embed_dim[-1])
+        self.head_drop = nn.Dropout(head_drop_rate)
+        self.head = nn.Linear(embed_dim[-1], num_classes) if num_classes > 0 else nn.Identity()
+        # the last stage's detection norm only shapes the last local map, which classification discards
+        self.unused_parameters = (f"stages.{num_stages - 1}.det_norm.weight",
+                                  f"stages.{num_stages - 1}.det_norm.bias") if det_norm else ()
+        self.apply(_init_weights)
+
+    # --- timm contract ---------------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^patch_embed|^region_embed",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^stages\.(\d+)\.(?:downsample|peg|det_norm)", (0,)),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    # --- forward ---------------------------------------------------------------------------------------------------
+    def _stems(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_image(x, self.in_chans, self._min_size, type(self).__name__)
+        return self.region_embed(x), self.pos_drop(self.patch_embed(x))
+
+    def _final_tokens(self, region: Tensor) -> Tensor:
+        return self.norm(region.flatten(2).transpose(1, 2))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Normalised final regional tokens, ``B x (Hr*Wr) x C``."""
+        region, local = self._stems(x)
+        for i, stage in enumerate(self.stages):
+            region, local = stage(region, local, need_local=i < len(self.stages) - 1)
+        return self._final_tokens(region)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """The local-token maps of the stages (strides 4/8/16/32), cropped to the input's true size.
+
+        With ``det_norm=True`` they are the normalised maps, which the model also feeds to the next stage.
+        ``norm`` is accepted for timm's interface; the final norm acts on regional tokens, so it does not apply.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        region, local = self._stems(x)
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        intermediates = []
+        for i, stage in enumerate(stages):
+            region, local = stage(region, local, need_local=i < len(self.stages) - 1 or i in take_indices)
+            if i in take_indices:
+                intermediates.append(local.contiguous() if output_fmt == "NCHW" else local.permute(0, 2, 3, 1))
+        if intermediates_only:
+            return intermediates
+        if len(stages) < len(self.stages):
+            return region.flatten(2).transpose(1, 2), intermediates
+        return self._final_tokens(region), intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        if max_index < len(self.stages) - 1:
+            self.stages = self.stages[: max_index + 1]
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            prune_norm = prune_head = True
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------
+_D2_PREFIX = "backbone.bottom_up.model."  # the authors' Detectron2 wrapper (tools/convert_cls_model_to_d2.py)
+
+
+def _official_key(k: str) -> str:
+    """Official key -> ours (keys already ours pass through)."""
+    k = re.sub(r"^cls_token\.", "region_embed.", k)
+    k = re.sub(r"^norm(\d+)\.", r"stages.\1.det_norm.", k)
+    k = re.sub(r"^layers\.(\d+)\.peg\.", r"stages.\1.peg.", k)
+    m = re.match(r"^layers\.(\d+)\.block\.0\.proj(?:_cls)?\.(\d+)\.(.*)$", k)
+    if m:
+        part = {"0": "norm", "2": "conv"}.get(m.group(2), m.group(2))
+        return f"stages.{m.group(1)}.downsample.{part}.{m.group(3)}"
+    m = re.match(r"^layers\.(\d+)\.block\.(\d+)\.(.*)$", k)
+    if m:
+        return f"stages.{m.group(1)}.blocks.{int(m.group(2)) - 1}.{m.group(3)}"
+    return k
+
+
+def resize_rel_pos(table: Tensor, window_size: int) -> Tensor:
+    """Bicubic resize of a ``heads x (2ws-1)²`` table to another window size, in the stored (wrapped) order, as
+    the authors' ``tools/convert_cls_model_to_diff_ws.py`` does (so it is not a geometric resize of the
+    displacement grid)."""
+    span = 2 * window_size - 1
+    return resize_bias_grid(table, (span, span))
+
+
+def resize_region_kernel(weight: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bicubic resize of the regional stem's ``C x in x P x P`` kernel (the authors' window-size conversion)."""
+    if tuple(weight.shape[-2:]) == tuple(size):
+        return weight
+    return F.interpolate(weight.float(), size=size, mode="bicubic").to(weight.dtype)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RegionViT) -> dict[str, Tensor]:
+    """Official RegionViT checkpoints (or ours) -> this model's keys.
+
+    * ``cls_token.*`` (the regional stem) -> ``region_embed.*``; ``layers.{s}.block.0.proj.*`` and its duplicate
+      ``proj_cls.*`` (one module saved twice) -> ``stages.{s}.downsample.*`` (they must agree);
+      ``layers.{s}.block.{j}`` -> ``stages.{s}.blocks.{j-1}``; ``norm{s}`` (det_norm) -> ``stages.{s}.det_norm``;
+      the ``1 x C x 1 x 1`` LayerNorm2d affines become ``C``; the Detectron2 prefix
+      ``backbone.bottom_up.model.`` is stripped (other detector keys are dropped).
+    * another window size: the regional stem kernel and every ``rel_pos`` table are resized bicubically (the
+      tables in their stored, wrapped order), as the authors' conversion tool does -- each table to its own
+      stage's window (the tool's stage filter never matches, so with per-stage windows it resizes every table to
+      the last changed stage's size; for one window size for all stages, as in every released model, the
+      results are the same).
+    * a ``det_norm`` model loading an ImageNet checkpoint keeps its freshly initialised detection norms (the
+      official detection fine-tuning starts them that way).
+    """
+    from locvit.checkpoint import CheckpointError
+
+    if any(k.startswith(_D2_PREFIX) for k in state_dict):
+        state_dict = {k[len(_D2_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_D2_PREFIX)}
+    own = model.state_dict()
+    out: dict[str, Tensor] = {}
+    for k, v in state_dict.items():
+        if k.endswith("rel_pos_index"):
+            continue
+        nk = _official_key(k)
+        if nk in out:  # the shared projection, saved as proj and proj_cls
+            if not torch.equal(out[nk], v.reshape(out[nk].shape)):
+                raise CheckpointError(f"{k} differs from its twin: the official down-sampling layer is one module "
+                                      "saved under proj and proj_cls, the two must be equal")
+            continue
+        target = own.get(nk)
+        if target is not None:
+            if v.ndim == 4 and target.ndim == 1 and v.numel() == target.numel():  # LayerNorm2d affine
+                v = v.reshape(-1)
+            elif nk.endswith("attn.rel_pos") and v.shape != target.shape and v.shape[0] == target.shape[0]:
+                v = resize_rel_pos(v, math.isqrt(target.shape[1]) // 2 + 1)
+            elif nk == "region_embed.proj.weight" and v.shape[:2] == target.shape[:2]:
+                v = resize_region_kernel(v, tuple(target.shape[-2:]))
+        out[nk] = v
+    for k, v in own.items():
+        if ".det_norm." in k and k not in out:
+            out[k] = v
+    return out
+
+
+@register_official("regionvit.regionvit.RegionViT")
+def _from_official(kw: dict[str, Any]) -> RegionViT:
+    embed_dim = list(kw.pop("embed_dim"))
+    norm_layer = kw.pop("norm_layer", None)
+    pop_unused(kw, {"computed_cls_token": True})
+    return RegionViT(
+        stem_dim=embed_dim[0],
+        embed_dim=embed_dim[1:],
+        window_size=list(kw.pop("kernel_sizes")),
+        norm_eps=norm_eps(norm_layer, 1e-6),
+        **kw,
+    )
+
+
+# --- registry --------------------------------------------------------------------------------------------------
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    return build_model(RegionViT, variant, pretrained, filter_fn=checkpoint_filter_fn,
+                       feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
+
+
+_RELEASE = "https://github.com/IBM/RegionViT/releases/download/weights-v0.1/"
+_DET = "detection backbone; the authors release only COCO detectors with it ({}): load their backbone with " \
+       "det_norm=True, features_only=True"
+
+
+def _cfg(url: str = "", stem: str = "3conv", **kwargs: Any) -> dict[str, Any]:
+    return make_cfg(url, first_conv="patch_embed.proj.0" if stem == "3conv" else "patch_embed.proj",
+                    min_input_size=(3, 32, 32), **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "regionvit_tiny.in1k": _cfg(_RELEASE + "RegionViT-Ti.pth", notes=("official name regionvit_tiny_224; 80.4",)),
+    "regionvit_small.in1k": _cfg(_RELEASE + "RegionViT-S.pth", notes=("official name regionvit_small_224; 82.6",)),
+    "regionvit_medium.in1k": _cfg(
+        "https://github.com/IBM/RegionViT/releases/tag/weights-v0.1", stem="1conv",
+        notes=("official name regionvit_medium_224; 83.1", "the README's link points at RegionViT-S.pth (a slip)")),
+    "regionvit_base.in1k": _cfg(_RELEASE + "RegionViT-B.pth", stem="1conv",
+                                notes=("official name regionvit_base_224; 83.2",)),
+    "regionvit_small_w14": _cfg(notes=(_DET.format("MaskRCNN_1x_RegionViT-S+.pth, RetinaNet_*_RegionViT-S+.pth"),)),
+    "regionvit_small_w14_peg": _cfg(notes=(_DET.format("*_RegionViT-S+peg.pth"),)),
+    "regionvit_base_w14": _cfg(stem="1conv", notes=(_DET.format("*_RegionViT-B+.pth"),)),
+    "regionvit_base_w14_peg": _cfg(stem="1conv", notes=(_DET.format("*_RegionViT-B+peg*.pth"),)),
+    "regionvit_tiny_w14": _cfg(notes=("not buildable in the official registry (missing config); no weights",)),
+})
+
+_TINY = dict(embed_dim=(64, 128, 256, 512), depth=(2, 2, 8, 2), num_heads=(2, 4, 8, 16), patch_conv_type="3conv")
+_SMALL = dict(embed_dim=(96, 192, 384, 768), depth=(2, 2, 8, 2), num_heads=(3, 6, 12, 24), patch_conv_type="3conv")
+_MEDIUM = dict(embed_dim=(96, 192, 384, 768), depth=(2, 2, 14, 2), num_heads=(3, 6, 12, 24), patch_conv_type="1conv")
+_BASE = dict(embed_dim=(128, 256, 512, 1024), depth=(2, 2, 14, 2), num_heads=(4, 8, 16, 32), patch_conv_type="1conv")
+
+
+def _variant(name: str, base: dict[str, Any], pretrained: bool, kwargs: dict[str, Any], **extra: Any) -> RegionViT:
+    return _create(name, pretrained, **{**base, **extra, **kwargs})
+
+
+@register_family_model("regionvit", aliases=("regionvit_tiny_224",))
+def regionvit_tiny(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    """RegionViT-Ti: 3conv stem, dims 64/128/256/512, depths 2/2/8/2, window 7."""
+    return _variant("regionvit_tiny", _TINY, pretrained, kwargs, window_size=7)
+
+
+@register_family_model("regionvit", aliases=("regionvit_small_224",))
+def regionvit_small(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    """RegionViT-S: 3conv stem, dims 96/192/384/768, depths 2/2/8/2, window 7."""
+    return _variant("regionvit_small", _SMALL, pretrained, kwargs, window_size=7)
+
+
+@register_family_model("regionvit", aliases=("regionvit_medium_224",))
+def regionvit_medium(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    """RegionViT-M: 1conv stem, dims 96/192/384/768, depths 2/2/14/2, window 7."""
+    return _variant("regionvit_medium", _MEDIUM, pretrained, kwargs, window_size=7)
+
+
+@register_family_model("regionvit", aliases=("regionvit_base_224",))
+def regionvit_base(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    """RegionViT-B: 1conv stem, dims 128/256/512/1024, depths 2/2/14/2, window 7."""
+    return _variant("regionvit_base", _BASE, pretrained, kwargs, window_size=7)
+
+
+@register_family_model("regionvit", aliases=("regionvit_tiny_w14_224",))
+def regionvit_tiny_w14(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    """RegionViT-Ti with window 14 (registered but broken in the official code; no official weights)."""
+    return _variant("regionvit_tiny_w14", _TINY, pretrained, kwargs, window_size=14)
+
+
+@register_family_model("regionvit", aliases=("regionvit_small_w14_224",))
+def regionvit_small_w14(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    """RegionViT-S+ (detection README): RegionViT-S with window 14."""
+    return _variant("regionvit_small_w14", _SMALL, pretrained, kwargs, window_size=14)
+
+
+@register_family_model("regionvit", aliases=("regionvit_small_w14_peg_224",))
+def regionvit_small_w14_peg(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    """RegionViT-S+ with PEG: window 14 and a depth-wise position conv per stage."""
+    return _variant("regionvit_small_w14_peg", _SMALL, pretrained, kwargs, window_size=14, peg=True)
+
+
+@register_family_model("regionvit", aliases=("regionvit_base_w14_224",))
+def regionvit_base_w14(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    """RegionViT-B+ (detection README): RegionViT-B with window 14."""
+    return _variant("regionvit_base_w14", _BASE, pretrained, kwargs, window_size=14)
+
+
+@register_family_model("regionvit", aliases=("regionvit_base_w14_peg_224",))
+def regionvit_base_w14_peg(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    """RegionViT-B+ with PEG: window 14 and a depth-wise position conv per stage."""
+    return _variant("regionvit_base_w14_peg", _BASE, pretrained, kwargs, window_size=14, peg=True)
