@@ -1,12 +1,12 @@
 """Mask R-CNN (torchvision) with a locvit backbone on a COCO-format folder: a few training steps, then evaluation.
 
-    python examples/detection.py --model regionvit_tiny --steps 20 --output runs/det
+    python examples/detection.py --model regionvit_tiny --steps 10 --output runs/det
     python examples/detection.py --model vvt_tiny --data /data/coco_subset --checkpoint vvt_tiny.pth
 
 ``--data DIR`` holds ``annotations.json`` (COCO instances format: polygon segmentations, or RLE when pycocotools is
 installed) and the images under ``images/`` (or pass ``--ann`` and ``--images``). Without ``--data`` the script
 writes a small synthetic dataset (rectangles and discs on noise, non-square images of sizes not divisible by 32)
-into ``OUTPUT/synthetic_coco`` and uses it, so it runs anywhere, on the CPU, in about a minute.
+into ``OUTPUT/synthetic_coco`` and uses it, so it runs anywhere, on a CPU, in a minute or two.
 
 The last ``--val-fraction`` of the images are held out and scored with box and mask AP at IoU 0.5 (a small,
 dependency-free evaluation; use pycocotools' COCOeval for the official COCO metrics). ``OUTPUT/metrics.json``
@@ -187,13 +187,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", help="image folder (overrides DATA/images)")
     p.add_argument("--num-images", type=int, default=24, help="size of the synthetic dataset")
     p.add_argument("--val-fraction", type=float, default=0.25)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (1e-4, weight decay 0.05: the papers)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--min-size", type=int, default=128, help="shorter image side after resizing (COCO: 800)")
     p.add_argument("--max-size", type=int, default=224, help="longer side limit (COCO: 1333)")
     p.add_argument("--fpn-channels", type=int, default=256)
+    p.add_argument("--proposals", type=int, default=500, help="RPN proposals kept per image in training (COCO: 2000)")
+    p.add_argument("--rois-per-image", type=int, default=128, help="RoIs sampled per image for the heads (COCO: 512)")
     p.add_argument("--output", default="runs/detection")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -233,7 +235,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     model = dense.mask_rcnn(args.model, num_classes=len(classes) + 1, out_channels=args.fpn_channels,
                             checkpoint=args.checkpoint, model_kwargs=_parse_kv(args.model_kwargs),
-                            min_size=args.min_size, max_size=args.max_size).to(device)
+                            min_size=args.min_size, max_size=args.max_size,
+                            rpn_pre_nms_top_n_train=2 * args.proposals, rpn_post_nms_top_n_train=args.proposals,
+                            box_batch_size_per_image=args.rois_per_image).to(device)
     n_backbone = sum(p.numel() for p in model.backbone.body.parameters())
     print(f"Mask R-CNN with {args.model} ({n_backbone / 1e6:.2f}M backbone parameters, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M in all)")
@@ -272,7 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_s = time.time() - t0
 
     scores = evaluate(model, val_set, device)
-    print(f"evaluation on {len(val_set)} images: box AP50 {scores['box_AP50']:.3f}, mask AP50 {scores['mask_AP50']:.3f}")
+    print(f"evaluation on {len(val_set)} images: box AP50 {scores['box_AP50']:.3f}, "
+          f"mask AP50 {scores['mask_AP50']:.3f}")
     metrics = dict(model=args.model, steps=step, train_seconds=round(train_s, 1), history=history, eval=scores,
                    load_report=str(model.backbone.load_report) if args.checkpoint else None)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

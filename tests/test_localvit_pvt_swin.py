@@ -230,6 +230,19 @@ def test_features_at_detection_sizes(name):
         assert t.shape[2:] in ((H // r, W // r), (-(-H // r), -(-W // r))), (t.shape, r)
 
 
+@pytest.mark.parametrize("build", [_pvt, _swin])
+def test_parameter_groups_for_layer_decay(build):
+    from timm.models import group_parameters
+
+    model = build()
+    fine = group_parameters(model, model.group_matcher(coarse=False))
+    coarse = group_parameters(model, model.group_matcher(coarse=True))
+    assert len(coarse) == 1 + 4 + 1  # stem, four stages, head and final norm
+    assert len(fine) > len(coarse)
+    names = [n for group in fine.values() for n in group]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+
+
 # --- the locality FFN's inference shortcuts (shared layer; the pyramid hosts are where they matter) -------------
 @pytest.mark.parametrize("act,reduction,hw", [("hs+se", 8, (9, 10)), ("hs+se", 8, (3, 2)), ("relu6", 4, (5, 7)),
                                               ("hs+ecah", 4, (5, 7)), ("hs", 4, (4, 4))])

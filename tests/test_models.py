@@ -7,6 +7,7 @@ import timm
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from timm.optim import create_optimizer_v2
 
 import locvit
 
@@ -82,10 +83,13 @@ def test_model_contract(name):
         model.reset_classifier(0, "")
         assert model.forward_head(model.forward_features(x)).ndim >= 2
 
-    # parameter groups for layer decay / weight decay
+    # parameter groups for weight decay and layer-wise lr decay, as timm's optimiser factory builds them
     assert isinstance(model.no_weight_decay(), (set, list, tuple))
     groups = model.group_matcher()
     assert "stem" in groups and "blocks" in groups
+    opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    in_groups = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert in_groups == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("name", MODELS)

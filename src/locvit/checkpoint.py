@@ -89,7 +89,8 @@ def read_checkpoint(
         try:
             return load_file(str(path), device=str(map_location))
         except SafetensorError as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-download or re-export it") from e
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e}); download or export it again"
+                                  ) from e
     if not zipfile.is_zipfile(path) and path.stat().st_size < 64:
         raise CheckpointError(f"{path} is too small to be a checkpoint ({path.stat().st_size} bytes)")
     try:

@@ -223,7 +223,8 @@ def _bench(p: argparse.ArgumentParser):
             ex = sweep.exponents(rows)
             print("\nfitted exponent k (cost ~ pixels^k):")
             for name, e in ex.items():
-                print(f"  {name:32s} GMACs {e['gmacs']:.2f}  time {e['ms_per_image']:.2f}  memory {e['peak_mem_mb']:.2f}")
+                print(f"  {name:32s} GMACs {e['gmacs']:.2f}  time {e['ms_per_image']:.2f}  "
+                      f"memory {e['peak_mem_mb']:.2f}")
             if a.csv:
                 sweep.write_csv(rows, a.csv)
             if a.plot:

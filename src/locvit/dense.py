@@ -26,7 +26,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
@@ -74,9 +73,12 @@ DENSE_RECIPES: dict[str, DenseRecipe] = {
         {"det_norm": True}, False,
         "IBM/RegionViT detection/configs (Detectron2): DET_NORM True, window 7 (Ti/S/M/B) or 14 (the '+' models, "
         "*_w14*), drop path 0.2, FPN on res2-res5 + max-pool P6 (Mask R-CNN) or P6/P7 from res5 (RetinaNet)"),
-    # any size above 7 * 32 = 224 gives every stage the full window and ring (at 224 the last stage has neither)
-    "focal": DenseRecipe({"img_size": (800, 1333)}, True, _SWIN_STYLE),
-    "focal_v2": DenseRecipe({"img_size": (800, 1333)}, True, _SWIN_STYLE),
+    # Focal fixes its block geometry at build time from img_size: at 224 the last stage's 7x7 map is one window
+    # without the ring, from 256 on every stage has both, as at every detection size. 256 (not 800x1333) because
+    # v2 also precomputes its top-k key selection for img_size, which costs seconds at detection sizes; other
+    # input sizes get theirs when first seen.
+    "focal": DenseRecipe({"img_size": (256, 256)}, True, _SWIN_STYLE),
+    "focal_v2": DenseRecipe({"img_size": (256, 256)}, True, _SWIN_STYLE),
     "vvt": DenseRecipe({}, False, "stage outputs after each stage's LayerNorm (the PVT Semantic FPN protocol the "
                                   "paper's ADE20K results follow; inferred: no dense code was released)"),
     "pvt": DenseRecipe({}, False, "PVT's detection backbone: the four stage outputs (LocalViT-PVT: untested "
@@ -300,6 +302,7 @@ class LocvitFPN(nn.Module):
         #: stride of every output map, in order (the extra block's included when known)
         self.strides = strides + extra_strides
         self.pretrained_cfg = getattr(body, "pretrained_cfg", {})
+        self.load_report: PretrainedReport | None = None
 
     def adapter_modules(self) -> list[str]:
         """Names of the modules the adapter adds on top of the backbone (never in a classification checkpoint)."""
@@ -382,7 +385,7 @@ def _two_stage(cls_name: str, model_name: str, num_classes: int | None, backbone
     return getattr(tvd, cls_name)(backbone, num_classes=num_classes, **kw)
 
 
-def mask_rcnn(model_name: str, num_classes: int, *, out_indices: Sequence[int] = (0, 1, 2, 3),
+def mask_rcnn(model_name: str, num_classes: int | None, *, out_indices: Sequence[int] = (0, 1, 2, 3),
               out_channels: int = 256, checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
               recipe: bool = True, verbose: bool = True, model_kwargs: Mapping[str, Any] | None = None,
               **detector_kwargs: Any) -> nn.Module:
@@ -390,14 +393,15 @@ def mask_rcnn(model_name: str, num_classes: int, *, out_indices: Sequence[int] =
 
     Anchors (32-512, three ratios, one size per level) and RoI poolers follow the backbone's levels; the image
     normalisation is the model's pretrained cfg. ``detector_kwargs`` go to ``MaskRCNN`` (``min_size``,
-    ``max_size``, ``size_divisible``, heads, sampling sizes, ...); ``model_kwargs`` to the locvit model.
+    ``max_size``, ``size_divisible``, heads, sampling sizes, ...; with your own ``box_predictor`` /
+    ``mask_predictor`` pass ``num_classes=None``, as torchvision wants); ``model_kwargs`` to the locvit model.
     """
     backbone_kwargs = dict(out_indices=out_indices, out_channels=out_channels, checkpoint=checkpoint,
                            recipe=recipe, verbose=verbose, **(model_kwargs or {}))
     return _two_stage("MaskRCNN", model_name, num_classes, backbone_kwargs, detector_kwargs, mask=True)
 
 
-def faster_rcnn(model_name: str, num_classes: int, *, out_indices: Sequence[int] = (0, 1, 2, 3),
+def faster_rcnn(model_name: str, num_classes: int | None, *, out_indices: Sequence[int] = (0, 1, 2, 3),
                 out_channels: int = 256, checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
                 recipe: bool = True, verbose: bool = True, model_kwargs: Mapping[str, Any] | None = None,
                 **detector_kwargs: Any) -> nn.Module:

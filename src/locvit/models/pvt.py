@@ -301,9 +301,9 @@ class PyramidVisionTransformer(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(
-            stem=r"^stages\.0\.(patch_embed|pos_embed)",
-            blocks=r"^stages\.(\d+)|^cls_token" if coarse else [
-                (r"^stages\.(\d+)\.(patch_embed|pos_embed)", (0,)),
+            stem=r"^stages\.0\.(?:patch_embed|pos_embed)",
+            blocks=[(r"^stages\.(\d+)", None), (r"^cls_token", (len(self.stages) - 1,))] if coarse else [
+                (r"^stages\.(\d+)\.(?:patch_embed|pos_embed)", (0,)),
                 (r"^cls_token", (len(self.stages) - 1, 0)),
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
                 (r"^norm", (99999,)),

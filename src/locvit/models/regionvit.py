@@ -163,9 +163,10 @@ class R2LAttention(nn.Module):
         p = self.attn_drop if self.training else 0.0
         if mask is None:
             return self._merge(attend(q, k, v, bias.unsqueeze(0), self.scale, p, owner=self))  # 4-D: fused kernel
-        # masked logits are *replaced* by finfo.min: adding it to a logit rounds back to finfo.min exactly, so
-        # fully masked rows still get the official uniform softmax
-        bias = torch.where(mask, bias, torch.finfo(q.dtype).min)  # nW x heads x Nq x N
+        # the official code *replaces* masked logits by finfo.min; adding finfo.min / 2 to a logit rounds to one
+        # constant just the same (fully masked rows keep the official uniform softmax, the others exact zeros),
+        # and cannot overflow to -inf in half precision
+        bias = torch.where(mask, bias, torch.finfo(q.dtype).min / 2)  # nW x heads x Nq x N
         nW, h, Nq, N = bias.shape
         B = q.shape[0] // nW
         if fused_enabled():

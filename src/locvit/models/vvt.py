@@ -47,6 +47,12 @@ included, and the 384 configurations differ from the 224 ones only in their pret
 Softmax attention (``locvit.layers.attend``) does not apply: VVT has no attention matrix to normalise.
 :func:`vicinity_weights` computes, for chosen queries, the normalised weights the linear attention
 implicitly applies (for visualisation and tests).
+
+Speed, with the same numbers: the numerator and denominator come out of one product with ``[kv | k_sum]``;
+consecutive clamps around a positive factor share one sign; without autograd, temporaries are updated in place
+and CPU inference runs the high-resolution stages a few images at a time (:class:`VicinityStage`); in eager
+training the attention core and the gated output have a hand-written backward that recomputes the 4x-wide
+features instead of storing every element-wise step.
 """
 from __future__ import annotations
 
@@ -181,7 +187,8 @@ def vicinity_attention(q: Tensor, k: Tensor, v: Tensor, q_table: Tensor, k_table
 def _vicinity_forward(q: Tensor, k: Tensor, v: Tensor, q_table: Tensor, k_table: Tensor, clamp: bool,
                       inplace: bool, for_backward: bool = False) -> tuple[Tensor, ...]:
     """The forward of :func:`vicinity_attention`; with ``for_backward`` it also returns what
-    :class:`_VicinityAttentionFn` needs: ``[clamp(kv) | k_sum]``, the kv clamp's gradient mask and ``1/(den+eps)``."""
+    :class:`_VicinityAttentionFn` needs: ``[clamp(kv) | k_sum]``, the kv clamp's gradient mask, the numerator and
+    ``1/(den+eps)``."""
     d = v.shape[-1]
     qf = vicinity_features(q, q_table)  # B h N 4d
     kf = vicinity_features(k, k_table)  # B h S 4d
@@ -201,8 +208,8 @@ def _vicinity_forward(q: Tensor, k: Tensor, v: Tensor, q_table: Tensor, k_table:
         return (num * z_raw.unsqueeze(-1),)
     z = abs_clamp(z_raw, inplace=False)
     # official: abs_clamp(abs_clamp(num) * z); z > 0, so one sign suffices
-    o = _clamp_scale_clamp(num, z.unsqueeze(-1), gate=False, inplace=inplace)
-    return (o, kvs, kv_mask, z_raw) if for_backward else (o,)
+    o = _clamp_scale_clamp(num, z.unsqueeze(-1), gate=False, inplace=inplace and not for_backward)
+    return (o, kvs, kv_mask, num, z_raw) if for_backward else (o,)
 
 
 def vicinity_weights(q: Tensor, k: Tensor, q_table: Tensor, k_table: Tensor, query_index: Tensor | list[int],
@@ -232,26 +239,26 @@ def vicinity_weights(q: Tensor, k: Tensor, q_table: Tensor, k_table: Tensor, que
 # Training: the attention's backward written out (eager mode)
 # --------------------------------------------------------------------------------------------------------------
 class _VicinityAttentionFn(torch.autograd.Function):
-    """Autograd of :func:`vicinity_attention` (clamps on) written out. It keeps q, k, v and the ``4d x (d+1)``
-    summary and recomputes the 4x-wide features in backward, instead of autograd's record of every
+    """Autograd of :func:`vicinity_attention` (clamps on) written out. It keeps q, k, v, the ``4d x (d+1)``
+    summary and the numerator, and recomputes the 4x-wide features in backward, instead of autograd's record of every
     element-wise step: much less memory traffic in training, same gradients (a clamp passes gradient where the
     magnitude is inside ``[1e-4, 1e4]``, bounds included, as torch's clamp does)."""
 
     @staticmethod
     def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, q_table: Tensor, k_table: Tensor) -> Tensor:
-        o, kvs, kv_mask, z_raw = _vicinity_forward(q, k, v, q_table, k_table, True, inplace=True, for_backward=True)
-        ctx.save_for_backward(q, k, v, q_table, k_table, kvs, kv_mask, z_raw)
+        o, kvs, kv_mask, num, z_raw = _vicinity_forward(q, k, v, q_table, k_table, True, inplace=True,
+                                                        for_backward=True)
+        ctx.save_for_backward(q, k, v, q_table, k_table, kvs, kv_mask, num, z_raw)
         return o
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g_o: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, q_table, k_table, kvs, kv_mask, z_raw = ctx.saved_tensors
+        q, k, v, q_table, k_table, kvs, kv_mask, num, z_raw = ctx.saved_tensors
         d = v.shape[-1]
         qf = vicinity_features(q, q_table)
-        num = qf @ kvs[..., :d]
         z_mask = _in_range(z_raw)
-        z = z_raw.clamp(CLAMP_MIN, CLAMP_MAX).unsqueeze(-1)
+        z = abs_clamp(z_raw).unsqueeze(-1)
         c1 = abs_clamp(num)
         g_p = g_o * _in_range(c1 * z)  # o = abs_clamp(p), p = c1 * z
         g_z = (g_p * c1).sum(dim=-1)
@@ -367,14 +374,15 @@ class VicinityAttention(nn.Module):
         h, d, inner = self.num_heads, self.head_dim, self.inner_dim
         q_table = angle_table((H, W), None, x.device, x.dtype)
         if self.sr is None:
-            q, k, v = self.qkv(x).view(B, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = _heads_first(self.qkv(x).view(B, N, 3, h, d).permute(2, 0, 3, 1, 4)).unbind(0)
             return q, k, v, q_table, q_table
         w, b = self.qkv.weight, self.qkv.bias
-        q = F.linear(x, w[:inner], b[:inner]).view(B, N, h, d).transpose(1, 2)
+        q = _heads_first(F.linear(x, w[:inner], b[:inner]).view(B, N, h, d).transpose(1, 2))
         r = self.sr(x.transpose(1, 2).reshape(B, C, H, W))
         Hr, Wr = r.shape[-2:]
         r = self.sr_norm(r.flatten(2).transpose(1, 2))
-        k, v = F.linear(r, w[inner:], b[inner:]).view(B, Hr * Wr, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+        kv = F.linear(r, w[inner:], b[inner:]).view(B, Hr * Wr, 2, h, d)
+        k, v = _heads_first(kv.permute(2, 0, 3, 1, 4)).unbind(0)
         k_table = angle_table((Hr, Wr), (H / self.sr_ratio, W / self.sr_ratio), x.device, x.dtype)
         return q, k, v, q_table, k_table
 
@@ -397,6 +405,12 @@ class VicinityAttention(nn.Module):
         for the normalised block input ``x`` of an ``H x W`` map."""
         q, k, _, q_table, k_table = self._project(x, hw)
         return vicinity_weights(q, k, q_table, k_table, query_index)
+
+
+def _heads_first(t: Tensor) -> Tensor:
+    """Lay out ``(..., h, tokens, d)`` head-major in memory: one copy here saves the batched matmuls a copy of
+    every 4x-wide feature tensor (a single head is already laid out right)."""
+    return t if t.shape[-3] == 1 else t.contiguous()
 
 
 class DWConvMlp(nn.Module):
