@@ -6,7 +6,7 @@
 ``--data DIR`` holds ``annotations.json`` (COCO instances format: polygon segmentations, or RLE when pycocotools is
 installed) and the images under ``images/`` (or pass ``--ann`` and ``--images``). Without ``--data`` the script
 writes a small synthetic dataset (rectangles and discs on noise, non-square images of sizes not divisible by 32)
-into ``OUTPUT/synthetic_coco`` and uses it, so it runs anywhere, on a CPU, in a minute or two.
+into ``OUTPUT/synthetic_coco`` and uses it, so it runs anywhere, on a CPU, in a few minutes.
 
 The last ``--val-fraction`` of the images are held out and scored with box and mask AP at IoU 0.5 (a small,
 dependency-free evaluation; use pycocotools' COCOeval for the official COCO metrics). ``OUTPUT/metrics.json``

@@ -6,7 +6,7 @@
 ``--data DIR`` holds ``images/`` and ``masks/``: one mask per image with the same stem, a single-channel PNG of
 class indices (255 = ignore). Without ``--data`` the script writes a small synthetic dataset (rectangles and
 discs on noise; image sizes not divisible by 32) into ``OUTPUT/synthetic_seg`` and uses it, so it runs anywhere,
-on a CPU, in a minute or two.
+on a CPU, in a few minutes.
 
 The encoder is smp's timm-universal encoder ``tu-<model>`` (``import locvit`` registers the names with timm);
 :func:`locvit.dense.smp_model` wraps the model so that any input size works (padded to a multiple of 32, the

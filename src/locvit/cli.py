@@ -158,10 +158,25 @@ def _flops(p: argparse.ArgumentParser):
     p.add_argument("--model", nargs="+", required=True, help="names or wildcards")
     p.add_argument("--img-size", type=int, nargs="+", default=None, help="square sides (default: model's)")
     p.add_argument("--csv", help="also write the table as CSV")
+    p.add_argument("--paper-table", metavar="MD", help="write a markdown table against the official/README figures")
+    p.add_argument("--official-counts", metavar="JSON",
+                   help="GMACs counted on the official implementations with the same counter (name -> GMACs)")
 
     def run(a: argparse.Namespace) -> int:
         from locvit._registry import create_model
         from locvit.bench.flops import COUNTER, count_flops
+
+        if a.paper_table:
+            import json
+
+            from locvit._io import atomic_write_text
+            from locvit.bench.reference import COUNTER_NOTE, flops_table
+
+            official = json.load(open(a.official_counts)) if a.official_counts else None
+            table = flops_table(_expand_models(a.model), official)
+            atomic_write_text(a.paper_table, f"Counter: {COUNTER}.\n\n{COUNTER_NOTE}.\n\n{table}\n")
+            print(table)
+            return 0
 
         rows = []
         for name in _expand_models(a.model):
@@ -304,6 +319,65 @@ def _demo(p: argparse.ArgumentParser):
 
     return run
 
+
+# --- locvit viz --------------------------------------------------------------------------------------------------
+@command("viz", "pictures of each locality mechanism on a photo: attention maps per level, receptive fields")
+def _viz(p: argparse.ArgumentParser):
+    p.add_argument("--model", nargs="+", required=True,
+                   help="names or wildcards; two or more also give an ERF grid comparing them")
+    p.add_argument("--image", help="photo file (default: scikit-learn's bundled sample photo china.jpg)")
+    p.add_argument("--query", type=int, nargs=2, metavar=("ROW", "COL"),
+                   help="query pixel of the model input (the photo resized and centre-cropped); default: centre")
+    p.add_argument("--output", default="figs", help="folder for the PNGs")
+    p.add_argument("--checkpoint", nargs="+", help="weights, one file per --model (default: random init)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
+    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the model's)")
+    p.add_argument("--stage", type=int, default=0, help="stage of the attention block shown (0-based; -1 = last)")
+    p.add_argument("--block", type=int, default=0, help="block within the stage (0-based; -1 = last)")
+    p.add_argument("--no-erf", action="store_true", help="skip the effective receptive fields")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+
+    def run(a: argparse.Namespace) -> int:
+        from locvit.viz.run import render
+
+        paths = render(_expand_models(a.model), a.output, image=a.image, query=a.query, checkpoints=a.checkpoint,
+                       img_size=a.img_size, stage=a.stage, block=a.block, erf=not a.no_erf, seed=a.seed,
+                       trust_pickle=a.trust_checkpoint)
+        print(f"wrote {len(paths)} figures to {a.output}")
+        return 0
+
+    return run
+
+
+# --- locvit export -----------------------------------------------------------------------------------------------
+@command("export", "export a model to ONNX or a torch.export program (.pt2), verified against eager PyTorch")
+def _export(p: argparse.ArgumentParser):
+    p.add_argument("--model", required=True)
+    p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
+    p.add_argument("--checkpoint", help="weights (official release file or ours); default: random init")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
+    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch of the example input")
+    p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
+                   help="let the exported file take any batch size (default: on)")
+    p.add_argument("--num-classes", type=int, help="default: the checkpoint's head, else the model's")
+    p.add_argument("--output", help="file to write (default: MODEL.onnx / MODEL.pt2)")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |exported - eager| difference")
+    p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
+
+    def run(a: argparse.Namespace) -> int:
+        from locvit.export import export
+
+        res = export(a.model, a.format, output=a.output, checkpoint=a.checkpoint, img_size=a.img_size,
+                     batch_size=a.batch_size, dynamic_batch=a.dynamic_batch, num_classes=a.num_classes,
+                     atol=a.atol, trust_pickle=a.trust_checkpoint, model_kwargs=_parse_kv(a.model_kwargs),
+                     log=print)
+        print(f"exported {a.model} -> {res.path} ({res.format}, input {res.input_shape}, "
+              f"{res.size_mb:.1f} MB); verified against eager: max |diff| {res.max_abs_diff:.2e} "
+              f"(atol {a.atol:g})")
+        return 0
+
+    return run
 
 def build_parser() -> argparse.ArgumentParser:
     import locvit

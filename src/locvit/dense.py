@@ -88,11 +88,13 @@ DENSE_RECIPES: dict[str, DenseRecipe] = {
 
 
 def _module_key(model_name: str) -> str:
-    from timm.models import model_entrypoint
+    from timm.models import is_model, model_entrypoint
 
     from locvit._registry import OFFICIAL_HOMONYMS
 
-    return model_entrypoint(OFFICIAL_HOMONYMS.get(model_name, model_name)).__module__.rsplit(".", 1)[-1]
+    name = OFFICIAL_HOMONYMS.get(model_name, model_name)
+    # unknown names get no recipe here; building them raises locvit's error with suggestions
+    return model_entrypoint(name).__module__.rsplit(".", 1)[-1] if is_model(name) else ""
 
 
 def dense_recipe(model_name: str) -> DenseRecipe:

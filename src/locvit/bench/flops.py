@@ -45,14 +45,21 @@ def flop_count(fn: Callable[..., Any], *args: Any, module: nn.Module | None = No
     :func:`explicit_attention`, timm's through their ``fused_attn`` switch on ``module``)."""
     counter = FlopCounterMode(display=False, depth=2)
     fused = [m for m in (module.modules() if module is not None else []) if getattr(m, "fused_attn", False) is True]
+    # the counter's module tracker hooks autograd on inputs that require grad; views of parameters taken under
+    # no_grad (a class token expanded to the batch) would trip it, and counting needs no gradients anyway
+    frozen = [p for p in (module.parameters() if module is not None else []) if p.requires_grad]
     for m in fused:
         m.fused_attn = False
+    for p in frozen:
+        p.requires_grad_(False)
     try:
         with explicit_attention(), counter:
             fn(*args, **kwargs)
     finally:
         for m in fused:
             m.fused_attn = True
+        for p in frozen:
+            p.requires_grad_(True)
     return counter
 
 

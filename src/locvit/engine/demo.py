@@ -17,8 +17,7 @@ IMG = 32
 # One small configuration per family: the registered architecture, shrunk to a few hundred thousand parameters.
 DEMO_MODELS: dict[str, dict[str, Any]] = {
     "RegionViT": dict(model="regionvit_tiny", model_kwargs=dict(
-        embed_dim=[32, 32, 64, 128, 128], depth=[1, 1, 2, 1], num_heads=[2, 2, 4, 4], kernel_sizes=[4, 4, 4, 4],
-        patch_conv_type="3conv")),
+        embed_dim=[32, 64, 128, 128], depth=[1, 1, 2, 1], num_heads=[2, 2, 4, 4], window_size=4)),
     "Focal": dict(model="focal_tiny", model_kwargs=dict(
         embed_dim=32, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4], window_size=4, focal_windows=[3, 3, 1, 1],
         expand_sizes=[1, 1, 1, 1])),

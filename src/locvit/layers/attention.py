@@ -46,7 +46,8 @@ def record_attention() -> Iterator[dict[nn.Module | None, list[Tensor]]]:
 
 
 def fused_enabled() -> bool:
-    """True when attention may take the fused SDPA path (no explicit/recording context is active)."""
+    """True when fused kernels may be used: the SDPA path here, and other layers' fused inference shortcuts
+    (e.g. the locality feed-forward's), i.e. no explicit/recording context is active."""
     return _explicit_depth == 0
 
 

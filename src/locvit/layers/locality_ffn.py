@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from timm.layers import EcaModule
 from torch import Tensor, nn
 
+from locvit.layers.attention import fused_enabled
+
 # The official models select the activation by an integer code.
 ACT_CODES = {1: "relu6", 2: "hs", 3: "hs+se", 4: "hs+eca", 5: "hs+ecah"}
 
@@ -179,17 +181,21 @@ except (AttributeError, RuntimeError):  # pragma: no cover
 
 
 def _fusable(x: Tensor) -> bool:
-    """Whether the fused inference path applies: float32 on CPU with oneDNN, autograd off, plain eager."""
+    """Whether the fused inference path applies: float32 on CPU with oneDNN, autograd off, plain eager, and no
+    :func:`~locvit.layers.attention.explicit_attention` context (FLOP counting must see plain convolutions)."""
+    # tracing/compiling is tested first: Dynamo refuses to trace torch.backends.mkldnn.is_available (a graph
+    # break under torch.compile(fullgraph=True)), and a traced graph must not hold the oneDNN-only ops anyway
     return (
-        _conv_pointwise is not None
+        not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and _conv_pointwise is not None
+        and fused_enabled()
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and not torch.is_grad_enabled()
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-        and not torch.jit.is_scripting()
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
     )
 
 

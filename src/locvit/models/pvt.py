@@ -517,25 +517,25 @@ _PVT_TINY_LAYOUT = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=
 @register_family_model("pvt")
 def pvt_tiny(pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformer:
     """PVT-Tiny: widths 64/128/320/512, depths 2/2/2/2."""
-    return _create("pvt_tiny", pretrained, **dict(_PVT_TINY_LAYOUT, depths=(2, 2, 2, 2), **kwargs))
+    return _create("pvt_tiny", pretrained, **{**_PVT_TINY_LAYOUT, "depths": (2, 2, 2, 2), **kwargs})
 
 
 @register_family_model("pvt")
 def pvt_small(pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformer:
     """PVT-Small: widths 64/128/320/512, depths 3/4/6/3."""
-    return _create("pvt_small", pretrained, **dict(_PVT_TINY_LAYOUT, depths=(3, 4, 6, 3), **kwargs))
+    return _create("pvt_small", pretrained, **{**_PVT_TINY_LAYOUT, "depths": (3, 4, 6, 3), **kwargs})
 
 
 @register_family_model("pvt")
 def pvt_medium(pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformer:
     """PVT-Medium: widths 64/128/320/512, depths 3/4/18/3."""
-    return _create("pvt_medium", pretrained, **dict(_PVT_TINY_LAYOUT, depths=(3, 4, 18, 3), **kwargs))
+    return _create("pvt_medium", pretrained, **{**_PVT_TINY_LAYOUT, "depths": (3, 4, 18, 3), **kwargs})
 
 
 @register_family_model("pvt")
 def pvt_large(pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformer:
     """PVT-Large: widths 64/128/320/512, depths 3/8/27/3."""
-    return _create("pvt_large", pretrained, **dict(_PVT_TINY_LAYOUT, depths=(3, 8, 27, 3), **kwargs))
+    return _create("pvt_large", pretrained, **{**_PVT_TINY_LAYOUT, "depths": (3, 8, 27, 3), **kwargs})
 
 
 @register_family_model("pvt")

@@ -98,7 +98,9 @@ def r2l_window_mask(
     corner = right & bottom if corrected else right | bottom
     last_col = (torch.arange(Wr, device=device) == Wr - 1).view(1, Wr, 1, 1)
     last_row = (torch.arange(Hr, device=device) == Hr - 1).view(Hr, 1, 1, 1)
-    mask = torch.where(last_row, torch.where(last_col, corner, bottom), torch.where(last_col, right, True))
+    # boolean algebra rather than where(): ONNX Runtime has no CPU kernel for Where on booleans
+    mask = ((last_row & last_col & corner) | (last_row & ~last_col & bottom) | (~last_row & last_col & right)
+            | (~last_row & ~last_col))
     return mask.reshape(Hr * Wr, ws * ws + 1, ws * ws + 1)
 
 

@@ -1,0 +1,132 @@
+"""``locvit viz``: build the models, pick the figures their mechanisms call for, write the PNGs.
+
+Per model: its mechanism figure (RegionViT, Focal, VVT, LocalViT) and its effective receptive field per stage;
+with two or more models, one ERF grid comparing them side by side. Weights are random unless checkpoints are given
+(the titles say which).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from locvit.viz import draw
+from locvit.viz.erf import effective_receptive_fields, plot_erf_grid
+from locvit.viz.image import check_query, model_input_size, prepare, read_image
+
+
+def mechanism(model: nn.Module) -> str | None:
+    """Which mechanism figure a model gets: ``'regionvit' | 'focal' | 'vvt' | 'localvit'`` or None."""
+    from locvit.layers.locality_ffn import LocalityFeedForward
+    from locvit.models.focal import FocalTransformer
+    from locvit.models.regionvit import RegionViT
+    from locvit.models.vvt import VicinityVisionTransformer
+
+    if isinstance(model, RegionViT):
+        return "regionvit"
+    if isinstance(model, FocalTransformer):  # v2 included
+        return "focal"
+    if isinstance(model, VicinityVisionTransformer):
+        return "vvt"
+    if any(isinstance(m, LocalityFeedForward) for m in model.modules()):
+        return "localvit"
+    return None
+
+
+def build(name: str, checkpoint: str | None = None, trust_pickle: bool = False, seed: int = 0,
+          **kwargs) -> nn.Module:
+    """A model in eval mode: random init from ``seed`` (reproducible pictures), or the checkpoint loaded strictly
+    (its classifier size decides ``num_classes``)."""
+    from locvit._registry import create_model
+
+    torch.manual_seed(seed)
+    if checkpoint is None:
+        return create_model(name, **kwargs).eval()
+    from locvit.checkpoint import load_checkpoint, read_checkpoint
+    from locvit.engine.evaluate import _head_size
+
+    state = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
+    num_classes = _head_size(state)
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    model = create_model(name, **kwargs)
+    load_checkpoint(model, state)
+    return model.eval()
+
+
+def render(
+    models: list[str],
+    output: str | Path,
+    image: str | Path | None = None,
+    query: tuple[int, int] | None = None,
+    checkpoints: list[str] | None = None,
+    img_size: tuple[int, int] | None = None,
+    stage: int = 0,
+    block: int = 0,
+    erf: bool = True,
+    seed: int = 0,
+    trust_pickle: bool = False,
+    log=print,
+) -> list[Path]:
+    """Write every figure for ``models`` into ``output``; returns the paths.
+
+    Args:
+        models: model names.
+        output: folder (created).
+        image: photo file; scikit-learn's sample photo when None.
+        query: ``(row, col)`` pixel of the model input (resized, centre-cropped photo); the centre when None.
+        checkpoints: one file per model (or None for random weights).
+        img_size: model input ``(H, W)``; each model's default when None.
+        stage, block: the attention block the mechanism figures show (Python indices; negative from the end).
+        erf: also compute effective receptive fields (one figure per model, plus a comparison grid).
+        seed: random-init seed.
+    """
+    from locvit.viz.focal import focal_attention, plot_focal
+    from locvit.viz.localvit import depthwise_kernels, localvit_erfs, plot_localvit
+    from locvit.viz.regionvit import plot_regionvit, regionvit_attention
+    from locvit.viz.vvt import plot_vvt, vvt_attention
+
+    if checkpoints and len(checkpoints) != len(models):
+        raise ValueError(f"got {len(checkpoints)} checkpoints for {len(models)} models: pass one per model")
+    out = Path(output)
+    photo, label = read_image(image)
+    written: list[Path] = []
+    rows = []
+    for i, name in enumerate(models):
+        ckpt = checkpoints[i] if checkpoints else None
+        model = build(name, ckpt, trust_pickle, seed)
+        size = model_input_size(model, img_size)
+        prep = prepare(photo, model, size, label)
+        q = check_query(query, size) if query is not None else (size[0] // 2, size[1] // 2)
+        note = draw.weights_note(ckpt)
+        kind = mechanism(model)
+        x = prep.tensor
+        if kind == "regionvit":
+            maps = regionvit_attention(model, x, q, stage, block)
+            written.append(plot_regionvit(maps, prep.display, out / f"{name}_regional_local_attention.png", name,
+                                          note, q))
+        elif kind == "focal":
+            maps = focal_attention(model, x, q, stage, block)
+            written.append(plot_focal(maps, prep.display, out / f"{name}_focal_levels.png", name, note, q))
+        elif kind == "vvt":
+            maps = vvt_attention(model, x, q, stage, block)
+            written.append(plot_vvt(maps, prep.display, out / f"{name}_vicinity.png", name, note, q))
+        elif kind == "localvit":
+            ours, host, host_label = localvit_erfs(name, model, x)
+            written.append(plot_localvit(depthwise_kernels(model), ours, host, host_label,
+                                         out / f"{name}_locality.png", name, note))
+        if kind is not None:
+            log(f"{name}: {written[-1]}")
+        if erf:
+            erfs = effective_receptive_fields(model, x)
+            rows.append((name, erfs))
+            written.append(plot_erf_grid([(name, erfs)], out / f"{name}_erf.png", note, prep.display,
+                                         f"{name}: effective receptive field of the centre output per stage "
+                                         f"(|d out / d input|, sqrt scale; {note})"))
+            log(f"{name}: {written[-1]}")
+    if erf and len(rows) > 1:
+        notes = {draw.weights_note(c) for c in (checkpoints or [None])}
+        written.append(plot_erf_grid(rows, out / "erf_comparison.png", "; ".join(sorted(notes)), prep.display))
+        log(f"comparison: {written[-1]}")
+    return written
