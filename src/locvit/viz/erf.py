@@ -2,10 +2,11 @@
 
 For a stage's output map ``F`` (``forward_intermediates``, NCHW), the ERF is ``|d (u . F[:, h/2, w/2]) / d x|``
 summed over the colour channels and averaged over a few random sign vectors ``u``: a map of the input's pixels.
-(Luo et al. back-propagate ``u = 1``; many stage outputs here end in a LayerNorm, whose channel sum -- and
-norm -- is constant at initialisation, so a plain sum would have no gradient at all.) A model with local mechanisms
-concentrates it around the centre; global attention spreads it over the image from the first block on. ``radius_of_mass`` condenses a map
-into one number: the radius (pixels, around the centre) holding a share of the gradient's mass.
+(Luo et al. back-propagate ``u = 1``; many stage outputs here end in a LayerNorm, whose channel sum -- and norm --
+is constant at initialisation, so a plain sum would have no gradient at all.) A model with local mechanisms
+concentrates it around the centre; global attention spreads it over the image from the first block on.
+``radius_of_mass`` condenses a map into one number: the radius (pixels, around the centre) holding a share of the
+gradient's mass.
 
 Isotropic models (DeiT/LocalViT, T2T, TNT: one feature entry per block) are shown at four evenly spaced blocks,
 pyramids at their four stages.
