@@ -75,3 +75,11 @@ def test_cli_sweep_writes_csv_and_plot(tmp_path):
          "--warmup", "1", "--csv", tmp_path / "s.csv", "--plot", tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000
     assert len((tmp_path / "s.csv").read_text().splitlines()) == 3
+
+
+def test_sweep_takes_models_without_an_input_size_argument():
+    """timm's PVT v2 takes no img_size: it is built once and run at every size."""
+    from locvit.bench.sweep import resolution_sweep
+
+    rows = resolution_sweep(["pvt_v2_b0"], [32, 64], batch_size=1, runs=1, warmup=0, progress=False)
+    assert [r["img_size"] for r in rows] == [32, 64] and rows[1]["gmacs"] > 3 * rows[0]["gmacs"]

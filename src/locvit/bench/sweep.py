@@ -36,7 +36,13 @@ def resolution_sweep(models: list[str], sizes: list[int], batch_size: int = 1, r
         kw = (model_kwargs or {}).get(name, {})
         for s in sizes:
             kw_s = dict(kw, img_size=s)  # fixed-size models (timm's DeiT/Swin) need it; ours size tables once
-            model = create_model(name, **kw_s)
+            try:
+                model = create_model(name, **kw_s)
+            except TypeError as e:  # models without an input size (e.g. timm's PVT v2) take any size as built
+                if "img_size" not in str(e):
+                    raise
+                kw_s = dict(kw)
+                model = create_model(name, **kw_s)
             gmacs = count_flops(model, (3, s, s)).gmacs
             del model
             res = benchmark(BenchSpec(name, batch_size, (s, s), "infer", device, threads, model_kwargs=kw_s),
