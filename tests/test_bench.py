@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+import locvit
 from locvit.bench.flops import count_flops, flop_count
 from locvit.bench.sweep import exponents, fit_exponent
 from locvit.bench.throughput import BenchSpec, benchmark, benchmark_pair
@@ -83,3 +84,11 @@ def test_sweep_takes_models_without_an_input_size_argument():
 
     rows = resolution_sweep(["pvt_v2_b0"], [32, 64], batch_size=1, runs=1, warmup=0, progress=False)
     assert [r["img_size"] for r in rows] == [32, 64] and rows[1]["gmacs"] > 3 * rows[0]["gmacs"]
+
+
+def test_model_table_skips_aliases_of_baselines_outside_the_zoo():
+    """'*tnt*' also matches tnt_t_patch16_224, the official name of a host baseline that is not in the zoo list."""
+    from locvit.zoo import model_table
+
+    rows = model_table("*tnt*", flops=False)
+    assert [r["name"] for r in rows] == [n for n in locvit.list_models() if "tnt" in n]

@@ -18,12 +18,14 @@ def model_table(patterns: list[str] | str = "*", include_aliases: bool = False, 
     from locvit.bench.flops import count_flops, count_params
 
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    names = [n for n in list_models() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    names += [c for a, c in ALIASES.items() if any(fnmatch.fnmatchcase(a, p) for p in patterns)]
+    zoo = list_models()
+    names = [n for n in zoo if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    # official names of zoo models; aliases of the host baselines outside the zoo (e.g. tnt_t_patch16_224) are skipped
+    names += [c for a, c in ALIASES.items() if c in zoo and any(fnmatch.fnmatchcase(a, p) for p in patterns)]
     if not names:
         raise ValueError(f"no locvit model matches {' '.join(patterns)}; `locvit models` lists them all")
     rows = []
-    for name in sorted(set(names), key=list_models().index):
+    for name in sorted(set(names), key=zoo.index):
         model = timm.create_model(name)
         cfg = model.pretrained_cfg
         size = tuple(cfg["input_size"])

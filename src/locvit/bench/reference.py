@@ -79,7 +79,7 @@ FAMILY_NOTES: dict[str, str] = {
                  "window",
     "focal": "pooled tokens go through the k/v rows of qkv only (official: q computed and discarded); v2 evaluates "
              "its coordinate-to-bias MLP once per distinct displacement instead of per window, query and key",
-    "vvt": "numerator and normaliser come out of one product with [KV | k_sum] (the official code multiplies "
+    "vvt": "numerator and normaliser come out of one product with [KV, k_sum] (the official code multiplies "
            "by k_sum separately): the same MACs plus one row, about +0.1%",
     "localvit": "same arithmetic as the official code",
     "pvt": "same arithmetic as the official code",
