@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from locvit.export import load_model
 from locvit.viz import draw
 from locvit.viz.erf import effective_receptive_fields, plot_erf_grid
 from locvit.viz.image import check_query, model_input_size, prepare, read_image
@@ -32,27 +32,6 @@ def mechanism(model: nn.Module) -> str | None:
     if any(isinstance(m, LocalityFeedForward) for m in model.modules()):
         return "localvit"
     return None
-
-
-def build(name: str, checkpoint: str | None = None, trust_pickle: bool = False, seed: int = 0,
-          **kwargs) -> nn.Module:
-    """A model in eval mode: random init from ``seed`` (reproducible pictures), or the checkpoint loaded strictly
-    (its classifier size decides ``num_classes``)."""
-    from locvit._registry import create_model
-
-    torch.manual_seed(seed)
-    if checkpoint is None:
-        return create_model(name, **kwargs).eval()
-    from locvit.checkpoint import load_checkpoint, read_checkpoint
-    from locvit.engine.evaluate import _head_size
-
-    state = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
-    num_classes = _head_size(state)
-    if num_classes is not None:
-        kwargs.setdefault("num_classes", num_classes)
-    model = create_model(name, **kwargs)
-    load_checkpoint(model, state)
-    return model.eval()
 
 
 def render(
@@ -95,7 +74,7 @@ def render(
     rows = []
     for i, name in enumerate(models):
         ckpt = checkpoints[i] if checkpoints else None
-        model = build(name, ckpt, trust_pickle, seed)
+        model = load_model(name, ckpt, trust_pickle=trust_pickle, seed=seed)  # random init is seeded
         size = model_input_size(model, img_size)
         prep = prepare(photo, model, size, label)
         q = check_query(query, size) if query is not None else (size[0] // 2, size[1] // 2)
