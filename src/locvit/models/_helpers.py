@@ -1,11 +1,14 @@
-"""Shared plumbing of the model files: default cfgs, the builder, input validation."""
+"""Shared plumbing of the model files: default cfgs, the builder, input validation, the ViT initialisation and
+timm's interface for isotropic class-token models."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg
+from timm.layers import trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 
@@ -90,3 +93,94 @@ def check_image(x: Tensor, in_chans: int, min_size: tuple[int, int] = (1, 1), mo
         if x.shape[2] < min_size[0] or x.shape[3] < min_size[1]:
             raise ValueError(f"{model} needs images of at least {min_size[0]}x{min_size[1]} pixels, "
                              f"got {x.shape[2]}x{x.shape[3]}")
+
+
+def init_linear_layernorm(m: nn.Module) -> None:
+    """The ViT initialisation the official code of several families shares: Linear weights trunc-normal(0.02) with
+    zero bias, LayerNorm 1/0 (everything else keeps PyTorch's default)."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+class PrunableBlocks:
+    """timm's ``prune_intermediate_layers`` for a model with one ``blocks`` list, a final ``norm`` and a head."""
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+
+class ClassTokenBlocks(PrunableBlocks):
+    """timm's classification and feature interface for an isotropic model: a class token followed by the tokens of
+    an ``H x W`` grid go through ``blocks`` (each called as ``blk(x, grid)``), then ``norm``.
+
+    The model provides ``_embed(images) -> (tokens, (H, W))``, ``blocks``, ``norm``, ``head_drop``, ``head``,
+    ``global_pool`` (``'token' | 'avg' | ''``), ``num_prefix_tokens``, ``grad_checkpointing`` and
+    ``reset_classifier``.
+    """
+
+    def _block(self, blk: nn.Module, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(blk, x, grid)
+        return blk(x, grid)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x, grid = self._embed(x)
+        for blk in self.blocks:
+            x = self._block(blk, x, grid)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        elif self.global_pool == "token":
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Block outputs as ``B x C x H x W`` maps of the image tokens (``'NLC'``: token sequences), timm's
+        interface."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x, (H, W) = self._embed(x)
+        B = x.shape[0]
+        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
+        intermediates, prefixes = [], []
+        for i, blk in enumerate(blocks):
+            x = self._block(blk, x, (H, W))
+            if i in take_indices:
+                y = self.norm(x) if norm else x
+                prefixes.append(y[:, :1])
+                y = y[:, 1:]
+                intermediates.append(y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
+                                     if output_fmt == "NCHW" else y)
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefixes))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates

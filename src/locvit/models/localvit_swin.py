@@ -27,7 +27,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import ClassifierHead, DropPath, PatchEmbed, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, PatchEmbed
 from timm.models import checkpoint, generate_default_cfgs
 from timm.models import swin_transformer as timm_swin
 from timm.models._features import feature_take_indices
@@ -37,7 +37,7 @@ from locvit._registry import register_family_model
 from locvit.layers import LocalityFeedForward, attend
 from locvit.layers.locality_ffn import act_from_code
 from locvit.layers.windows import shifted_window_mask, window_gather_index, window_partition, window_reverse
-from locvit.models._helpers import build_model, check_image, make_cfg
+from locvit.models._helpers import build_model, check_image, init_linear_layernorm, make_cfg
 from locvit.official import norm_eps, pop_unused, register_official
 
 __all__ = ["LocalViTSwin", "LocalViTSwinBlock", "WindowAttention"]
@@ -293,7 +293,7 @@ class LocalViTSwin(nn.Module):
         self.norm = norm_layer(self.num_features)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, input_fmt="NHWC")
 
-        self.apply(_init_weights)
+        self.apply(init_linear_layernorm)
 
     # --- timm contract -------------------------------------------------------------------------------------
     @torch.jit.ignore
@@ -394,16 +394,6 @@ class LocalViTSwin(nn.Module):
         if prune_head or prune_end:
             self.reset_classifier(0, "")
         return take_indices
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: LocalViTSwin) -> dict[str, Tensor]:

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from locvit._registry import register_family_model
 from locvit.layers.attention import attend, fused_enabled
 from locvit.layers.rel_pos import resize_bias_grid
-from locvit.models._helpers import build_model, check_image, make_cfg
+from locvit.models._helpers import build_model, check_image, init_linear_layernorm, make_cfg
 from locvit.official import norm_eps, pop_unused, register_official
 
 __all__ = ["R2LAttention", "R2LBlock", "RegionViT", "RegionViTStage", "r2l_window_mask", "rel_pos_index"]
@@ -496,7 +496,7 @@ class RegionViT(nn.Module):
         # the last stage's detection norm only shapes the last local map, which classification discards
         self.unused_parameters = (f"stages.{num_stages - 1}.det_norm.weight",
                                   f"stages.{num_stages - 1}.det_norm.bias") if det_norm else ()
-        self.apply(_init_weights)
+        self.apply(init_linear_layernorm)
 
     # --- timm contract ---------------------------------------------------------------------------------------------
     @torch.jit.ignore
@@ -597,16 +597,6 @@ class RegionViT(nn.Module):
         if prune_head:
             self.reset_classifier(0, "")
         return take_indices
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------

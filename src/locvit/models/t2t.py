@@ -49,15 +49,14 @@ from typing import Any
 
 import torch
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import checkpoint, generate_default_cfgs
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit._registry import register_family_model
 from locvit.layers import Attention, LocalityFeedForward, tokens_through_map
 from locvit.layers.attention import attend
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import build_model, check_image, make_cfg
+from locvit.models._helpers import ClassTokenBlocks, build_model, check_image, init_linear_layernorm, make_cfg
 from locvit.models.localvit import LocalViTBlock
 from locvit.official import norm_eps, register_official
 
@@ -231,7 +230,7 @@ class T2TBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class T2TViT(nn.Module):
+class T2TViT(ClassTokenBlocks, nn.Module):
     """T2T-ViT and LocalViT-T2T.
 
     Args:
@@ -314,7 +313,7 @@ class T2TViT(nn.Module):
                                            for i in (1, 2) for p in ("weight", "bias"))
 
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_linear_layernorm)
 
     # --- timm contract -------------------------------------------------------------------------------------
     @torch.jit.ignore
@@ -364,81 +363,6 @@ class T2TViT(nn.Module):
             pos = resample_abs_pos_embed(pos, list(grid), list(self.grid_size), num_prefix_tokens=1)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
         return self.pos_drop(x), grid
-
-    def _block(self, blk: nn.Module, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x, grid)
-        return blk(x, grid)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        x, grid = self._embed(x)
-        for blk in self.blocks:
-            x = self._block(blk, x, grid)
-        return self.norm(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        elif self.global_pool == "token":
-            x = x[:, 0]
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | list[int] | None = None,
-        return_prefix_tokens: bool = False,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Block outputs as ``B x C x H/16 x W/16`` maps (``'NLC'``: token sequences), timm's interface."""
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x, (H, W) = self._embed(x)
-        B = x.shape[0]
-        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
-        intermediates, prefixes = [], []
-        for i, blk in enumerate(blocks):
-            x = self._block(blk, x, (H, W))
-            if i in take_indices:
-                y = self.norm(x) if norm else x
-                prefixes.append(y[:, :1])
-                y = y[:, 1:]
-                intermediates.append(y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
-                                     if output_fmt == "NCHW" else y)
-        if return_prefix_tokens:
-            intermediates = list(zip(intermediates, prefixes))
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: T2TViT) -> dict[str, Tensor]:
     """Official T2T-ViT / LocalViT-T2T checkpoints use our key names; a position table made for another size

@@ -45,7 +45,7 @@ from locvit._registry import _register_alias, register_family_model, register_of
 from locvit.layers import LocalityFeedForward, tokens_through_map
 from locvit.layers.attention import attend
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import build_model, check_image, make_cfg
+from locvit.models._helpers import PrunableBlocks, build_model, check_image, init_linear_layernorm, make_cfg
 from locvit.official import norm_eps, register_official
 
 __all__ = ["LocalViTTNT", "LocalViTTNTBlock", "PixelEmbed", "TNTAttention"]
@@ -153,7 +153,7 @@ class LocalViTTNTBlock(nn.Module):
         return pixel, tokens_through_map(self.conv, patch, grid, 1)
 
 
-class LocalViTTNT(nn.Module):
+class LocalViTTNT(PrunableBlocks, nn.Module):
     """TNT with the locality feed-forward as the outer (patch-level) feed-forward.
 
     Args:
@@ -237,7 +237,7 @@ class LocalViTTNT(nn.Module):
         trunc_normal_(self.cls_token, std=0.02)
         trunc_normal_(self.patch_pos, std=0.02)
         trunc_normal_(self.pixel_pos, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_linear_layernorm)
 
     # --- timm contract -------------------------------------------------------------------------------------
     @torch.jit.ignore
@@ -344,26 +344,6 @@ class LocalViTTNT(nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(patch), intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: LocalViTTNT) -> dict[str, Tensor]:
