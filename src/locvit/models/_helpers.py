@@ -107,8 +107,32 @@ def init_linear_layernorm(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+GLOBAL_POOLS = ("token", "avg", "")
+
+
+def check_global_pool(global_pool: str) -> str:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+    return global_pool
+
+
 class PrunableBlocks:
-    """timm's ``prune_intermediate_layers`` for a model with one ``blocks`` list, a final ``norm`` and a head."""
+    """timm's contract for an isotropic model with one ``blocks`` list, a final ``norm`` and a linear ``head`` on
+    ``embed_dim`` features: gradient checkpointing switch, classifier access and reset, pruning."""
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = check_global_pool(global_pool)
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:

@@ -24,7 +24,14 @@ from torch import Tensor, nn
 from locvit._registry import register_family_model
 from locvit.layers import Attention, LocalityFeedForward, tokens_through_map
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import ClassTokenBlocks, build_model, check_image, init_linear_layernorm, make_cfg
+from locvit.models._helpers import (
+    ClassTokenBlocks,
+    build_model,
+    check_global_pool,
+    check_image,
+    init_linear_layernorm,
+    make_cfg,
+)
 from locvit.official import norm_eps, pop_unused, register_official
 
 __all__ = ["LocalViT", "LocalViTBlock"]
@@ -101,8 +108,7 @@ class LocalViT(ClassTokenBlocks, nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        if global_pool not in ("token", "avg", ""):
-            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -140,22 +146,6 @@ class LocalViT(ClassTokenBlocks, nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("token", "avg", ""):
-                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Resample the position embedding for a new default input size (e.g. before fine-tuning at 384)."""

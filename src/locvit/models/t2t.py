@@ -56,7 +56,14 @@ from locvit._registry import register_family_model
 from locvit.layers import Attention, LocalityFeedForward, tokens_through_map
 from locvit.layers.attention import attend
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import ClassTokenBlocks, build_model, check_image, init_linear_layernorm, make_cfg
+from locvit.models._helpers import (
+    ClassTokenBlocks,
+    build_model,
+    check_global_pool,
+    check_image,
+    init_linear_layernorm,
+    make_cfg,
+)
 from locvit.models.localvit import LocalViTBlock
 from locvit.official import norm_eps, register_official
 
@@ -271,8 +278,7 @@ class T2TViT(ClassTokenBlocks, nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        if global_pool not in ("token", "avg", ""):
-            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -324,22 +330,6 @@ class T2TViT(ClassTokenBlocks, nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(stem=r"^cls_token|pos_embed|tokens_to_token",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("token", "avg", ""):
-                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Make ``img_size`` the default size: the position table is resampled to its token grid once, instead

@@ -45,7 +45,14 @@ from locvit._registry import _register_alias, register_family_model, register_of
 from locvit.layers import LocalityFeedForward, tokens_through_map
 from locvit.layers.attention import attend
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import PrunableBlocks, build_model, check_image, init_linear_layernorm, make_cfg
+from locvit.models._helpers import (
+    PrunableBlocks,
+    build_model,
+    check_global_pool,
+    check_image,
+    init_linear_layernorm,
+    make_cfg,
+)
 from locvit.official import norm_eps, register_official
 
 __all__ = ["LocalViTTNT", "LocalViTTNTBlock", "PixelEmbed", "TNTAttention"]
@@ -195,8 +202,7 @@ class LocalViTTNT(PrunableBlocks, nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        if global_pool not in ("token", "avg", ""):
-            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
 
         def norm_layer(d: int) -> nn.LayerNorm:
             return nn.LayerNorm(d, eps=norm_eps)
@@ -248,22 +254,6 @@ class LocalViTTNT(PrunableBlocks, nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(stem=r"^cls_token|patch_pos|pixel_pos|pixel_embed|norm[12]_proj|proj",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("token", "avg", ""):
-                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Make ``img_size`` the default size: the patch position embedding is resampled to its grid once."""
