@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from locvit._registry import register_family_model
 from locvit.layers.attention import attend
 from locvit.layers.rel_pos import relative_position_index, resize_bias_grid
+from locvit.layers.token_mlp import residual_mlp
 from locvit.layers.windows import pad_to_multiple, shifted_window_mask
 from locvit.models._helpers import build_model, check_image, make_cfg
 from locvit.official import norm_eps, pop_unused, register_official
@@ -474,8 +475,7 @@ class FocalBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = self.attn(self.norm1(x))
         x = x + self.drop_path(self.gamma_1 * y if self.use_layerscale else y)
-        y = self.mlp(self.norm2(x))
-        return x + self.drop_path(self.gamma_2 * y if self.use_layerscale else y)
+        return residual_mlp(x, self.norm2, self.mlp, self.drop_path, self.gamma_2 if self.use_layerscale else None)
 
 
 class FocalPatchEmbed(nn.Module):

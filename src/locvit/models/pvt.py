@@ -39,7 +39,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit._registry import register_family_model
-from locvit.layers import LocalityFeedForward, attend, tokens_through_map
+from locvit.layers import LocalityFeedForward, attend, residual_mlp, tokens_through_map
 from locvit.layers.locality_ffn import act_from_code
 from locvit.models._helpers import build_model, check_image, make_cfg
 from locvit.official import norm_eps, register_official
@@ -129,7 +129,7 @@ class PvtBlock(nn.Module):
         x = x + self.drop_path(self.attn(self.norm1(x), grid))
         if self.locality:
             return tokens_through_map(self.conv, x, grid, num_prefix)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return residual_mlp(x, self.norm2, self.mlp, self.drop_path)
 
 
 class PvtPatchEmbed(nn.Module):

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from locvit._registry import register_family_model
 from locvit.layers.attention import attend, fused_enabled
 from locvit.layers.rel_pos import resize_bias_grid
+from locvit.layers.token_mlp import residual_mlp
 from locvit.models._helpers import build_model, check_image, init_linear_layernorm, make_cfg
 from locvit.official import norm_eps, pop_unused, register_official
 
@@ -217,7 +218,7 @@ class R2LBlock(nn.Module):
         x = torch.cat([r.reshape(BW, 1, C), x[:, 1:]], dim=1)
         attn = self.attn.local(self.norm1(x), mask, regional_only)
         x = (x[:, :1] if regional_only else x) + self.drop_path(attn)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return residual_mlp(x, self.norm2, self.mlp, self.drop_path)
 
 
 def to_windows(region: Tensor, local: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:

@@ -53,7 +53,7 @@ from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit._registry import register_family_model
-from locvit.layers import Attention, LocalityFeedForward, tokens_through_map
+from locvit.layers import Attention, LocalityFeedForward, residual_mlp, tokens_through_map
 from locvit.layers.attention import attend
 from locvit.layers.locality_ffn import act_from_code
 from locvit.models._helpers import (
@@ -146,7 +146,7 @@ class PerformerLayer(nn.Module):
         x = self.attention(self.norm1(x))
         if self.locality:
             return tokens_through_map(self.conv, x, grid)
-        return x + self.mlp(self.norm2(x))
+        return residual_mlp(x, self.norm2, self.mlp)
 
 
 class TokenTransformerLayer(nn.Module):
@@ -172,7 +172,7 @@ class TokenTransformerLayer(nn.Module):
         x = self.attn(self.norm1(x))
         if self.locality:
             return tokens_through_map(self.conv, x, grid)
-        return x + self.mlp(self.norm2(x))
+        return residual_mlp(x, self.norm2, self.mlp)
 
 
 class _TokenAttention(nn.Module):
@@ -234,7 +234,7 @@ class T2TBlock(nn.Module):
 
     def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return residual_mlp(x, self.norm2, self.mlp, self.drop_path)
 
 
 class T2TViT(ClassTokenBlocks, nn.Module):
