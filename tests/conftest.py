@@ -4,8 +4,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import locvit
+
 # Two cores: one intra-op thread per pytest worker keeps parallel workers from fighting.
 torch.set_num_threads(int(os.environ.get("LOCVIT_TEST_THREADS", "1")))
+# as the locvit command does: freed activations stay in the process (locvit.runtime); the tests of that setting
+# itself run in fresh subprocesses
+locvit.tune_cpu_allocator()
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,6 +7,7 @@ from locvit import models as _models  # noqa: F401  (registers the model zoo)
 from locvit._registry import ALIASES, create_model, family_of, list_models, resolve_alias
 from locvit.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint, save_checkpoint
 from locvit.official import from_official, official_classes
+from locvit.runtime import tune_cpu_allocator
 
 __version__ = "0.1.0"
 
@@ -24,4 +25,5 @@ __all__ = [
     "read_checkpoint",
     "resolve_alias",
     "save_checkpoint",
+    "tune_cpu_allocator",
 ]

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from locvit.runtime import allocator_settings
+
 
 @dataclass
 class BenchSpec:
@@ -49,6 +51,7 @@ class BenchResult:
     runs: int
     peak_mem_mb: float | None = None
     params_m: float | None = None
+    malloc_tuned: bool = False          # locvit.runtime.tune_cpu_allocator was in effect
 
     def row(self) -> dict[str, Any]:
         d = asdict(self)
@@ -162,7 +165,7 @@ def _result(r: Runner, times: list[float], mem: float | None) -> BenchResult:
         device=str(r.device), threads=torch.get_num_threads(), amp=s.amp or "fp32", compile=s.compile,
         channels_last=s.channels_last, images_per_s=s.batch_size / med,
         spread=(s.batch_size / max(times), s.batch_size / min(times)), step_ms=1000 * med, runs=len(times),
-        peak_mem_mb=mem, params_m=r.params / 1e6)
+        peak_mem_mb=mem, params_m=r.params / 1e6, malloc_tuned=allocator_settings() is not None)
 
 
 def benchmark(spec: BenchSpec, warmup: int = 2, runs: int = 5, memory: bool = True) -> BenchResult:

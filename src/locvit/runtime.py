@@ -1,0 +1,76 @@
+"""Process-level CPU settings: keep freed activation memory in the process instead of handing it back to the kernel.
+
+PyTorch allocates CPU tensors with plain ``malloc``. glibc serves blocks above its mmap threshold (dynamic, up to
+32 MB) with fresh ``mmap`` calls, unmaps them on free, and trims the top of its heap above the trim threshold; so
+the megabyte-sized activations of every forward pass are mapped, faulted in page by page and unmapped again, each
+call. On the 2-core CPU this project is measured on that was 13,000-30,000 minor page faults per batch-8
+forward, and :func:`tune_cpu_allocator` removed them (best of 6 forwards, separate processes; the command is in
+docs/benchmarks/README.md): LocalViT-T 30.1 -> 44.6 img/s, VVT-tiny 15.4 -> 17.3, RegionViT-Ti 16.7 -> 19.5, with
+the same peak memory (the heap just keeps what it already held). This is what the ``MALLOC_MMAP_THRESHOLD_`` /
+``MALLOC_TRIM_THRESHOLD_`` environment variables, or preloading jemalloc/tcmalloc, do for a whole process.
+
+The ``locvit`` command applies it at start (``LOCVIT_TUNE_MALLOC=0`` turns that off); Python users call
+:func:`tune_cpu_allocator` once. It changes nothing on other C libraries (musl, macOS, Windows).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+# mallopt parameter numbers (glibc malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MAX_MMAP_THRESHOLD = 32 << 20  # glibc refuses larger values on 64-bit (HEAP_MAX_SIZE / 2)
+
+_applied: dict[str, int] | None = None
+
+
+def tune_cpu_allocator(mmap_threshold: int = MAX_MMAP_THRESHOLD, trim_threshold: int = 1 << 30) -> bool:
+    """Raise glibc's mmap and trim thresholds so freed tensors are reused rather than unmapped.
+
+    Args:
+        mmap_threshold: blocks at least this large still get their own mapping (at most 32 MB).
+        trim_threshold: free memory at the top of the heap beyond this is returned to the kernel.
+
+    Returns True when glibc accepted the settings, False where there is no glibc ``mallopt``.
+    """
+    global _applied
+    if not 0 < mmap_threshold <= MAX_MMAP_THRESHOLD:
+        raise ValueError(f"mmap_threshold must be in (0, {MAX_MMAP_THRESHOLD}] bytes (glibc's limit), "
+                         f"got {mmap_threshold}")
+    if trim_threshold <= 0:
+        raise ValueError(f"trim_threshold must be positive, got {trim_threshold}")
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    ok = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    if ok:
+        _applied = {"mmap_threshold": mmap_threshold, "trim_threshold": trim_threshold}
+    return ok
+
+
+def allocator_settings() -> dict[str, int] | None:
+    """The settings :func:`tune_cpu_allocator` applied in this process (None if it did not run or failed)."""
+    return None if _applied is None else dict(_applied)
+
+
+def tune_from_env() -> bool:
+    """The ``locvit`` command's start-up: tune unless ``LOCVIT_TUNE_MALLOC=0``."""
+    if os.environ.get("LOCVIT_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return tune_cpu_allocator()
+
+
+def _mallopt():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)  # the C library this process already runs on
+        fn = libc.mallopt
+        if not hasattr(libc, "gnu_get_libc_version"):  # musl's mallopt is a stub; only glibc has both
+            return None
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return fn
