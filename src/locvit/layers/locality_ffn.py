@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from timm.layers import EcaModule
 from torch import Tensor, nn
 
-from locvit.layers.attention import fused_enabled
+from locvit.layers.fused_conv import conv2d_act, fusable
 
 # The official models select the activation by an integer code.
 ACT_CODES = {1: "relu6", 2: "hs", 3: "hs+se", 4: "hs+eca", 5: "hs+ecah"}
@@ -111,7 +111,7 @@ class LocalityFeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             return x + self.conv(x)
-        if self._standard and _fusable(x) and not any(m.training for m in self.conv):  # BNs all in eval mode
+        if self._standard and fusable(x) and not any(m.training for m in self.conv):  # BNs all in eval mode
             return self._forward_fused(x)
         return self._forward_eval(x)
 
@@ -134,19 +134,21 @@ class LocalityFeedForward(nn.Module):
         expand, bn1, act, dw, bn2 = layers[0], layers[1], layers[2], layers[3], layers[4]
         gate = layers[6] if len(layers) == 9 else None
         proj, bn3 = layers[-2], layers[-1]
-        attr, scalars = ("hardswish", []) if isinstance(act, nn.Hardswish) else ("hardtanh", [0.0, 6.0])
+        act = "hardswish" if isinstance(act, nn.Hardswish) else "relu6"
         if not (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()):
             x = x.contiguous(memory_format=torch.channels_last)
         w, b = fold_batchnorm(expand, bn1)
-        y = _conv_pointwise(x, w, b, [0, 0], [1, 1], [1, 1], 1, attr, scalars, "")
+        y = conv2d_act(x, w, b, expand, act)
         w, b = fold_batchnorm(dw, bn2)
-        y = _conv_pointwise(y, w, b, list(dw.padding), list(dw.stride), list(dw.dilation), dw.groups, attr, scalars,
-                            "")
+        y = conv2d_act(y, w, b, dw, act)
         B, Ch, H, W = y.shape
         w, b = fold_batchnorm(proj, bn3)
         w = w.flatten(1)  # C x Ch
-        if isinstance(gate, SqueezeExcite) and H * W > w.shape[0]:
-            # per-image weights (B x C x Ch) are smaller than the map: scale them instead of the map
+        if isinstance(gate, SqueezeExcite) and H * W > _PER_IMAGE_WEIGHTS_RATIO * w.shape[0]:
+            # per-image weights (B x C x Ch) much smaller than the map: scale them instead of the map. Where they
+            # are not, one shared-weight GEMM beats B small ones even after scaling the map (measured at batch 8:
+            # 196 tokens x 768 -> 192: 2.9 vs 3.3 ms; 49 x 3072 -> 768: 11.1 vs 19.5 ms; 784 x 1024 -> 128 and
+            # 3136 x 512 -> 64 stay per-image: 10.9 vs 12.1 and 13.8 vs 17.7 ms)
             w = w.unsqueeze(0) * gate.fc(y.mean((2, 3))).unsqueeze(1)
         elif isinstance(gate, SqueezeExcite):
             y = y.mul_(gate.fc(y.mean((2, 3)))[:, :, None, None])
@@ -193,31 +195,9 @@ class LocalityFeedForward(nn.Module):
 # 56x56 x 384); smaller groups (1 MB) cost LocalViT-T 0.70-0.77x: its maps are small, and per-image GEMMs slow.
 _MIN_BATCH_BYTES = 32 << 20
 _GROUP_BYTES = 8 << 20
-
-try:  # oneDNN convolution with a fused pointwise post-op (what Inductor emits on CPU); absent in some builds
-    _conv_pointwise = torch.ops.mkldnn._convolution_pointwise.default
-except (AttributeError, RuntimeError):  # pragma: no cover
-    _conv_pointwise = None
-
-
-def _fusable(x: Tensor) -> bool:
-    """Whether the fused inference path applies: float32 on CPU with oneDNN, autograd off, plain eager, and no
-    :func:`~locvit.layers.attention.explicit_attention` context (FLOP counting must see plain convolutions)."""
-    # tracing/compiling is tested first: Dynamo refuses to trace torch.backends.mkldnn.is_available (a graph
-    # break under torch.compile(fullgraph=True)), and a traced graph must not hold the oneDNN-only ops anyway
-    return (
-        not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
-        and _conv_pointwise is not None
-        and fused_enabled()
-        and x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and not torch.is_grad_enabled()
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-    )
-
+# SE gate folded into per-image projection weights when the map has this many times more tokens than the
+# projection has outputs (see _forward_fused_group)
+_PER_IMAGE_WEIGHTS_RATIO = 4
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """Weight and bias of ``conv`` followed by ``bn`` in eval mode as one convolution."""
