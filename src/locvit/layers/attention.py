@@ -51,6 +51,22 @@ def fused_enabled() -> bool:
     return _explicit_depth == 0
 
 
+def eager_cpu_inference(x: Tensor) -> bool:
+    """Whether the layers' CPU inference shortcuts (fused oneDNN convs, cache-sized blocks) may replace the plain
+    expression for ``x``: CPU, autograd off, plain eager execution (not compiling, tracing, scripting or
+    exporting: a traced graph must hold the plain operators) and :func:`fused_enabled`."""
+    # compiling/tracing is tested first: Dynamo refuses to trace some of the checks the callers add after this
+    # one (torch.backends.mkldnn.is_available is a graph break under torch.compile(fullgraph=True))
+    return (
+        not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and fused_enabled()
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+    )
+
+
 def attend(
     q: Tensor,
     k: Tensor,

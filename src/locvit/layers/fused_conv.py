@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from locvit.layers.attention import fused_enabled
+from locvit.layers.attention import eager_cpu_inference
 
 try:  # absent in builds without oneDNN
     _conv_pointwise = torch.ops.mkldnn._convolution_pointwise.default
@@ -16,19 +16,12 @@ except (AttributeError, RuntimeError):  # pragma: no cover
 
 
 def fusable(x: Tensor) -> bool:
-    """Whether a fused inference path applies to ``x``: float32 on CPU with oneDNN, autograd off, plain eager, and
-    no :func:`~locvit.layers.attention.explicit_attention` context (FLOP counting must see plain convolutions)."""
-    # tracing/compiling is tested first: Dynamo refuses to trace torch.backends.mkldnn.is_available (a graph
-    # break under torch.compile(fullgraph=True)), and a traced graph must not hold the oneDNN-only ops anyway
+    """Whether the fused convolutions apply to ``x``: :func:`~locvit.layers.attention.eager_cpu_inference` (which
+    also keeps FLOP counting on plain convolutions), float32, and oneDNN present and enabled."""
     return (
-        not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
+        eager_cpu_inference(x)
         and _conv_pointwise is not None
-        and fused_enabled()
         and x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and not torch.is_grad_enabled()
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
     )

@@ -199,6 +199,7 @@ _GROUP_BYTES = 8 << 20
 # projection has outputs (see _forward_fused_group)
 _PER_IMAGE_WEIGHTS_RATIO = 4
 
+
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """Weight and bias of ``conv`` followed by ``bn`` in eval mode as one convolution."""
     scale = torch.rsqrt(bn.running_var + bn.eps)

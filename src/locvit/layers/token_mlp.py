@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from locvit.layers.attention import fused_enabled
+from locvit.layers.attention import eager_cpu_inference
 
 # Measured per MLP shape on the 2-core CPU (min of 25 runs, 2 threads): blocks of 1 MB of hidden activations
 # gave 1.6-2.3x where the whole hidden tensor is large (25,600 x 256, 25,088 x 512, 6,272 x 768: 19-51 MB) or the
@@ -48,22 +48,9 @@ def _blockable(x: Tensor, norm: nn.Module, mlp: nn.Module) -> bool:
     return (
         isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
         and isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity)
-        and blocking_applies(x, norm, mlp)
+        and eager_cpu_inference(x)
+        and not mlp.training and not norm.training
         and _large(x.numel() // x.shape[-1], fc1.out_features)
-    )
-
-
-def blocking_applies(x: Tensor, *modules: nn.Module) -> bool:
-    """Whether a cache-blocked inference path may replace the plain expression: CPU, no autograd, the modules
-    in eval mode, eager execution (not compiling, tracing or exporting) and no
-    :func:`~locvit.layers.attention.explicit_attention` context (FLOP counting sees the plain operators)."""
-    return (
-        not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and not any(m.training for m in modules)
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and fused_enabled()
     )
 
 
