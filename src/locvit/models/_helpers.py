@@ -118,7 +118,19 @@ def check_global_pool(global_pool: str) -> str:
 
 class PrunableBlocks:
     """timm's contract for an isotropic model with one ``blocks`` list, a final ``norm`` and a linear ``head`` on
-    ``embed_dim`` features: gradient checkpointing switch, classifier access and reset, pruning."""
+    ``embed_dim`` features: gradient checkpointing switch, classifier access and reset, pruning, and the head on
+    ``forward_features``' tokens (class token first, ``num_prefix_tokens`` prefix tokens; ``head_drop``)."""
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        elif self.global_pool == "token":
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -164,17 +176,6 @@ class ClassTokenBlocks(PrunableBlocks):
         for blk in self.blocks:
             x = self._block(blk, x, grid)
         return self.norm(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        elif self.global_pool == "token":
-            x = x[:, 0]
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
         self,
