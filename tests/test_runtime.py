@@ -1,4 +1,5 @@
-"""locvit.runtime: the allocator tuning keeps freed tensors in the process (checked by page faults, not time)."""
+"""locvit.runtime: the allocator tuning keeps freed tensors in the process (checked by glibc's accounting and page
+faults, never by time)."""
 import ctypes
 import subprocess
 import sys
