@@ -60,21 +60,18 @@ def _parse_kv(items: list[str]) -> dict:
     return out
 
 
-# --- locvit train -----------------------------------------------------------------------------------------------
-@command("train", "train or fine-tune a model (the papers' DeiT/Swin recipe); run under torchrun for DDP")
-def _train(p: argparse.ArgumentParser):
+def _config_args(p: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of the config dataclass ``cls`` (``--batch-size`` for ``batch_size``...), default None
+    so that only what is given overrides the recipe; dict fields take KEY=VALUE items (YAML values)."""
     import dataclasses
     import typing
 
-    from locvit.engine.config import TrainConfig
-
-    p.add_argument("--config", help="YAML recipe (a path, or a shipped name such as regionvit_in1k)")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
-        if f.name == "model_kwargs":
-            p.add_argument(flag, nargs="*", metavar="KEY=VALUE", help="extra model constructor arguments")
+        if "dict" in str(kind):
+            p.add_argument(flag, nargs="*", metavar="KEY=VALUE", help=f"{f.name.replace('_', ' ')} (YAML values)")
         elif f.name == "resume":
             p.add_argument(flag, nargs="?", const="auto", default=None, metavar="RUN_DIR_OR_FILE",
                            help="continue a run (default: OUTPUT/last.pth)")
@@ -82,18 +79,38 @@ def _train(p: argparse.ArgumentParser):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif "tuple" in str(kind):
             p.add_argument(flag, nargs=2, type=float, default=None)
+        elif "list" in str(kind):
+            p.add_argument(flag, nargs="+", type=float if "float" in str(kind) else int, default=None)
         else:
             base = next((t for t in (int, float, str) if t in typing.get_args(kind) or kind is t), str)
             p.add_argument(flag, type=base, default=None)
 
+
+def _config_overrides(a: argparse.Namespace, cls: type) -> dict:
+    """The flags of :func:`_config_args` as config overrides (KEY=VALUE lists parsed into dicts)."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(a, f.name, None)
+        is_dict = f.default_factory is not dataclasses.MISSING and isinstance(f.default_factory(), dict)
+        out[f.name] = _parse_kv(v) if is_dict and v is not None else v
+    return out
+
+
+# --- locvit train -----------------------------------------------------------------------------------------------
+@command("train", "train or fine-tune a model (the papers' DeiT/Swin recipe); run under torchrun for DDP")
+def _train(p: argparse.ArgumentParser):
+    from locvit.engine.config import TrainConfig
+
+    p.add_argument("--config", help="YAML recipe (a path, or a shipped name such as regionvit_in1k)")
+    _config_args(p, TrainConfig)
+
     def run(a: argparse.Namespace) -> int:
-        from locvit.engine.config import FIELDS, build_config
+        from locvit.engine.config import TrainConfig, build_config
         from locvit.engine.train import train
 
-        overrides = {k: getattr(a, k) for k in FIELDS if k != "model_kwargs"}
-        if a.model_kwargs is not None:
-            overrides["model_kwargs"] = _parse_kv(a.model_kwargs)
-        cfg = build_config(a.config, overrides)
+        cfg = build_config(a.config, _config_overrides(a, TrainConfig))
         metrics = train(cfg)
         if metrics and "top1" in metrics:
             print(f"done: top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  -> {cfg.output}")
@@ -314,17 +331,85 @@ def _print_row(r: dict, vs: str | None) -> None:
           f"{r['images_per_s']:8.1f} img/s ({r['spread']})  {r['step_ms']:8.1f} ms/step{mem}{extra}{share}", flush=True)
 
 
-# --- locvit demo -------------------------------------------------------------------------------------------------
-@command("demo", "train a small model of each family on the embedded digits dataset and compare them")
-def _demo(p: argparse.ArgumentParser):
-    p.add_argument("--output", default="runs/demo")
-    p.add_argument("--epochs", type=int, help="override the demo's epochs (quicker, less accurate)")
-    p.add_argument("--family", nargs="*", help="only these families (RegionViT, Focal, VVT, LocalViT)")
+# --- locvit detect / segment ----------------------------------------------------------------------------------
+def _dense_command(p: argparse.ArgumentParser, cls: type, example: str):
+    p.add_argument("action", choices=["train", "eval"],
+                   help="train: a run directory as `locvit train` writes it; eval: score --checkpoint (a run "
+                        "directory or its weights) on the validation split")
+    p.add_argument("--config", help=f"YAML recipe (a path, or a shipped name such as {example})")
+    _config_args(p, cls)
+    return cls
+
+
+@command("detect", "object / instance / keypoint detection: Mask R-CNN, Faster R-CNN, RetinaNet, Keypoint R-CNN on "
+                   "a locvit backbone, COCO-format data, COCOeval AP")
+def _detect(p: argparse.ArgumentParser):
+    from locvit.tasks.config import DetectConfig
+
+    _dense_command(p, DetectConfig, "mask_rcnn_1x_coco")
 
     def run(a: argparse.Namespace) -> int:
-        from locvit.engine.demo import run_demo
+        from locvit.tasks.common import eval_config
+        from locvit.tasks.config import DetectConfig, build_task_config
+        from locvit.tasks.detect import eval_detector, train_detector
 
-        run_demo(a.output, epochs=a.epochs, families=a.family)
+        overrides = _config_overrides(a, DetectConfig)
+        if a.action == "eval":
+            cfg, weights = eval_config(DetectConfig, a.config, overrides)
+            eval_detector(cfg, weights)
+            return 0
+        cfg = build_task_config(DetectConfig, a.config, overrides)
+        train_detector(cfg)
+        print(f"done -> {cfg.output}")
+        return 0
+
+    return run
+
+
+@command("segment", "semantic segmentation: Semantic FPN or UperNet on a locvit encoder, ADE20K-style data, mIoU")
+def _segment(p: argparse.ArgumentParser):
+    from locvit.tasks.config import SegmentConfig
+
+    _dense_command(p, SegmentConfig, "upernet_160k_ade20k")
+
+    def run(a: argparse.Namespace) -> int:
+        from locvit.tasks.common import eval_config
+        from locvit.tasks.config import SegmentConfig, build_task_config
+        from locvit.tasks.segment import eval_segmenter, train_segmenter
+
+        overrides = _config_overrides(a, SegmentConfig)
+        if a.action == "eval":
+            cfg, weights = eval_config(SegmentConfig, a.config, overrides)
+            eval_segmenter(cfg, weights)
+            return 0
+        cfg = build_task_config(SegmentConfig, a.config, overrides)
+        train_segmenter(cfg)
+        print(f"done -> {cfg.output}")
+        return 0
+
+    return run
+
+
+# --- locvit demo -------------------------------------------------------------------------------------------------
+@command("demo", "train a small model of each family on generated or embedded data and compare them "
+                 "(classification on digits, or --task detect / segment on generated shapes)")
+def _demo(p: argparse.ArgumentParser):
+    p.add_argument("--task", choices=["classify", "detect", "segment"], default="classify")
+    p.add_argument("--output", default=None, help="default: runs/demo (classify), runs/demo_detect, runs/demo_segment")
+    p.add_argument("--epochs", type=int, help="override the demo's epochs (quicker, less accurate)")
+    p.add_argument("--family", nargs="*", help="only these families (RegionViT, Focal, VVT, LocalViT)")
+    p.add_argument("--workers", type=int, help="DataLoader workers (dense tasks; default 2)")
+
+    def run(a: argparse.Namespace) -> int:
+        if a.task == "classify":
+            from locvit.engine.demo import run_demo
+
+            run_demo(a.output or "runs/demo", epochs=a.epochs, families=a.family)
+        else:
+            from locvit.tasks.demo import run_dense_demo
+
+            run_dense_demo(a.task, a.output or f"runs/demo_{a.task}", epochs=a.epochs, families=a.family,
+                           workers=a.workers)
         return 0
 
     return run

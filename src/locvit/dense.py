@@ -9,7 +9,7 @@ This module adds what torchvision's detectors and a fair comparison with the pap
   (RegionViT's ``det_norm``; the Swin-style extra output norms of Focal and LocalViT-Swin, ...);
 * :class:`LocvitFPN` / :func:`create_backbone` -- a ``BackboneWithFPN``-style module (``out_channels``, an
   ``OrderedDict`` of FPN maps) usable in ``torchvision.models.detection`` Mask R-CNN / Faster R-CNN / RetinaNet, and
-  :func:`mask_rcnn`, :func:`faster_rcnn`, :func:`retinanet`, which build those detectors with anchors and RoI
+  :func:`mask_rcnn`, :func:`faster_rcnn`, :func:`keypoint_rcnn`, :func:`retinanet`, which build those detectors with anchors and RoI
   poolers matched to the backbone's levels;
 * :func:`load_pretrained` -- a classification checkpoint (the authors' file or ours) into a backbone, through the
   family's ``checkpoint_filter_fn`` (tables resized for the new window / size), non-strictly, with a
@@ -42,6 +42,7 @@ __all__ = [
     "create_features",
     "dense_recipe",
     "faster_rcnn",
+    "keypoint_rcnn",
     "load_pretrained",
     "mask_rcnn",
     "retinanet",
@@ -371,7 +372,7 @@ def _detector_defaults(backbone: LocvitFPN, kwargs: dict[str, Any]) -> dict[str,
 
 
 def _two_stage(cls_name: str, model_name: str, num_classes: int | None, backbone_kwargs: dict[str, Any],
-               detector_kwargs: dict[str, Any], mask: bool) -> nn.Module:
+               detector_kwargs: dict[str, Any], mask: bool, keypoint: bool = False) -> nn.Module:
     import torchvision.models.detection as tvd
     from torchvision.ops import MultiScaleRoIAlign
 
@@ -382,6 +383,8 @@ def _two_stage(cls_name: str, model_name: str, num_classes: int | None, backbone
     kw.setdefault("box_roi_pool", MultiScaleRoIAlign(backbone.level_names, 7, 2))
     if mask:
         kw.setdefault("mask_roi_pool", MultiScaleRoIAlign(backbone.level_names, 14, 2))
+    if keypoint:
+        kw.setdefault("keypoint_roi_pool", MultiScaleRoIAlign(backbone.level_names, 14, 2))
     if "box_predictor" in kw or "mask_predictor" in kw:
         num_classes = None  # torchvision takes the class count from the predictors then
     return getattr(tvd, cls_name)(backbone, num_classes=num_classes, **kw)
@@ -411,6 +414,22 @@ def faster_rcnn(model_name: str, num_classes: int | None, *, out_indices: Sequen
     backbone_kwargs = dict(out_indices=out_indices, out_channels=out_channels, checkpoint=checkpoint,
                            recipe=recipe, verbose=verbose, **(model_kwargs or {}))
     return _two_stage("FasterRCNN", model_name, num_classes, backbone_kwargs, detector_kwargs, mask=False)
+
+
+def keypoint_rcnn(model_name: str, num_classes: int | None = 2, *, num_keypoints: int | None = 17,
+                  out_indices: Sequence[int] = (0, 1, 2, 3), out_channels: int = 256,
+                  checkpoint: str | os.PathLike | Mapping[str, Any] | None = None, recipe: bool = True,
+                  verbose: bool = True, model_kwargs: Mapping[str, Any] | None = None,
+                  **detector_kwargs: Any) -> nn.Module:
+    """``torchvision.models.detection.KeypointRCNN`` on a locvit backbone + FPN (RegionViT's keypoint detection):
+    anchors and RoI poolers as :func:`mask_rcnn`, COCO's 17 person keypoints by default (``num_classes=2``:
+    background and person). With your own ``keypoint_predictor`` pass ``num_keypoints=None``."""
+    backbone_kwargs = dict(out_indices=out_indices, out_channels=out_channels, checkpoint=checkpoint,
+                           recipe=recipe, verbose=verbose, **(model_kwargs or {}))
+    if num_keypoints is not None and "keypoint_predictor" not in detector_kwargs:
+        detector_kwargs["num_keypoints"] = num_keypoints
+    return _two_stage("KeypointRCNN", model_name, num_classes, backbone_kwargs, detector_kwargs, mask=False,
+                      keypoint=True)
 
 
 def retinanet(model_name: str, num_classes: int, *, out_indices: Sequence[int] = (1, 2, 3),

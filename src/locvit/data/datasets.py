@@ -27,6 +27,15 @@ _CIFAR_DIR = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def seed_sample(seed: int, epoch: int, index: int) -> None:
+    """Seed Python, NumPy and torch from ``(seed, epoch, index)`` alone, whatever the worker: the random crops,
+    RandAugment, erasing, flips... of a sample are then the same in a resumed run."""
+    s = zlib.crc32(f"{seed}/{epoch}/{index}".encode())
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
 class SeededDataset(Dataset):
     """Base class: samples are loaded by :meth:`load` and transformed under per-sample seeding."""
 
@@ -49,11 +58,7 @@ class SeededDataset(Dataset):
         except _DECODE_ERRORS:
             return None, self.target(index)
         if self.transform is not None:
-            # random crops, RandAugment, erasing... drawn from (seed, epoch, index) alone, whatever the worker
-            s = zlib.crc32(f"{self.seed}/{self.epoch}/{index}".encode())
-            random.seed(s)
-            np.random.seed(s)
-            torch.manual_seed(s)
+            seed_sample(self.seed, self.epoch, index)
             img = self.transform(img)
         return img, target
 

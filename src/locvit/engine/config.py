@@ -100,17 +100,20 @@ def resolve_config_path(name: str) -> Path:
     raise FileNotFoundError(f"config {name!r} not found (shipped recipes: {shipped})")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A recipe file as a dict (its ``base:`` recipe merged under it), checked against ``fields`` (default: the
+    :class:`TrainConfig` fields; the dense tasks pass theirs)."""
+    fields = FIELDS if fields is None else fields
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config must be a mapping of field: value")
     base = data.pop("base", None)  # recipes may inherit another recipe
     if base:
-        data = {**load_yaml(resolve_config_path(base)), **data}
-    unknown = sorted(set(data) - set(FIELDS))
+        data = {**load_yaml(resolve_config_path(base), fields), **data}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{path}: unknown config fields {unknown}; valid fields: {sorted(FIELDS)}")
+        raise ValueError(f"{path}: unknown config fields {unknown}; valid fields: {sorted(fields)}")
     return data
 
 
