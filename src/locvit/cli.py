@@ -332,62 +332,45 @@ def _print_row(r: dict, vs: str | None) -> None:
 
 
 # --- locvit detect / segment ----------------------------------------------------------------------------------
-def _dense_command(p: argparse.ArgumentParser, cls: type, example: str):
+def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
+    """``locvit detect|segment train|eval``: the task's config flags; the runner calls locvit.tasks.<task>."""
+    import importlib
+
+    from locvit.tasks.config import DetectConfig, SegmentConfig
+
+    cls = DetectConfig if task == "detect" else SegmentConfig
     p.add_argument("action", choices=["train", "eval"],
                    help="train: a run directory as `locvit train` writes it; eval: score --checkpoint (a run "
                         "directory or its weights) on the validation split")
     p.add_argument("--config", help=f"YAML recipe (a path, or a shipped name such as {example})")
     _config_args(p, cls)
-    return cls
+
+    def run(a: argparse.Namespace) -> int:
+        from locvit.tasks.common import eval_config
+        from locvit.tasks.config import build_task_config
+
+        module = importlib.import_module(f"locvit.tasks.{task}")
+        overrides = _config_overrides(a, cls)
+        if a.action == "eval":
+            module.evaluate_run(*eval_config(cls, a.config, overrides))
+            return 0
+        cfg = build_task_config(cls, a.config, overrides)
+        module.train_run(cfg)
+        print(f"done -> {cfg.output}")
+        return 0
+
+    return run
 
 
 @command("detect", "object / instance / keypoint detection: Mask R-CNN, Faster R-CNN, RetinaNet, Keypoint R-CNN on "
                    "a locvit backbone, COCO-format data, COCOeval AP")
 def _detect(p: argparse.ArgumentParser):
-    from locvit.tasks.config import DetectConfig
-
-    _dense_command(p, DetectConfig, "mask_rcnn_1x_coco")
-
-    def run(a: argparse.Namespace) -> int:
-        from locvit.tasks.common import eval_config
-        from locvit.tasks.config import DetectConfig, build_task_config
-        from locvit.tasks.detect import eval_detector, train_detector
-
-        overrides = _config_overrides(a, DetectConfig)
-        if a.action == "eval":
-            cfg, weights = eval_config(DetectConfig, a.config, overrides)
-            eval_detector(cfg, weights)
-            return 0
-        cfg = build_task_config(DetectConfig, a.config, overrides)
-        train_detector(cfg)
-        print(f"done -> {cfg.output}")
-        return 0
-
-    return run
+    return _dense_command(p, "detect", "mask_rcnn_1x_coco")
 
 
 @command("segment", "semantic segmentation: Semantic FPN or UperNet on a locvit encoder, ADE20K-style data, mIoU")
 def _segment(p: argparse.ArgumentParser):
-    from locvit.tasks.config import SegmentConfig
-
-    _dense_command(p, SegmentConfig, "upernet_160k_ade20k")
-
-    def run(a: argparse.Namespace) -> int:
-        from locvit.tasks.common import eval_config
-        from locvit.tasks.config import SegmentConfig, build_task_config
-        from locvit.tasks.segment import eval_segmenter, train_segmenter
-
-        overrides = _config_overrides(a, SegmentConfig)
-        if a.action == "eval":
-            cfg, weights = eval_config(SegmentConfig, a.config, overrides)
-            eval_segmenter(cfg, weights)
-            return 0
-        cfg = build_task_config(SegmentConfig, a.config, overrides)
-        train_segmenter(cfg)
-        print(f"done -> {cfg.output}")
-        return 0
-
-    return run
+    return _dense_command(p, "segment", "upernet_160k_ade20k")
 
 
 # --- locvit demo -------------------------------------------------------------------------------------------------

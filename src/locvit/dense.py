@@ -8,9 +8,9 @@ This module adds what torchvision's detectors and a fair comparison with the pap
 * :func:`dense_recipe` -- the architecture settings each family's dense-task results were obtained with
   (RegionViT's ``det_norm``; the Swin-style extra output norms of Focal and LocalViT-Swin, ...);
 * :class:`LocvitFPN` / :func:`create_backbone` -- a ``BackboneWithFPN``-style module (``out_channels``, an
-  ``OrderedDict`` of FPN maps) usable in ``torchvision.models.detection`` Mask R-CNN / Faster R-CNN / RetinaNet, and
-  :func:`mask_rcnn`, :func:`faster_rcnn`, :func:`keypoint_rcnn`, :func:`retinanet`, which build those detectors with anchors and RoI
-  poolers matched to the backbone's levels;
+  ``OrderedDict`` of FPN maps) usable in ``torchvision.models.detection`` Mask R-CNN / Faster R-CNN / RetinaNet /
+  Keypoint R-CNN, and :func:`mask_rcnn`, :func:`faster_rcnn`, :func:`retinanet`, :func:`keypoint_rcnn`, which build
+  those detectors with anchors and RoI poolers matched to the backbone's levels;
 * :func:`load_pretrained` -- a classification checkpoint (the authors' file or ours) into a backbone, through the
   family's ``checkpoint_filter_fn`` (tables resized for the new window / size), non-strictly, with a
   :class:`PretrainedReport` of what was loaded, converted, newly initialised and dropped;

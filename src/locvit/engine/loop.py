@@ -29,6 +29,7 @@ from locvit.checkpoint import save_checkpoint
 from locvit.data.loader import steps_per_epoch
 from locvit.engine.distributed import DistInfo, all_reduce_sum, barrier
 from locvit.engine.logger import RunLogger
+from locvit.engine.step import optimizer_step
 from locvit.engine.train import NonFiniteLossError, _autocast, _resume_path, _seed_step
 
 __all__ = ["Task", "build_param_groups", "build_scheduler", "fit"]
@@ -159,14 +160,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
                         f"non-finite loss ({loss.item()}; {({k: round(v.item(), 4) for k, v in parts.items()})}) at "
                         f"iteration {global_step + 1}; training stopped, the last good checkpoint is "
                         f"{run_dir / 'last.pth'}")
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler(loss, optimizer, clip_grad=cfg.clip_grad, parameters=model.parameters())
-                else:
-                    loss.backward()
-                    if cfg.clip_grad:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    optimizer.step()
+                optimizer_step(loss, optimizer, scaler, cfg.clip_grad, model.parameters())
                 running["loss"] += loss.item() * n
                 running["images"] += n
                 for k, v in parts.items():

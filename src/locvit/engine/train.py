@@ -33,6 +33,7 @@ from locvit.engine.config import TrainConfig, save_config
 from locvit.engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from locvit.engine.evaluate import evaluate
 from locvit.engine.logger import RunLogger
+from locvit.engine.step import optimizer_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -224,14 +225,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
                     raise NonFiniteLossError(
                         f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step_in_epoch} (global step "
                         f"{global_step + 1}); training stopped, the last good checkpoint is {run_dir / 'last.pth'}")
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler(loss, optimizer, clip_grad=cfg.clip_grad, parameters=model.parameters())
-                else:
-                    loss.backward()
-                    if cfg.clip_grad:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    optimizer.step()
+                optimizer_step(loss, optimizer, scaler, cfg.clip_grad, model.parameters())
                 if ema is not None:
                     ema.update(model, step=global_step)
                 loss_sum += loss.item() * images.shape[0]

@@ -2,9 +2,10 @@
 groups, evaluation loaders, trained-weight loading and the ``eval`` command's configuration."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import yaml
@@ -12,10 +13,30 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from locvit.data.loader import build_loader
-from locvit.engine.distributed import DistInfo
+from locvit.engine.distributed import DistInfo, cleanup, init_distributed
 from locvit.tasks.config import DenseConfig, build_task_config
 
 C = TypeVar("C", bound=DenseConfig)
+
+
+@contextlib.contextmanager
+def session(cfg: DenseConfig) -> Iterator[DistInfo]:
+    """torchrun's process group (when there is one) and the device, determinism and initial seed of ``cfg``."""
+    from locvit.engine.train import _seed_step
+
+    dist = init_distributed(cfg.device)
+    try:
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        _seed_step(cfg.seed, 0, dist.rank)
+        yield dist
+    finally:
+        cleanup()
+
+
+def report_size(model: nn.Module, what: str, dist: DistInfo) -> None:
+    if dist.main:
+        print(f"{what}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
 
 
 def backbone_kwargs(cfg: DenseConfig, build: Callable[..., Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 The data are written by :mod:`locvit.data.synthetic` into the run directory in the standard layouts (COCO JSON,
 ADE20K folders) and read by the same commands a user runs (``locvit detect train`` / ``locvit segment train``
-through :func:`~locvit.tasks.detect.train_detector` / :func:`~locvit.tasks.segment.train_segmenter`), with the
+through :func:`locvit.tasks.detect.train_run` / :func:`locvit.tasks.segment.train_run`), with the
 default pipeline: DataLoader workers, flips, (segmentation) random rescale, crops and photometric distortion.
 Mask R-CNN is scored with COCOeval (box and mask AP), Semantic FPN with mIoU; the table is printed and written to
 ``results.md`` / ``results.json``.
@@ -68,13 +68,13 @@ def run_dense_demo(task: str, output: str | Path = "runs/demo_detect", epochs: i
               flush=True)
         t0 = time.time()
         if task == "detect":
-            from locvit.tasks.detect import train_detector
+            from locvit.tasks.detect import train_run
 
-            m = train_detector(build_task_config(DetectConfig, None, recipe))
+            m = train_run(build_task_config(DetectConfig, None, recipe))
         else:
-            from locvit.tasks.segment import train_segmenter
+            from locvit.tasks.segment import train_run
 
-            m = train_segmenter(build_task_config(SegmentConfig, None, recipe))
+            m = train_run(build_task_config(SegmentConfig, None, recipe))
         rows.append(dict(family=fam, model=spec["model"], train_s=time.time() - t0,
                          **{k: v for k, v in m.items() if isinstance(v, (int, float))}))
     table = format_table(task, rows)

@@ -14,15 +14,24 @@ import torch
 from torch import nn
 
 from locvit.data.coco import CocoDetection, collate_detection, find_coco_split
-from locvit.engine.distributed import DistInfo, cleanup, init_distributed
+from locvit.engine.distributed import DistInfo
 from locvit.engine.loop import fit
-from locvit.engine.train import _autocast, _seed_step
-from locvit.tasks.common import backbone_kwargs, eval_loader, gather, load_weights, no_weight_decay, train_loader
+from locvit.engine.train import _autocast
+from locvit.tasks.common import (
+    backbone_kwargs,
+    eval_loader,
+    gather,
+    load_weights,
+    no_weight_decay,
+    report_size,
+    session,
+    train_loader,
+)
 from locvit.tasks.config import DetectConfig, save_task_config
 from locvit.tasks.metrics import coco_evaluate
 
-__all__ = ["DetectionTask", "build_detector", "evaluate_detector", "load_split", "to_coco_results",
-           "train_detector"]
+__all__ = ["DetectionTask", "build_detector", "evaluate_detector", "evaluate_run", "load_split", "to_coco_results",
+           "train_run"]
 
 IOU_TYPES = {"mask_rcnn": ("bbox", "segm"), "faster_rcnn": ("bbox",), "retinanet": ("bbox",),
              "keypoint_rcnn": ("bbox", "keypoints")}
@@ -175,30 +184,20 @@ def _datasets(cfg: DetectConfig, verbose: bool) -> tuple[CocoDetection, CocoDete
     return train_set, val_set
 
 
-def train_detector(cfg: DetectConfig) -> dict[str, Any]:
-    """Train as configured (under ``torchrun`` for DDP); returns the last evaluation's row."""
-    dist = init_distributed(cfg.device)
-    try:
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        _seed_step(cfg.seed, 0, dist.rank)
+def train_run(cfg: DetectConfig) -> dict[str, Any]:
+    """``locvit detect train``: train as configured (under ``torchrun`` for DDP); returns the last evaluation."""
+    with session(cfg) as dist:
         train_set, val_set = _datasets(cfg, dist.main)  # every data error surfaces here, before the model
         num_classes = cfg.num_classes or len(train_set.cat_ids) + 1
         model = build_detector(cfg, num_classes, len(train_set.keypoint_names) or None, verbose=dist.main)
-        model.to(dist.device)
-        if dist.main:
-            n = sum(p.numel() for p in model.parameters())
-            print(f"{cfg.detector} on {cfg.model}: {n / 1e6:.2f}M parameters, {num_classes - 1} classes", flush=True)
+        report_size(model.to(dist.device), f"{cfg.detector} on {cfg.model}, {num_classes - 1} classes", dist)
         task = DetectionTask(cfg, model, train_set, val_set, dist)
         return fit(cfg, task, dist, lambda path: save_task_config(cfg, path))
-    finally:
-        cleanup()
 
 
-def eval_detector(cfg: DetectConfig, weights: str | None) -> dict[str, Any]:
+def evaluate_run(cfg: DetectConfig, weights: str | None) -> dict[str, Any]:
     """``locvit detect eval``: score trained weights (or, without, the freshly built detector) on the val split."""
-    dist = init_distributed(cfg.device)
-    try:
+    with session(cfg) as dist:
         val_set = load_split(cfg, "val")
         if dist.main:
             print(val_set.summary(), flush=True)
@@ -206,7 +205,4 @@ def eval_detector(cfg: DetectConfig, weights: str | None) -> dict[str, Any]:
         model = build_detector(cfg, num_classes, len(val_set.keypoint_names) or None, verbose=False)
         if weights:
             load_weights(model, weights)
-        model.to(dist.device)
-        return evaluate_detector(model, val_set, cfg, dist)
-    finally:
-        cleanup()
+        return evaluate_detector(model.to(dist.device), val_set, cfg, dist)

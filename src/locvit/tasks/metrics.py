@@ -93,4 +93,5 @@ def segmentation_scores(conf: torch.Tensor, class_names: Sequence[str] | None = 
         return 100 * float(v.mean()) if v.numel() else float("nan")
 
     return dict(aAcc=100 * float(inter.sum() / label_area.sum().clamp(min=1)), mIoU=nanmean(iou), mAcc=nanmean(acc),
-                IoU={n: 100 * float(v) for n, v in zip(names, iou)}, Acc={n: 100 * float(v) for n, v in zip(names, acc)})
+                IoU={n: 100 * float(v) for n, v in zip(names, iou)},
+                Acc={n: 100 * float(v) for n, v in zip(names, acc)})

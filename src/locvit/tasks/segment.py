@@ -20,14 +20,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from locvit.data.segmentation import SegmentationFolder, collate_segmentation, find_segmentation_split
-from locvit.engine.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
+from locvit.engine.distributed import DistInfo, all_reduce_sum
 from locvit.engine.loop import fit
-from locvit.engine.train import _autocast, _seed_step
-from locvit.tasks.common import backbone_kwargs, eval_loader, load_weights, no_weight_decay, train_loader
+from locvit.engine.train import _autocast
+from locvit.tasks.common import (
+    backbone_kwargs,
+    eval_loader,
+    load_weights,
+    no_weight_decay,
+    report_size,
+    session,
+    train_loader,
+)
 from locvit.tasks.config import SegmentConfig, save_task_config
 from locvit.tasks.metrics import confusion_matrix, segmentation_scores
 
-__all__ = ["Segmenter", "SegmentationTask", "build_segmenter", "evaluate_segmenter", "predict", "train_segmenter"]
+__all__ = ["Segmenter", "SegmentationTask", "build_segmenter", "evaluate_run", "evaluate_segmenter", "predict",
+           "train_run"]
 
 ARCH = {"fpn": "FPN", "upernet": "UPerNet"}
 
@@ -202,40 +211,27 @@ def _norm(cfg: SegmentConfig) -> tuple[Any, Any]:
     return pc.get("mean", (0.485, 0.456, 0.406)), pc.get("std", (0.229, 0.224, 0.225))
 
 
-def train_segmenter(cfg: SegmentConfig) -> dict[str, Any]:
-    """Train as configured (under ``torchrun`` for DDP); returns the last evaluation's row."""
-    dist = init_distributed(cfg.device)
-    try:
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        _seed_step(cfg.seed, 0, dist.rank)
+def train_run(cfg: SegmentConfig) -> dict[str, Any]:
+    """``locvit segment train``: train as configured (under ``torchrun`` for DDP); returns the last evaluation."""
+    with session(cfg) as dist:
         num_classes = cfg.num_classes or 150
         mean, std = _norm(cfg)
         train_set = load_split(cfg, "train", num_classes, mean, std)  # data errors surface before the model
         val_set = load_split(cfg, "val", num_classes, mean, std)
         if dist.main:
             print(f"{len(train_set)} training / {len(val_set)} validation images, {num_classes} classes", flush=True)
-        model = build_segmenter(cfg, num_classes, verbose=dist.main).to(dist.device)
-        if dist.main:
-            n = sum(p.numel() for p in model.parameters())
-            print(f"{cfg.head} on {cfg.model}: {n / 1e6:.2f}M parameters", flush=True)
+        model = build_segmenter(cfg, num_classes, verbose=dist.main)
+        report_size(model.to(dist.device), f"{cfg.head} on {cfg.model}", dist)
         task = SegmentationTask(cfg, model, train_set, val_set, num_classes, dist)
         return fit(cfg, task, dist, lambda path: save_task_config(cfg, path))
-    finally:
-        cleanup()
 
 
-def eval_segmenter(cfg: SegmentConfig, weights: str | None) -> dict[str, Any]:
+def evaluate_run(cfg: SegmentConfig, weights: str | None) -> dict[str, Any]:
     """``locvit segment eval``: score trained weights on the validation split."""
-    dist = init_distributed(cfg.device)
-    try:
+    with session(cfg) as dist:
         num_classes = cfg.num_classes or 150
-        mean, std = _norm(cfg)
-        val_set = load_split(cfg, "val", num_classes, mean, std)
+        val_set = load_split(cfg, "val", num_classes, *_norm(cfg))
         model = build_segmenter(cfg, num_classes, verbose=False)
         if weights:
             load_weights(model, weights)
-        model.to(dist.device)
-        return evaluate_segmenter(model, val_set, cfg, dist, num_classes)
-    finally:
-        cleanup()
+        return evaluate_segmenter(model.to(dist.device), val_set, cfg, dist, num_classes)
