@@ -361,3 +361,45 @@ def test_dense_demo_beats_chance(tmp_path, task):
             assert r["bbox_AP50"] > 0.5 and r["segm_AP50"] > 0.5, r
         else:
             assert r["mIoU"] > 60, r
+
+
+def test_unreadable_images_skipped_and_nan_stop(seg_data, tmp_path):
+    """A corrupt validation image is skipped and counted; a non-finite loss stops the run and keeps the last good
+    checkpoint (finite weights)."""
+    import shutil
+
+    from locvit.engine.train import NonFiniteLossError
+
+    root = tmp_path / "ade"
+    shutil.copytree(seg_data, root)
+    (root / "images" / "validation" / "00001.png").write_bytes(b"\x89PNG not really")
+    common = ["segment", "train", "--model", "vvt_tiny", "--model-kwargs", *kv(VVT), "--data", root,
+              "--num-classes", "3", "--batch-size", "2", "--crop-size", "64", "64", "--scale", "96", "64",
+              "--test-scale", "96", "64", "--decoder-channels", "32", "--no-tensorboard", "--warmup-iters", "0",
+              "--workers", "2"]
+    out = locvit(*common, "--iters", "2", "--output", tmp_path / "ok")
+    assert "1 unreadable images skipped" in out.stdout + out.stderr
+    rows = (tmp_path / "ok" / "metrics.csv").read_text().splitlines()
+    assert int(dict(zip(rows[0].split(","), rows[1].split(",")))["skipped"]) == 1
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at iteration"):
+        locvit(*common, "--iters", "8", "--lr", "1e30", "--checkpoint-interval", "1", "--output", tmp_path / "nan")
+    state = torch.load(tmp_path / "nan" / "last.pth", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.heavy  # two interpreters starting on two cores: about a minute
+def test_detect_ddp_runs(det_data, tmp_path):
+    """torchrun with two CPU processes: detections of both ranks gathered, one COCOeval table, one run directory."""
+    import os
+    import sys
+
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29563", "-m", "locvit",
+           "detect", "train", "--model", "vvt_tiny", "--model-kwargs", *kv(VVT), "--data", str(det_data),
+           "--batch-size", "1", "--workers", "1", "--iters", "2", "--warmup-iters", "0", "--no-tensorboard",
+           "--output", str(run), *_det_flags()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("COCOeval bbox") == 1  # rank 0 prints
+    assert torch.load(run / "last.pth", weights_only=True)["global_step"] == 2
+    assert (run / "model.safetensors").is_file()

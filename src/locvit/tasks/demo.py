@@ -26,11 +26,11 @@ DENSE_DEMO_MODELS: dict[str, dict[str, Any]] = {
         embed_dims=[32, 64, 96, 128], num_heads=[1, 2, 3, 4], depths=[1, 1, 2, 1], mlp_ratios=[4, 4, 4, 4])),
 }
 DETECT: dict[str, Any] = dict(
-    detector="mask_rcnn", epochs=12, batch_size=4, lr=5e-4, weight_decay=0.05, warmup_iters=50, lr_steps=[9, 11],
+    detector="mask_rcnn", epochs=6, batch_size=4, lr=5e-4, weight_decay=0.05, warmup_iters=50, lr_steps=[],
     drop_path=0.0, min_size=[128], max_size=192, fpn_channels=64, box_head_dim=256, mask_head_channels=[64, 64],
     detector_kwargs=dict(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
                          rpn_post_nms_top_n_test=100, box_batch_size_per_image=128, box_detections_per_img=50),
-    eval_interval=12, workers=2, amp="off", tensorboard=False, log_interval=5)
+    eval_interval=6, workers=2, amp="off", tensorboard=False, log_interval=5)
 SEGMENT: dict[str, Any] = dict(
     head="fpn", num_classes=3, epochs=12, batch_size=8, lr=1e-3, weight_decay=0.01, sched="poly", poly_power=1.0,
     warmup_iters=30, warmup_ratio=1e-3, drop_path=0.0, decoder_channels=64, crop_size=[96, 96], scale=[192, 128],
