@@ -67,23 +67,41 @@ def _config_args(p: argparse.ArgumentParser, cls: type) -> None:
     import typing
 
     hints = typing.get_type_hints(cls)
+    notes = _field_comments(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
+        note = notes.get(f.name)
         if "dict" in str(kind):
-            p.add_argument(flag, nargs="*", metavar="KEY=VALUE", help=f"{f.name.replace('_', ' ')} (YAML values)")
+            p.add_argument(flag, nargs="*", metavar="KEY=VALUE", help=note or "(YAML values)")
         elif f.name == "resume":
             p.add_argument(flag, nargs="?", const="auto", default=None, metavar="RUN_DIR_OR_FILE",
                            help="continue a run (default: OUTPUT/last.pth)")
         elif kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=note)
         elif "tuple" in str(kind):
-            p.add_argument(flag, nargs=2, type=float, default=None)
+            p.add_argument(flag, nargs=2, type=float, default=None, help=note)
         elif "list" in str(kind):
-            p.add_argument(flag, nargs="+", type=float if "float" in str(kind) else int, default=None)
+            p.add_argument(flag, nargs="+", type=float if "float" in str(kind) else int, default=None, help=note)
         else:
             base = next((t for t in (int, float, str) if t in typing.get_args(kind) or kind is t), str)
-            p.add_argument(flag, type=base, default=None)
+            p.add_argument(flag, type=base, default=None, help=note)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """``--help`` text: the comment after each field in the config dataclasses' source (subclasses win)."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        out.update({m[1]: m[2].strip().replace("%", "%%")
+                    for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.+)$", src, re.M)})
+    return out
 
 
 def _config_overrides(a: argparse.Namespace, cls: type) -> dict:

@@ -22,17 +22,17 @@ class DenseConfig:
     """What detection and segmentation training share (see the subclasses for the task's own fields)."""
 
     # what to train, on what
-    model: str = "regionvit_small"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model: str = "regionvit_small"         # a locvit pyramid model (RegionViT, Focal, VVT, PVT, LocalViT-PVT/Swin)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # model constructor arguments
     checkpoint: str | None = None          # classification weights for the backbone (official or ours)
     trust_checkpoint: bool = False         # allow checkpoints that pickle more than tensors
     pretrained: bool = False               # the model's released ImageNet weights (when the zoo has them)
     data: str | None = None                # dataset folder (see the task's layouts)
     num_classes: int | None = None         # default: the dataset's categories (detection), 150 (segmentation)
-    output: str = "runs/dense"
+    output: str = "runs/dense"             # the run directory
     # schedule and optimiser (iterations unless `epochs` is set)
-    epochs: int | None = None
-    iters: int | None = None
+    epochs: int | None = None              # schedule length in epochs (mmdetection style) ...
+    iters: int | None = None               # ... or in optimiser steps (Detectron2 / mmsegmentation style)
     lr_steps: list[int] = field(default_factory=list)  # decay points (sched 'step'), in epochs or iterations
     lr_gamma: float = 0.1
     sched: str = "step"                    # step | poly
