@@ -403,3 +403,31 @@ def test_detect_ddp_runs(det_data, tmp_path):
     assert proc.stdout.count("COCOeval bbox") == 1  # rank 0 prints
     assert torch.load(run / "last.pth", weights_only=True)["global_step"] == 2
     assert (run / "model.safetensors").is_file()
+
+
+def test_schedules():
+    """Detectron2's step schedule (the update after milestone s runs at lr x gamma) and mmsegmentation's poly, each
+    after a linear warm-up from lr x warmup_ratio."""
+    from locvit.engine.loop import build_scheduler
+
+    def lrs(cfg, total, unit=1, at=()):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        sched = build_scheduler(cfg, opt, total, unit)
+        out = {}
+        for t in at:
+            sched.step_update(num_updates=t)
+            out[t] = opt.param_groups[0]["lr"]
+        return out
+
+    step = build_task_config(DetectConfig, None, dict(iters=100, lr=1.0, lr_steps=[60, 80], warmup_iters=10,
+                                                      warmup_ratio=0.001))
+    got = lrs(step, 100, at=(0, 5, 10, 59, 60, 79, 80, 99))
+    assert got[0] == pytest.approx(0.001) and got[5] == pytest.approx(0.001 + 0.5 * 0.999)
+    assert got[10] == got[59] == 1.0 and got[60] == got[79] == pytest.approx(0.1) and got[80] == pytest.approx(0.01)
+    ep = build_task_config(DetectConfig, None, dict(epochs=12, lr=1.0, lr_steps=[8, 11], warmup_iters=0))
+    got = lrs(ep, 12 * 10, unit=10, at=(79, 80, 110))
+    assert got[79] == 1.0 and got[80] == pytest.approx(0.1) and got[110] == pytest.approx(0.01)
+    poly = build_task_config(SegmentConfig, None, dict(iters=100, lr=1.0, sched="poly", poly_power=1.0,
+                                                       warmup_iters=0))
+    got = lrs(poly, 100, at=(0, 50, 100))
+    assert got[0] == 1.0 and got[50] == pytest.approx(0.5) and got[100] == pytest.approx(0.0)
