@@ -266,12 +266,15 @@ def test_smp_segmentation(name):
     out.mean().backward()
     assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
 
+    # smp_model also takes a model `depth` (RegionViT's blocks per stage), which smp reserves for itself
     any_size = dense.smp_model("FPN", name, 3, decoder_pyramid_channels=32, decoder_segmentation_channels=32,
-                               **kw).eval()
+                               **tiny(name)).eval()
     with torch.no_grad():
         assert any_size(torch.randn(1, 3, 97, 131)).shape == (1, 3, 97, 131)
     if name == "regionvit_tiny":
-        assert any_size.model.encoder.model.model.det_norm  # the dense recipe reached the encoder
+        body = any_size.model.encoder.model.model
+        assert body.det_norm  # the dense recipe reached the encoder
+        assert [len(stage.blocks) for stage in body.stages] == list(tiny(name)["depth"])
 
 
 # --- pretrained classification weights ----------------------------------------------------------------------------

@@ -491,7 +491,8 @@ def smp_model(
         recipe: pass :func:`dense_recipe`'s model kwargs to the encoder.
         pad_to: wrap in :class:`PadCrop` (inputs of any size); ``None`` returns the bare smp model.
         verbose: print the checkpoint report.
-        **kwargs: for ``smp.create_model`` (decoder settings) and the encoder (model kwargs), as smp splits them.
+        **kwargs: for ``smp.create_model`` (decoder settings) and the encoder (model kwargs), as smp splits them;
+            a model ``depth`` (which smp reserves for itself) included.
     """
     import locvit  # noqa: F401  (registers the names with timm before smp looks them up)
 
@@ -502,7 +503,24 @@ def smp_model(
                           "(or pip install segmentation-models-pytorch)") from e
     if recipe:
         kwargs = {**dense_recipe(model_name).model_kwargs, **kwargs}
+    # smp hands the encoder its own `depth` (how many stages to return), so a model's `depth` (RegionViT's blocks
+    # per stage) cannot travel with the other encoder keywords: the encoder is rebuilt with it below
+    model_depth = kwargs.pop("depth", None)
     model = smp.create_model(arch, encoder_name=f"tu-{model_name}", encoder_weights=None, classes=classes, **kwargs)
+    if model_depth is not None:
+        import inspect
+
+        from locvit._registry import create_model
+
+        smp_args = set(inspect.signature(type(model).__init__).parameters)
+        encoder_kwargs = {k: v for k, v in kwargs.items() if k not in smp_args}
+        built = model.encoder.model
+        model.encoder.model = create_model(model_name, features_only=True, in_chans=kwargs.get("in_channels", 3),
+                                           out_indices=tuple(built.feature_info.out_indices), depth=model_depth,
+                                           **encoder_kwargs)
+        if model.encoder.model.feature_info.channels() != built.feature_info.channels():
+            raise ValueError(f"{model_name} with depth={model_depth} changes its channels; smp's decoder was built "
+                             "for the others")
     if checkpoint is not None:
         model.load_report = load_pretrained(model.encoder.model, checkpoint, verbose=verbose)
     return PadCrop(model, pad_to) if pad_to else model
