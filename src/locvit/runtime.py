@@ -75,3 +75,21 @@ def _mallopt():
         return None
     fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return fn
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's CPU generators (and CUDA's once CUDA is in use).
+
+    ``torch.manual_seed`` also queues a lazy CUDA seeding on a CUDA build, recording a Python stack trace each time;
+    per sample in a data loader that cost more than the augmentation itself. Seeding CUDA only once it is
+    initialised gives the same random streams without it."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.random.default_generator.manual_seed(seed)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
