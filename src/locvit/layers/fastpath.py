@@ -65,7 +65,7 @@ SHAPE_CACHE_BYTES = 64 << 20
 _recording_depth = 0
 
 
-# --- predicates --------------------------------------------------------------------------------------------------------
+# --- predicates -----------------------------------------------------------------------------------------------------
 def _fx_symbolic_tracing() -> bool:
     # torch.fx has no public query; is_fx_symbolic_tracing (torch >= 2.6) excludes torch.export, which
     # is_compiling covers; older releases only have is_fx_tracing
@@ -127,7 +127,7 @@ def eager_autograd(*tensors: Tensor) -> bool:
     return needs_grad(*tensors) and not tracing()
 
 
-# --- the shape cache -----------------------------------------------------------------------------------------------------
+# --- the shape cache ------------------------------------------------------------------------------------------------
 V = TypeVar("V")
 
 
