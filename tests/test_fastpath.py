@@ -248,3 +248,19 @@ def test_fast_forward_equals_plain_forward(name, se_ratio, every_shortcut, monke
     taken = {k for k, n in every_shortcut.items() if n}
     assert taken == FAST_PATHS[name]
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_ab_harness_interleaves_and_restores_settings():
+    from locvit.bench import fastpaths
+
+    order = []
+    r = fastpaths.ab(lambda: order.append("fast"), lambda: order.append("plain"), rounds=3, warmup=1)
+    assert order == ["fast", "plain", "plain", "fast", "fast", "plain", "plain", "fast"]  # alternating first
+    assert set(r) == {"fast_ms", "plain_ms", "speedup", "speedup_best"} and r["speedup"] > 0
+    before = fastpath.FFN_GROUP_BYTES
+    with pytest.raises(RuntimeError), fastpaths._settings(FFN_GROUP_BYTES=1):
+        assert fastpath.FFN_GROUP_BYTES == 1
+        raise RuntimeError
+    assert fastpath.FFN_GROUP_BYTES == before
+    (row,) = fastpaths.run(("sdpa_bias",), rounds=1)
+    assert row["case"] == "sdpa_bias" and row["fast_ms"] > 0
