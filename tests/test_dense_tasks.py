@@ -330,10 +330,10 @@ def test_segment_train_resume_and_eval(seg_data, tmp_path):
 
 
 def test_shipped_recipes_resolve():
-    import locvit.engine.config as ec
+    from locvit.tasks.config import DENSE_CONFIG_DIR
 
-    det = sorted(p.stem for p in ec.CONFIG_DIR.glob("*_coco.yaml"))
-    seg = sorted(p.stem for p in ec.CONFIG_DIR.glob("*_ade20k.yaml"))
+    det = sorted(p.stem for p in DENSE_CONFIG_DIR.glob("*_coco.yaml"))
+    seg = sorted(p.stem for p in DENSE_CONFIG_DIR.glob("*_ade20k.yaml"))
     assert {"mask_rcnn_1x_coco", "mask_rcnn_3x_coco", "retinanet_1x_coco", "regionvit_mask_rcnn_1x_coco",
             "keypoint_rcnn_1x_coco"} <= set(det)
     assert {"upernet_160k_ade20k", "semantic_fpn_80k_ade20k"} <= set(seg)
@@ -367,9 +367,8 @@ def test_dense_demo_beats_chance(tmp_path, task):
 def test_unreadable_images_skipped_and_nan_stop(seg_data, tmp_path):
     """A corrupt validation image is skipped and counted; a non-finite loss stops the run and keeps the last good
     checkpoint (finite weights)."""
+    import re
     import shutil
-
-    from locvit.engine.train import NonFiniteLossError
 
     root = tmp_path / "ade"
     shutil.copytree(seg_data, root)
@@ -382,8 +381,9 @@ def test_unreadable_images_skipped_and_nan_stop(seg_data, tmp_path):
     assert "1 unreadable images skipped" in out.stdout + out.stderr
     rows = (tmp_path / "ok" / "metrics.csv").read_text().splitlines()
     assert int(dict(zip(rows[0].split(","), rows[1].split(",")))["skipped"]) == 1
-    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at iteration"):
-        locvit(*common, "--iters", "8", "--lr", "1e30", "--checkpoint-interval", "1", "--output", tmp_path / "nan")
+    proc = locvit(*common, "--iters", "8", "--lr", "1e30", "--checkpoint-interval", "1", "--output", tmp_path / "nan",
+                  check=False)
+    assert proc.returncode != 0 and re.search("non-finite loss .* at iteration 2", proc.stderr), proc.stderr
     state = torch.load(tmp_path / "nan" / "last.pth", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 

@@ -29,14 +29,20 @@ def command(name: str, help: str):
 def _models(p: argparse.ArgumentParser):
     p.add_argument("pattern", nargs="*", default=["*"], help="wildcards, e.g. 'regionvit*'")
     p.add_argument("--aliases", action="store_true", help="also list the official names that alias models")
-    p.add_argument("--no-flops", action="store_true", help="skip the GMAC count (faster)")
+    p.add_argument("--no-flops", action="store_true", help="leave out the GMACs column")
+    p.add_argument("--recount", action="store_true",
+                   help="build and count each model instead of reading the shipped table (with --update-readme: "
+                        "also rewrite the shipped table)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--update-readme", metavar="README", help="rewrite the model table between the README markers")
 
     def run(a: argparse.Namespace) -> int:
-        from locvit.zoo import model_table, render_table, update_readme
+        from locvit.zoo import model_table, render_table, update_readme, write_stats
 
-        rows = model_table(a.pattern, include_aliases=a.aliases, flops=not a.no_flops)
+        if a.recount and a.update_readme:
+            write_stats()
+        rows = model_table(a.pattern, include_aliases=a.aliases, flops=not a.no_flops,
+                           recount=a.recount and not a.update_readme)
         text = render_table(rows, markdown=a.markdown or bool(a.update_readme))
         if a.update_readme:
             update_readme(a.update_readme, text)
@@ -60,7 +66,9 @@ def _parse_kv(items: list[str]) -> dict:
     return out
 
 
-def _config_args(p: argparse.ArgumentParser, cls: type) -> None:
+def _config_args(p: argparse.ArgumentParser, cls: type,
+                 resume_help: str = "continue a run (default: OUTPUT/last.pth); settings not given are the run's own"
+                 ) -> None:
     """One flag per field of the config dataclass ``cls`` (``--batch-size`` for ``batch_size``...), default None
     so that only what is given overrides the recipe; dict fields take KEY=VALUE items (YAML values)."""
     import dataclasses
@@ -76,7 +84,7 @@ def _config_args(p: argparse.ArgumentParser, cls: type) -> None:
             p.add_argument(flag, nargs="*", metavar="KEY=VALUE", help=note or "(YAML values)")
         elif f.name == "resume":
             p.add_argument(flag, nargs="?", const="auto", default=None, metavar="RUN_DIR_OR_FILE",
-                           help="continue a run (default: OUTPUT/last.pth)")
+                           help=resume_help)
         elif kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=note)
         elif "tuple" in str(kind):
@@ -126,9 +134,16 @@ def _train(p: argparse.ArgumentParser):
 
     def run(a: argparse.Namespace) -> int:
         from locvit.engine.config import TrainConfig, build_config
-        from locvit.engine.train import train
+        from locvit.engine.train import run_config, train
 
-        cfg = build_config(a.config, _config_overrides(a, TrainConfig))
+        overrides = _config_overrides(a, TrainConfig)
+        saved = None
+        if a.resume:
+            # the interrupted run's settings are the base: `--resume` alone, or the same command again, continues it
+            state_file, saved = run_config(a.resume, a.output or "runs/train")
+            if a.output is None:
+                overrides["output"] = str(state_file.parent)
+        cfg = build_config(a.config, overrides, run=saved)
         metrics = train(cfg)
         if metrics and "top1" in metrics:
             print(f"done: top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  -> {cfg.output}")
@@ -143,12 +158,12 @@ def _eval(p: argparse.ArgumentParser):
     p.add_argument("--model", required=True)
     p.add_argument("--checkpoint", help="weights: the authors' release file or ours (.safetensors)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
-    p.add_argument("--data", default="digits", help="folder (its val/ split, or class folders), 'digits', "
+    p.add_argument("--data", required=True, help="folder (its val/ split, or class folders), 'digits', "
                    "'cifar10[:ROOT]' or 'cifar100[:ROOT]'")
     p.add_argument("--split", default="val", choices=["train", "val"])
     p.add_argument("--img-size", type=int, help="input size (default: the model's pretrained cfg)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, help="DataLoader processes (default: min(4, CPU cores))")
     p.add_argument("--num-classes", type=int, help="default: the checkpoint's head, else the dataset's classes")
     p.add_argument("--device", default=None)
     p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
@@ -217,8 +232,9 @@ def _flops(p: argparse.ArgumentParser):
                 "# Parameters and FLOPs against the official figures\n\n"
                 f"Generated by `{cmd}`.\n\n"
                 f"Counter: {COUNTER}. GMACs = multiply-adds, the unit the papers' 'GFLOPs' use. The 'official code, "
-                "same counter' column counts the authors' implementations (run outside this repository) with this "
-                "counter; the fvcore column is the conformance manifests' count of the same official models.\n\n"
+                "same counter' column counts the authors' implementations with this counter "
+                "(`scripts/bench_official.py --gmacs`, from checkouts of the official repositories); the fvcore "
+                "column is the conformance manifests' count of the same official models.\n\n"
                 f"{COUNTER_NOTE}.\n\n{table}\n"))
             print(table)
             return 0
@@ -372,7 +388,14 @@ def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
         if a.action == "eval":
             module.evaluate_run(*eval_config(cls, a.config, overrides))
             return 0
-        cfg = build_task_config(cls, a.config, overrides)
+        saved = None
+        if a.resume:  # as `locvit train --resume`: the interrupted run's settings are the base
+            from locvit.engine.train import run_config
+
+            state_file, saved = run_config(a.resume, a.output or cls.output)
+            if a.output is None:
+                overrides["output"] = str(state_file.parent)
+        cfg = build_task_config(cls, a.config, overrides, run=saved)
         module.train_run(cfg)
         print(f"done -> {cfg.output}")
         return 0
@@ -493,14 +516,27 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    import os
+
     from locvit.runtime import tune_from_env
 
     tune_from_env()  # freed activations stay in the process: no page faults on every forward (locvit.runtime)
+    if os.environ.get("LOCVIT_DEBUG"):  # full tracebacks for bug reports
+        return int(args._run(args) or 0)
+    from locvit._io import describe_os_error
+    from locvit.engine.train import NonFiniteLossError
+
     try:
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
         print(f"locvit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:
+        print(f"locvit {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder: say which file and why (LOCVIT_DEBUG=1: traceback)
+        print(f"locvit {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from locvit.data.datasets import _DECODE_ERRORS, SeededDataset, seed_sample
+from locvit.data.datasets import _DECODE_ERRORS, SeededDataset, Unreadable, seed_sample, to_rgb
 from locvit.data.loader import Batch
 
 __all__ = ["CocoDetection", "CocoSplit", "collate_detection", "find_coco_split", "flip_permutation"]
@@ -242,7 +242,7 @@ class CocoDetection(SeededDataset):
     def load(self, index: int) -> tuple[Image.Image, dict[str, torch.Tensor]]:
         info = self.images[self.ids[index]]
         with Image.open(self.image_dir / info["file_name"]) as im:
-            img = im.convert("RGB")
+            img = to_rgb(im)
         return img, self._target(info, img.size)
 
     def _target(self, info: dict[str, Any], size: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -282,11 +282,14 @@ class CocoDetection(SeededDataset):
             rle = seg
         return torch.from_numpy(np.ascontiguousarray(mask_utils.decode(rle))).to(torch.uint8)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, dict[str, torch.Tensor] | int]:
+    def describe(self, index: int) -> str:
+        return str(self.image_dir / self.images[self.ids[index]]["file_name"])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | Unreadable, dict[str, torch.Tensor] | int]:
         try:
             img, t = self.load(index)
-        except _DECODE_ERRORS:
-            return None, self.target(index)
+        except _DECODE_ERRORS as e:
+            return Unreadable(index, self.describe(index), f"{type(e).__name__}: {e}"), self.target(index)
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
         if self.train and self.hflip > 0:
             seed_sample(self.seed, self.epoch, index)
@@ -312,5 +315,6 @@ class CocoDetection(SeededDataset):
 
 def collate_detection(samples: Sequence[tuple[Any, Any]]) -> Batch:
     """Lists of images and targets (sizes differ), unreadable images dropped and counted."""
-    good = [(x, t) for x, t in samples if x is not None]
-    return Batch([x for x, _ in good], [t for _, t in good], len(samples) - len(good))  # type: ignore[arg-type]
+    good = [(x, t) for x, t in samples if not isinstance(x, Unreadable)]
+    bad = [x for x, _ in samples if isinstance(x, Unreadable)]
+    return Batch([x for x, _ in good], [t for _, t in good], bad)  # type: ignore[arg-type]

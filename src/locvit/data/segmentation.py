@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from locvit.data.datasets import _DECODE_ERRORS, SeededDataset, seed_sample
+from locvit.data.datasets import _DECODE_ERRORS, SeededDataset, Unreadable, seed_sample, to_rgb
 from locvit.data.loader import Batch
 
 __all__ = ["SegmentationFolder", "collate_segmentation", "find_segmentation_split", "photometric_distort",
@@ -157,7 +157,7 @@ class SegmentationFolder(SeededDataset):
     def load(self, index: int) -> tuple[Image.Image, Image.Image]:
         img_path, label_path = self.samples[index]
         with Image.open(img_path) as im, Image.open(label_path) as lb:
-            img, label = im.convert("RGB"), lb.copy()
+            img, label = to_rgb(im), lb.copy()
         if label.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(f"{label_path}: a label map must be single-channel (got mode {label.mode})")
         return img, label
@@ -182,11 +182,14 @@ class SegmentationFolder(SeededDataset):
         y = torch.from_numpy(np.asarray(label, dtype=np.int64).copy())
         return reduce_zero_label(y, self.ignore_index) if self.reduce_zero_label else y
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor | int]:
+    def describe(self, index: int) -> str:
+        return str(self.samples[index][0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | Unreadable, torch.Tensor | int]:
         try:
             img, label = self.load(index)
-        except _DECODE_ERRORS:
-            return None, index
+        except _DECODE_ERRORS as e:
+            return Unreadable(index, self.describe(index), f"{type(e).__name__}: {e}"), index
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         y = self._labels(label)
         if self.train:
@@ -238,9 +241,9 @@ class SegmentationFolder(SeededDataset):
 
 def collate_segmentation(samples: Sequence[tuple[Any, Any]]) -> Batch:
     """Training: stacked crops and label maps; evaluation (sizes differ): lists. Unreadable images are counted."""
-    good = [(x, y) for x, y in samples if x is not None]
-    skipped = len(samples) - len(good)
+    good = [(x, y) for x, y in samples if not isinstance(x, Unreadable)]
+    bad = [x for x, _ in samples if isinstance(x, Unreadable)]
     xs, ys = [x for x, _ in good], [y for _, y in good]
     if xs and all(x.shape == xs[0].shape for x in xs) and all(y.shape == ys[0].shape for y in ys):
-        return Batch(torch.stack(xs), torch.stack(ys), skipped)
-    return Batch(xs, ys, skipped)  # type: ignore[arg-type]
+        return Batch(torch.stack(xs), torch.stack(ys), bad)
+    return Batch(xs, ys, bad)  # type: ignore[arg-type]

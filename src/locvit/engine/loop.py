@@ -30,7 +30,7 @@ from locvit.data.loader import steps_per_epoch
 from locvit.engine.distributed import DistInfo, all_reduce_sum, barrier
 from locvit.engine.logger import RunLogger
 from locvit.engine.step import optimizer_step
-from locvit.engine.train import NonFiniteLossError, _autocast, _resume_path, _seed_step
+from locvit.engine.train import NonFiniteLossError, _autocast, _seed_step, find_resume
 
 __all__ = ["Task", "build_param_groups", "build_scheduler", "fit"]
 
@@ -88,9 +88,24 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
     evaluation's row. ``save_config(path)`` writes the resolved configuration into the run directory."""
     from timm.optim import create_optimizer_v2
 
+    from locvit._io import check_writable, remove_stale_temp_files
+    from locvit.engine.config import resume_differences
+
     device, main = dist.device, dist.main
     run_dir = Path(cfg.output)
-    resume_from = _resume_path(cfg, run_dir)
+    resume_from = find_resume(cfg.resume, run_dir) if cfg.resume else None
+    state = None
+    if resume_from is not None:  # refuse before any work when the run was another one
+        state = torch.load(resume_from, map_location="cpu", weights_only=True)
+        saved = dict(state.get("config") or {}, world_size=state.get("world_size", 1))
+        diffs = resume_differences(saved, dict(cfg.to_dict(), world_size=dist.world))
+        if diffs and not cfg.allow_config_change:
+            raise ValueError(f"{resume_from} belongs to a run with other settings ({'; '.join(diffs)}), so resuming "
+                             "would not continue it: use the run's settings, another --output for a new run, or "
+                             "--allow-config-change to resume anyway")
+    if main:
+        check_writable(run_dir)
+        remove_stale_temp_files(run_dir)  # temp files of writes a kill interrupted
     model, loader = task.model, task.train_loader
     n_steps = steps_per_epoch(loader)
     unit = n_steps if cfg.epochs is not None else 1  # optimiser steps per schedule unit
@@ -116,8 +131,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
 
     global_step, history, best = 0, [], -math.inf
     running = dict(loss=0.0, images=0, skipped=0, parts={}, t=0.0)
-    if resume_from is not None:
-        state = torch.load(resume_from, map_location="cpu", weights_only=True)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -138,7 +152,8 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
             save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                  scheduler=scheduler.state_dict(),
                                  scaler=scaler.state_dict() if scaler is not None else None, global_step=global_step,
-                                 history=logger.history, best=best, running=running, config=cfg.to_dict()),
+                                 history=logger.history, best=best, running=running, config=cfg.to_dict(),
+                                 world_size=dist.world),
                             run_dir / "last.pth")
 
     metrics: dict[str, Any] = history[-1] if history else {}
@@ -156,10 +171,12 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
                 with autocast():
                     loss, parts, n = task.loss(net, batch)
                 if not torch.isfinite(loss).all():
+                    last = run_dir / "last.pth"
+                    kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
                     raise NonFiniteLossError(
                         f"non-finite loss ({loss.item()}; {({k: round(v.item(), 4) for k, v in parts.items()})}) at "
-                        f"iteration {global_step + 1}; training stopped, the last good checkpoint is "
-                        f"{run_dir / 'last.pth'}")
+                        f"iteration {global_step + 1}; training stopped, {kept}. Lower --lr, set --clip-grad or check "
+                        "the data")
                 optimizer_step(loss, optimizer, scaler, cfg.clip_grad, model.parameters())
                 running["loss"] += loss.item() * n
                 running["images"] += n

@@ -121,9 +121,9 @@ def eval_config(cls: type[C], config: str | None, overrides: dict[str, Any]) -> 
     elif weights is not None and not weights.is_file():
         raise FileNotFoundError(f"checkpoint {weights} does not exist")
     if config:
-        from locvit.engine.config import load_yaml, resolve_config_path
+        from locvit.tasks.config import load_recipe
 
-        base.update(load_yaml(resolve_config_path(config), {f: None for f in cls.__dataclass_fields__}))
+        base.update(load_recipe(config, {f: None for f in cls.__dataclass_fields__}))
     merged = {**base, **{k: v for k, v in overrides.items() if v is not None}}
     # the trained weights replace the backbone's initial ones; the schedule does not matter for scoring
     merged.update(checkpoint=None, pretrained=False, resume=None)

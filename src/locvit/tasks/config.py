@@ -1,6 +1,6 @@
 """Configurations of ``locvit detect`` and ``locvit segment``: defaults < YAML recipe < command-line flags.
 
-The papers' recipes ship in ``locvit/configs/`` next to the classification ones (``--config mask_rcnn_1x_coco``,
+The papers' recipes ship in ``locvit/configs/dense/`` (``--config mask_rcnn_1x_coco``,
 ``--config upernet_160k_ade20k``); the resolved configuration is written to the run directory as ``config.yaml``.
 Schedules count optimiser steps (iterations, Detectron2 / mmsegmentation style) unless ``epochs`` is set
 (mmdetection style), in which case ``lr_steps`` and ``eval_interval`` count epochs too.
@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["DenseConfig", "DetectConfig", "SegmentConfig", "build_task_config", "save_task_config"]
+__all__ = ["DENSE_CONFIG_DIR", "DenseConfig", "DetectConfig", "SegmentConfig", "build_task_config", "load_recipe",
+           "save_task_config"]
 
 
 @dataclass
@@ -59,7 +60,8 @@ class DenseConfig:
     eval_interval: int | None = None       # in the schedule's unit; default: every epoch / at the end only
     log_interval: int = 20
     max_steps: int | None = None           # stop after this many optimiser steps (smoke tests)
-    resume: str | None = None              # a run directory or checkpoint; 'auto' = output/last.pth if present
+    resume: str | None = None              # a run directory or checkpoint; 'auto' = output/last.pth
+    allow_config_change: bool = False      # resume although model, data, batch size, seed... differ from the run
     deterministic: bool = False
     tensorboard: bool = True
 
@@ -112,15 +114,26 @@ class SegmentConfig(DenseConfig):
 
 
 C = TypeVar("C", bound=DenseConfig)
+DENSE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dense"
+
+
+def load_recipe(name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A dense recipe (a path, or a name shipped in ``locvit/configs/dense/``) as a dict checked against ``fields``."""
+    from locvit.engine.config import load_yaml, resolve_config_path
+
+    return load_yaml(resolve_config_path(name, DENSE_CONFIG_DIR), fields, DENSE_CONFIG_DIR)
 _TUPLES = ("opt_betas",)
 
 
-def build_task_config(cls: type[C], config: str | None = None, overrides: dict[str, Any] | None = None) -> C:
-    """Merge ``cls``'s defaults, a YAML recipe (path or shipped name) and explicit overrides, in that order."""
-    from locvit.engine.config import load_yaml, resolve_config_path
+def build_task_config(cls: type[C], config: str | None = None, overrides: dict[str, Any] | None = None,
+                      run: dict[str, Any] | None = None) -> C:
+    """Merge ``cls``'s defaults, a YAML recipe (path or shipped name), the configuration of the run being resumed
+    (``run``, less its per-invocation settings) and explicit overrides, in that order."""
+    from locvit.engine.config import PER_INVOCATION
 
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    merged: dict[str, Any] = load_yaml(resolve_config_path(config), fields) if config else {}
+    merged: dict[str, Any] = load_recipe(config, fields) if config else {}
+    merged.update({k: v for k, v in (run or {}).items() if k in fields and k not in PER_INVOCATION})
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
     unknown = sorted(set(merged) - set(fields))
     if unknown:
