@@ -217,6 +217,20 @@ def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return out
 
 
+def check_resume(path: str | Path, state: dict[str, Any], current: dict[str, Any], world: int,
+                 allow: bool) -> dict[str, Any]:
+    """Refuse to resume ``path`` (its loaded ``state``) with settings whose :func:`resume_differences` from the run
+    that wrote it would make the resumed run another one, unless ``allow`` (``--allow-config-change``). Returns the
+    run's saved settings (with its ``world_size``)."""
+    saved = dict(state.get("config") or {}, world_size=state.get("world_size", 1))
+    diffs = resume_differences(saved, dict(current, world_size=world))
+    if diffs and not allow:
+        raise ValueError(f"{path} belongs to a run with other settings ({'; '.join(diffs)}), so resuming "
+                         "would not continue it: use the run's settings, another --output for a new run, or "
+                         "--allow-config-change to resume anyway")
+    return saved
+
+
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     from locvit._io import atomic_write_text
 

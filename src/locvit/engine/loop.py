@@ -89,7 +89,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
     from timm.optim import create_optimizer_v2
 
     from locvit._io import check_writable, remove_stale_temp_files
-    from locvit.engine.config import resume_differences
+    from locvit.engine.config import check_resume
 
     device, main = dist.device, dist.main
     run_dir = Path(cfg.output)
@@ -97,12 +97,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
     state = None
     if resume_from is not None:  # refuse before any work when the run was another one
         state = torch.load(resume_from, map_location="cpu", weights_only=True)
-        saved = dict(state.get("config") or {}, world_size=state.get("world_size", 1))
-        diffs = resume_differences(saved, dict(cfg.to_dict(), world_size=dist.world))
-        if diffs and not cfg.allow_config_change:
-            raise ValueError(f"{resume_from} belongs to a run with other settings ({'; '.join(diffs)}), so resuming "
-                             "would not continue it: use the run's settings, another --output for a new run, or "
-                             "--allow-config-change to resume anyway")
+        check_resume(resume_from, state, cfg.to_dict(), dist.world, cfg.allow_config_change)
     if main:
         check_writable(run_dir)
         remove_stale_temp_files(run_dir)  # temp files of writes a kill interrupted

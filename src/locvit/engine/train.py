@@ -29,7 +29,7 @@ from locvit._registry import create_model
 from locvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from locvit.data.datasets import build_dataset, check_readable
 from locvit.data.loader import build_loader, build_transform, steps_per_epoch
-from locvit.engine.config import TrainConfig, resume_differences, save_config
+from locvit.engine.config import TrainConfig, check_resume, save_config
 from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
 from locvit.engine.evaluate import evaluate
 from locvit.engine.logger import RunLogger
@@ -137,12 +137,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     resume_from = find_resume(cfg.resume, run_dir) if cfg.resume else None
     if resume_from is not None:  # refuse before any work when the run was another one
         head = torch.load(resume_from, map_location="cpu", weights_only=True, mmap=True)
-        saved = dict(head.get("config") or {}, world_size=head.get("world_size", 1))
-        diffs = resume_differences(saved, dict(cfg.to_dict(), world_size=dist.world))
-        if diffs and not cfg.allow_config_change:
-            raise ValueError(f"{resume_from} belongs to a run with other settings ({'; '.join(diffs)}), so resuming "
-                             "would not continue it: use the run's settings, another --output for a new run, or "
-                             "--allow-config-change to resume anyway")
+        saved = check_resume(resume_from, head, cfg.to_dict(), dist.world, cfg.allow_config_change)
         del head
     if main:
         check_writable(run_dir)

@@ -76,17 +76,6 @@ def eval_loader(dataset: Any, batch_size: int, workers: int, dist: DistInfo, col
                       num_workers=workers, collate_fn=collate)
 
 
-def gather(obj: Any) -> list[Any]:
-    """``obj`` of every rank (one process: ``[obj]``)."""
-    import torch.distributed as td
-
-    if td.is_available() and td.is_initialized():
-        out: list[Any] = [None] * td.get_world_size()
-        td.all_gather_object(out, obj)
-        return out
-    return [obj]
-
-
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Trained task weights (a run's ``best.safetensors`` / ``model.safetensors`` / ``last.pth``), strictly."""
     from locvit.checkpoint import load_checkpoint, read_checkpoint

@@ -14,13 +14,12 @@ import torch
 from torch import nn
 
 from locvit.data.coco import CocoDetection, collate_detection, find_coco_split
-from locvit.engine.distributed import DistInfo
+from locvit.engine.distributed import DistInfo, gather
 from locvit.engine.loop import fit
 from locvit.engine.train import _autocast
 from locvit.tasks.common import (
     backbone_kwargs,
     eval_loader,
-    gather,
     load_weights,
     no_weight_decay,
     report_size,
