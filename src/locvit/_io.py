@@ -1,9 +1,8 @@
-"""Atomic file writes: a temp file in the target folder, fsync, rename, fsync of the folder.
-
-A process killed at any moment leaves either the previous file or the complete new one.
-"""
+"""Atomic file writes (a temp file in the target folder, fsync, rename, fsync of the folder: a process killed at
+any moment leaves either the previous file or the complete new one) and file digests."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -38,3 +37,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -34,7 +34,7 @@ def model_table(patterns: list[str] | str = "*", include_aliases: bool = False, 
             family=family_of(name),
             params_m=count_params(model) / 1e6,
             input_size=f"{size[1]}x{size[2]}",
-            weights=cfg.get("origin_url") or "-",
+            **weights_column(cfg),
             aliases=", ".join(sorted(a for a, c in ALIASES.items() if c == name)),
         )
         if flops:
@@ -42,6 +42,16 @@ def model_table(patterns: list[str] | str = "*", include_aliases: bool = False, 
         rows.append(row)
         del model
     return rows
+
+
+def weights_column(cfg: dict) -> dict[str, str]:
+    """How a model's official weights load: ``pretrained=True`` downloads them, they are on a page to fetch
+    ``by hand`` (then ``pretrained_cfg_overlay=dict(file=...)``), or there are none (``-``); with the link."""
+    if cfg.get("url") or cfg.get("hf_hub_id"):
+        return dict(weights="pretrained=True", weights_url=cfg.get("url") or f"hf-hub:{cfg['hf_hub_id']}")
+    if cfg.get("origin_url"):
+        return dict(weights="by hand", weights_url=cfg["origin_url"])
+    return dict(weights="-", weights_url="")
 
 
 def render_table(rows: list[dict], markdown: bool = False) -> str:
@@ -56,6 +66,8 @@ def render_table(rows: list[dict], markdown: bool = False) -> str:
             return f"{v:.2f}"
         if c == "name" and markdown:
             return f"`{v}`"
+        if c == "weights" and markdown and r.get("weights_url"):
+            return f"[{v}]({r['weights_url']})"
         return str(v)
 
     table = [[heads.get(c, c) for c in cols]] + [[cell(r, c) for c in cols] for r in rows]
@@ -64,8 +76,7 @@ def render_table(rows: list[dict], markdown: bool = False) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in table[1:]]
         return "\n".join(lines)
     widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
-    show = [i for i, c in enumerate(cols) if c != "weights"]  # long URLs only in markdown
-    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in show).rstrip() for r in table)
+    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(len(cols))).rstrip() for r in table)
 
 
 def update_readme(path: str | Path, table: str) -> None:

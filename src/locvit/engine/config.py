@@ -22,6 +22,7 @@ class TrainConfig:
     model: str = "localvit_tiny"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None          # initial weights (official or ours); head/tables adapted
+    pretrained: bool = False               # start from the official weights (pretrained=True: downloaded, cached)
     trust_checkpoint: bool = False         # allow checkpoints that pickle more than tensors
     data: str = "digits"                   # folder path, 'digits', 'cifar10[:ROOT]', 'cifar100[:ROOT]'
     num_classes: int | None = None         # default: the dataset's class count

@@ -102,8 +102,17 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     kwargs = dict(cfg.model_kwargs)
     if cfg.img_size:
         kwargs["img_size"] = cfg.img_size
-    model = create_model(cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path, drop_rate=cfg.drop,
-                         **kwargs)
+    if cfg.pretrained and cfg.checkpoint:
+        raise ValueError("pass --pretrained (the published weights) or --checkpoint FILE, not both")
+    pretrained = cfg.pretrained and resume_from is None
+    if pretrained and dist.distributed and not main:
+        barrier()  # the main process downloads into the cache first; the others then read the cached file
+    model = create_model(cfg.model, pretrained=pretrained, num_classes=num_classes, drop_path_rate=cfg.drop_path,
+                         drop_rate=cfg.drop, trust_pickle=cfg.trust_checkpoint if pretrained else None, **kwargs)
+    if pretrained and dist.distributed and main:
+        barrier()
+    if pretrained and main:
+        print(model.load_report)
     if cfg.checkpoint and resume_from is None:
         report = load_checkpoint(model, cfg.checkpoint, strict=False, trust_pickle=cfg.trust_checkpoint)
         if main:
