@@ -18,6 +18,7 @@ import torch
 import locvit
 from conftest import REPO, conformance_dir
 from locvit.checkpoint import CheckpointError
+from locvit.hub import convert, push_to_hub
 from locvit.official import official_model_args
 from locvit.pretrained import DownloadError, WeightsUnavailableError
 
@@ -36,7 +37,7 @@ class _Server(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.files: dict[str, bytes] = {}
         self.hits: list[str] = []
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.serve_forever, kwargs=dict(poll_interval=0.05), daemon=True)
         self.thread.start()
 
     def url(self, path: str) -> str:
@@ -94,9 +95,11 @@ def server():
 @pytest.fixture(autouse=True)
 def caches(tmp_path, monkeypatch):
     """torch hub's and Hugging Face's caches in a temporary folder."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    import huggingface_hub.constants as hf
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torch.hub.get_dir() reads it at every call
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # read from HF_HOME at import time
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
@@ -134,6 +137,8 @@ def test_download_gives_the_official_logits(server, caches, path):
         pytest.skip("no conformance vectors (tests/conformance/vectors or LOCVIT_CONFORMANCE_DIR)")
     v = torch.load(path, weights_only=True)
     name, kw = official_model_args(v["official_class"], v["constructor_kwargs"])
+    if name.startswith("t2t_"):  # pretrained=True would apply the T2T releases' legacy qk_scale
+        kw["legacy_qk_scale"] = False
     if v["official_class"].startswith("focal"):  # Swin-style: model, optimizer, scheduler state, config
         body = _release(v["state_dict"], max_accuracy=82.2, config={"MODEL": {"NAME": "focal"}})
     else:
@@ -260,7 +265,7 @@ def test_convert_then_local_dir_and_hub(server, tmp_path, tiny, monkeypatch):
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert _same(locvit.create_model(f"local-dir:{out}", pretrained=True), model)
     with pytest.raises(ValueError, match="not an empty folder"):
-        locvit.hub.convert(NAME, ckpt, out, model_kwargs=KW)
+        convert(NAME, ckpt, out, model_kwargs=KW)
 
     # the same folder on a hub (the loopback server speaks the hub's file protocol) loads as hf-hub:ORG/NAME
     import huggingface_hub.constants as hf
@@ -271,6 +276,7 @@ def test_convert_then_local_dir_and_hub(server, tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(hf, "HUGGINGFACE_CO_URL_TEMPLATE", hf.ENDPOINT + "/{repo_id}/resolve/{revision}/{filename}")
     hubbed = timm.create_model("hf-hub:locvit-test/localvit_tiny.in1k", pretrained=True).eval()
     assert _same(hubbed, model) and hubbed.load_report.source.endswith("model.safetensors")
+    assert hubbed.load_report.source.startswith(str(tmp_path / "hf" / "hub"))
     # a cfg's hf_hub_id comes before its url (timm's order): the url here is never fetched
     overlay = dict(hf_hub_id="locvit-test/localvit_tiny.in1k", url=server.url("nowhere.pth"))
     assert _same(timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=overlay, **KW), model)
@@ -296,8 +302,8 @@ def test_convert_then_local_dir_and_hub(server, tmp_path, tiny, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     with pytest.raises(ValueError, match="Hugging Face token"):
-        locvit.hub.push_to_hub(out, "locvit-test/localvit_tiny.in1k")
-    url = locvit.hub.push_to_hub(out, "locvit-test/localvit_tiny.in1k", token="hf_test")
+        push_to_hub(out, "locvit-test/localvit_tiny.in1k")
+    url = push_to_hub(out, "locvit-test/localvit_tiny.in1k", token="hf_test")
     assert url.endswith("locvit-test/localvit_tiny.in1k")
     assert calls == [("token", "hf_test"), ("create_repo", "locvit-test/localvit_tiny.in1k", False, True),
                      ("upload_folder", "locvit-test/localvit_tiny.in1k", ["README.md", "config.json",

@@ -71,7 +71,8 @@ def official_model_args(official_class: str, constructor_kwargs: Mapping[str, An
     ``timm.create_model(name, **kwargs)`` then builds the same model as :func:`from_official` -- through the
     registered entrypoint, so ``pretrained=True``, ``features_only=True`` and every timm option apply to an
     official configuration. Every constructor argument is stated (the entrypoint's own defaults never leak in),
-    except those whose value is ``None``, which timm drops.
+    except those whose value is ``None``, which timm drops. (The T2T-ViT entrypoints apply the released weights'
+    legacy ``qk_scale`` with ``pretrained=True``; add ``legacy_qk_scale=False`` for the official configuration.)
 
     Args:
         official_class: as for :func:`from_official`.
