@@ -368,7 +368,8 @@ def test_train_pretrained_fine_tunes_from_the_download(server, tmp_path, tiny, c
     kw = [f"{k}={v}" for k, v in KW.items() if k not in ("num_classes", "img_size")]
     overlay = "pretrained_cfg_overlay={url: " + server.url("v1.0.0/localvit_t.pth") + "}"
     assert main(["train", "--model", NAME, "--pretrained", "--data", "digits", "--img-size", "32", "--epochs", "1",
-                 "--max-steps", "1", "--batch-size", "8", "--workers", "0", "--output", str(tmp_path / "run"),
+                 "--warmup-epochs", "0", "--max-steps", "1", "--batch-size", "8", "--workers", "0",
+                 "--output", str(tmp_path / "run"),
                  "--no-tensorboard", "--model-kwargs", overlay, *kw]) == 0
     assert server.hits == ["/v1.0.0/localvit_t.pth"]
     report = capsys.readouterr().out

@@ -8,13 +8,15 @@ the model it builds carries the canonical name's pretrained cfg.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from typing import Any
 
 import timm
 from timm.models import parse_model_name
 
-from locvit.models._registry import ALIASES, FAMILIES, OFFICIAL_HOMONYMS
+from locvit._io import sha256_file
+from locvit.models._registry import ALIASES, FAMILIES, OFFICIAL_HOMONYMS, spec_of
 
 __all__ = ["ALIASES", "OFFICIAL_HOMONYMS", "create_model", "family_of", "list_models", "resolve_alias"]
 
@@ -54,8 +56,11 @@ def _natural_key(s: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s.lower())]
 
 
-def create_model(name: str, pretrained: bool = False, checkpoint: str | None = None, **kwargs: Any):
-    """Build a model by name (canonical, official alias, or any timm name).
+def create_model(name: str, pretrained: bool = False, checkpoint: str | Any | None = None, *,
+                 num_classes: int | None = None, img_size: int | tuple[int, int] | None = None, strict: bool = True,
+                 trust_pickle: bool = False, use_ema: bool = False, **kwargs: Any):
+    """Build a model by name (canonical, official alias, or any timm name) and optionally load a checkpoint: the one
+    place where the CLI commands, export, viz and the dense adapters build their models.
 
     Official names that timm registers for another architecture build the official model (see
     :data:`OFFICIAL_HOMONYMS`); every other name builds what ``timm.create_model(name)`` builds.
@@ -64,8 +69,13 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | None = N
         name: model name; ``hf-hub:ORG/NAME`` and ``local-dir:FOLDER`` load hub-style folders (``locvit convert``).
         pretrained: load the weights the pretrained cfg names (downloaded and cached on first use; override with
             ``pretrained_cfg_overlay=dict(file=...)`` or ``dict(url=...)``).
-        checkpoint: a checkpoint file (official or locvit format) to load strictly after building.
-        **kwargs: forwarded to the model (``num_classes``, ``img_size``, ``drop_path_rate``, ...).
+        checkpoint: a checkpoint file or state dict (official or locvit format), loaded after building; the
+            report of what was loaded is kept as ``model.load_report``.
+        num_classes: classifier size; with a checkpoint, defaults to the checkpoint's classifier.
+        img_size: input size the model is built for (position embeddings and tables are resized on load).
+        strict: with a checkpoint: every key must fit (``False``: load what fits, e.g. to fine-tune with a new head).
+        trust_pickle, use_ema: see :func:`locvit.read_checkpoint` (``trust_pickle`` also for ``pretrained=True``).
+        **kwargs: forwarded to the model (``drop_path_rate``, architecture options, ...).
     """
     name = OFFICIAL_HOMONYMS.get(name, name)
     source, _ = parse_model_name(name)
@@ -73,9 +83,26 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | None = N
         close = fnmatch.filter(list_models(include_aliases=True), f"*{name.split('_')[0]}*")[:8]
         hint = f" Similar: {', '.join(close)}." if close else " See `locvit models`."
         raise ValueError(f"unknown model {name!r}.{hint}")
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    state = None
     if checkpoint is not None:
+        from locvit.checkpoint import head_classes, read_checkpoint, unwrap_state_dict
+
+        state = (read_checkpoint(checkpoint, trust_pickle=trust_pickle, use_ema=use_ema)
+                 if isinstance(checkpoint, (str, os.PathLike)) else unwrap_state_dict(checkpoint, use_ema=use_ema))
+        if num_classes is None:
+            num_classes = head_classes(state)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if pretrained and trust_pickle and (source is not None or spec_of(name) is not None):
+        kwargs["trust_pickle"] = True  # locvit's entrypoints read the weights' file themselves
+    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    if state is not None:
         from locvit.checkpoint import load_checkpoint
 
-        load_checkpoint(model, checkpoint)
+        is_file = isinstance(checkpoint, (str, os.PathLike))
+        model.load_report = load_checkpoint(model, state, strict=strict, source=str(checkpoint) if is_file else None)
+        if is_file:
+            model.load_report.sha256 = sha256_file(checkpoint)
     return model
