@@ -222,19 +222,13 @@ def cached_download(
                 f"could not download {url} ({reason}); nothing was cached. Without network access, download the "
                 f"file elsewhere and pass pretrained_cfg_overlay=dict(file='/path/to/{name}'), or copy it to {path}"
             ) from None
-        with open(tmp, "rb") as f:
-            head = f.read(512).lstrip().lower()
-        if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
-            raise DownloadError(f"{url} served a web page, not a checkpoint; nothing was cached. Open the link in a "
-                                "browser and download the file from there, then pass "
-                                "pretrained_cfg_overlay=dict(file=...)")
         try:
             sd = read_checkpoint(tmp, trust_pickle=trust_pickle)
         except CorruptCheckpointError as e:
             raise CorruptCheckpointError(
                 f"the file downloaded from {url} is not a complete checkpoint ({e}); it was discarded, nothing was "
-                "cached. Try again (the transfer may have been cut), or download it yourself and pass "
-                "pretrained_cfg_overlay=dict(file=...)") from None
+                "cached. Try again (the transfer may have been cut), or download it yourself (from a page: in a "
+                "browser) and pass pretrained_cfg_overlay=dict(file=...)") from None
         except CheckpointError as e:
             raise CheckpointError(f"{e} (downloaded from {url}; nothing was cached)") from None
         os.replace(tmp, path)
