@@ -130,6 +130,8 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# settings of one invocation that a resumed run does not inherit from the run it continues
+PER_INVOCATION = ("resume", "allow_config_change", "max_steps")
 
 
 def resolve_config_path(name: str) -> Path:
@@ -179,7 +181,7 @@ def build_config(config: str | None = None, overrides: dict[str, Any] | None = N
     """Merge defaults, the model family's recipe, a YAML file, the configuration of the run being resumed
     (``run``) and explicit overrides (in that order), and validate the result."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    run = {k: v for k, v in (run or {}).items() if k in FIELDS}
+    run = {k: v for k, v in (run or {}).items() if k in FIELDS and k not in PER_INVOCATION}
     merged: dict[str, Any] = {}
     file_cfg = load_yaml(resolve_config_path(config)) if config else {}
     model = overrides.get("model") or run.get("model") or file_cfg.get("model") or TrainConfig.model
