@@ -179,7 +179,8 @@ def test_nonfinite_weights_are_refused_and_eval_fails(tmp_path, model):
     locvit.load_checkpoint(_fresh(), path, allow_nonfinite=True)  # on request
     kw = ["depth=2", "embed_dim=32", "num_heads=2", "reduction=4"]
     proc = subprocess.run([sys.executable, "-m", "locvit", "eval", "--model", NAME, "--checkpoint", str(path),
-                           "--data", "digits", "--img-size", "64", "--model-kwargs", *kw], capture_output=True, text=True)
+                           "--data", "digits", "--img-size", "64", "--model-kwargs", *kw],
+                          capture_output=True, text=True)
     assert proc.returncode == 2 and "NaN/inf" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -124,6 +124,12 @@ class TrainConfig:
             raise ValueError("; ".join(problems))
         return self
 
+    def augmentation(self) -> dict[str, Any]:
+        """The training augmentation as :func:`locvit.data.loader.build_transform` takes it (timm's names)."""
+        return dict(scale=self.scale, hflip=self.hflip, color_jitter=self.color_jitter, auto_augment=self.aa,
+                    re_prob=self.reprob, re_mode=self.remode, re_count=self.recount,
+                    train_interpolation=self.train_interpolation)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -182,10 +182,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
 
     data_cfg = resolve_data_config({"input_size": (3, cfg.img_size, cfg.img_size)} if cfg.img_size else {},
                                    model=model)
-    aug = dict(scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
-               re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount,
-               train_interpolation=cfg.train_interpolation)
-    train_set.transform = build_transform(data_cfg, True, aug)
+    train_set.transform = build_transform(data_cfg, True, cfg.augmentation())
     val_set.transform = build_transform(data_cfg, False)
     train_loader = build_loader(train_set, cfg.batch_size, True, cfg.workers, cfg.seed, dist.rank, dist.world,
                                 repeats=cfg.repeated_aug)
