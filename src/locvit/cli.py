@@ -498,6 +498,35 @@ def _export(p: argparse.ArgumentParser):
 
     return run
 
+# --- locvit convert ----------------------------------------------------------------------------------------------
+@command("convert", "turn the authors' weights into a hub-style folder (config.json, model.safetensors, model card)")
+def _convert(p: argparse.ArgumentParser):
+    p.add_argument("--model", required=True)
+    p.add_argument("--checkpoint", help="the authors' file (default: download what pretrained=True loads)")
+    p.add_argument("--output", required=True, help="folder to create (then timm.create_model('local-dir:FOLDER'))")
+    p.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the folder to this Hugging Face repository")
+    p.add_argument("--private", action="store_true", help="create the hub repository as private")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
+    p.add_argument("--num-classes", type=int, help="the checkpoint's class count when it is not 1000")
+    p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
+
+    def run(a: argparse.Namespace) -> int:
+        from locvit.hub import convert, push_to_hub
+
+        kwargs = _parse_kv(a.model_kwargs)
+        if a.num_classes is not None:
+            kwargs["num_classes"] = a.num_classes
+        res = convert(a.model, a.checkpoint, a.output, trust_pickle=a.trust_checkpoint, model_kwargs=kwargs, log=print)
+        print(f"wrote {res.output} ({', '.join(res.files)}); load it with "
+              f"timm.create_model('local-dir:{res.output}', pretrained=True) after `import locvit`")
+        if a.push_to_hub:
+            url = push_to_hub(res.output, a.push_to_hub, private=a.private)
+            print(f"pushed to {url}; load it with timm.create_model('hf-hub:{a.push_to_hub}', pretrained=True)")
+        return 0
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     import locvit
 

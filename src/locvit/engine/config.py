@@ -24,6 +24,7 @@ class TrainConfig:
     model: str = "localvit_tiny"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None          # initial weights (official or ours); head/tables adapted
+    pretrained: bool = False               # start from the official weights (pretrained=True: downloaded, cached)
     trust_checkpoint: bool = False         # allow checkpoints that pickle more than tensors
     data: str | None = None                # folder path, 'digits', 'cifar10[:ROOT]', 'cifar100[:ROOT]' (required)
     num_classes: int | None = None         # default: the dataset's class count
@@ -117,9 +118,17 @@ class TrainConfig:
         need(self.eval_interval >= 1, f"--eval-interval must be at least 1, got {self.eval_interval}")
         need(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}")
         need(self.clip_grad is None or self.clip_grad > 0, f"--clip-grad must be positive, got {self.clip_grad}")
+        need(not (self.pretrained and self.checkpoint),
+             "pass --pretrained (the published weights) or --checkpoint FILE, not both")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def augmentation(self) -> dict[str, Any]:
+        """The training augmentation as :func:`locvit.data.loader.build_transform` takes it (timm's names)."""
+        return dict(scale=self.scale, hflip=self.hflip, color_jitter=self.color_jitter, auto_augment=self.aa,
+                    re_prob=self.reprob, re_mode=self.remode, re_count=self.recount,
+                    train_interpolation=self.train_interpolation)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

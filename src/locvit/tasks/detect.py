@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from locvit.data.coco import CocoDetection, collate_detection, find_coco_split
-from locvit.engine.distributed import DistInfo, gather
+from locvit.engine.distributed import DistInfo, all_gather_objects
 from locvit.engine.loop import fit
 from locvit.engine.train import _autocast
 from locvit.tasks.common import (
@@ -133,7 +133,7 @@ def evaluate_detector(model: nn.Module, dataset: CocoDetection, cfg: DetectConfi
                 results += to_coco_results(out, int(t["image_id"]), label_to_cat, iou_types)
     finally:
         inner.transform.min_size, inner.transform.max_size = saved
-    gathered = gather((results, skipped))
+    gathered = all_gather_objects((results, skipped))
     results = [r for part, _ in gathered for r in part]
     scores: dict[str, Any] = dict(skipped=sum(s for _, s in gathered))
     gt = dataset.coco()
