@@ -1,0 +1,54 @@
+"""LocalViT on timm hosts outside the paper, built by :func:`locvit.localize`.
+
+Each entry point creates the timm host (``pretrained=True`` loads timm's weights for it, which timm downloads and
+caches; ``pretrained_cfg_overlay=dict(file=...)`` gives a local file) and localizes every block: the host's MLP
+weights become the locality feed-forward's 1x1 convolutions, so fine-tuning starts from the pretrained host::
+
+    model = timm.create_model("localvit_vit_small_patch16_224", pretrained=True, num_classes=100)
+
+The hosts are built with ``dynamic_img_size=True, dynamic_img_pad=True``: any input of at least one pixel works
+(the position embedding is resampled, partial patches padded). The model keeps the host's pretrained cfg
+(normalisation, crop), which is what its weights expect.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+from torch import Tensor, nn
+
+from locvit._registry import register_family_model
+from locvit.models._helpers import check_image
+
+__all__: list[str] = []
+
+
+def _check_input(model: nn.Module, args: tuple) -> None:
+    x = args[0]
+    if isinstance(x, Tensor):
+        embed = getattr(model, "patch_embed", None) or getattr(getattr(model, "model", None), "patch_embed", None)
+        check_image(x, embed.proj.in_channels, (1, 1), type(model).__name__)
+
+
+def _localized(host: str, pretrained: bool, kwargs: dict[str, Any], **lff: Any) -> nn.Module:
+    from locvit.localize import localize
+
+    kwargs.pop("pretrained_cfg", None)  # timm's tag for this name; the host resolves its own
+    kwargs = {"dynamic_img_size": True, "dynamic_img_pad": True, **kwargs}
+    model = localize(timm.create_model(host, pretrained=pretrained, **kwargs), **lff)
+    model.register_forward_pre_hook(_check_input)  # one clear ValueError for a wrong input, as locvit's models
+    return model
+
+
+@register_family_model("localvit")
+def localvit_vit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """LocalViT on timm's ViT-S/16 (``vit_small_patch16_224``): locality feed-forward (expand 4, h-swish + SE with
+    4 hidden units) in all 12 blocks, the class token bypassing it."""
+    return _localized("vit_small_patch16_224", pretrained, kwargs, act="hs+se", reduction="dim")
+
+
+@register_family_model("localvit")
+def localvit_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """LocalViT on timm's ViT-B/16 (``vit_base_patch16_224``): locality feed-forward (expand 4, h-swish + SE with
+    4 hidden units) in all 12 blocks, the class token bypassing it."""
+    return _localized("vit_base_patch16_224", pretrained, kwargs, act="hs+se", reduction="dim")
