@@ -5,8 +5,8 @@ and :func:`locvit.create_model` build the same thing.
 """
 from locvit import models as _models  # noqa: F401  (registers the model zoo)
 from locvit._registry import ALIASES, create_model, family_of, list_models, resolve_alias
-from locvit.localize import localize
 from locvit.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint, save_checkpoint
+from locvit.localize import localize
 from locvit.official import from_official, official_classes
 from locvit.runtime import tune_cpu_allocator
 

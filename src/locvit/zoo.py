@@ -16,6 +16,7 @@ _END = "<!-- model-table:end -->"
 def model_table(patterns: list[str] | str = "*", include_aliases: bool = False, flops: bool = True) -> list[dict]:
     """One row per canonical model matching ``patterns`` (an official alias matches its model)."""
     from locvit.bench.flops import count_flops, count_params
+    from locvit.models._helpers import clip_length
 
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     zoo = list_models()
@@ -29,11 +30,14 @@ def model_table(patterns: list[str] | str = "*", include_aliases: bool = False, 
         model = timm.create_model(name)
         cfg = model.pretrained_cfg
         size = tuple(cfg["input_size"])
+        frames = clip_length(model)  # a video model: GMACs per clip of its nominal length
+        if frames:
+            size = (size[0], frames, *size[1:])
         row = dict(
             name=name,
             family=family_of(name),
             params_m=count_params(model) / 1e6,
-            input_size=f"{size[1]}x{size[2]}",
+            input_size="x".join(str(s) for s in size[1:]),
             weights=cfg.get("origin_url") or "-",
             aliases=", ".join(sorted(a for a, c in ALIASES.items() if c == name)),
         )

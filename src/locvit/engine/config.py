@@ -27,6 +27,11 @@ class TrainConfig:
     num_classes: int | None = None         # default: the dataset's class count
     img_size: int | None = None            # default: the model's pretrained cfg
     output: str = "runs/train"
+    # video (--task video): clips B x C x T x H x W from locvit.data.video
+    task: str = "classify"                 # classify (images) | video (clips)
+    num_frames: int = 8                    # frames per clip
+    frame_sampling: str = "uniform"        # uniform (one frame per segment, TSN) | dense (stride apart, SlowFast)
+    frame_stride: int = 4                  # frame step of dense sampling
     # schedule and optimiser (DeiT/Swin recipe)
     epochs: int = 300
     batch_size: int = 128                  # per process
