@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import locvit
+from locvit.data.datasets import Unreadable
 from locvit.data.video import (
     MotionClips,
     VideoDecodeError,
@@ -20,7 +21,7 @@ from locvit.data.video import (
     sample_indices,
 )
 from locvit.engine.video import MultiViewModel, mix_batch
-from locvit.models.regionvit_video import VideoR2LBlock
+from locvit.models.regionvit_video import VideoR2LBlock, resample_time
 
 TINY = dict(embed_dim=[32, 64, 64, 64], depth=[1, 1, 1, 1], num_heads=[2, 2, 2, 2], window_size=4)
 av = pytest.importorskip("av")
@@ -71,10 +72,25 @@ def test_shapes_any_clip_length_and_size(T, H, W):
     assert model(x).shape == (2, 3)
 
 
-def test_forward_backward_every_parameter_trains():
+def test_forward_backward_every_parameter_trains_and_checkpointing_agrees():
+    torch.manual_seed(0)
     model = tiny_video()
-    model(torch.randn(2, 3, 4, 32, 32)).sum().backward()
+    for blk in model.modules():  # as after some training: the temporal branch is live
+        if isinstance(blk, VideoR2LBlock):
+            torch.nn.init.normal_(blk.temporal_embed, std=0.5)
+            torch.nn.init.normal_(blk.temporal_fc.weight, std=0.1)
+    x = torch.randn(2, 3, 4, 32, 32)
+    out = model(x)
+    out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    again = model(x)
+    again.sum().backward()
+    torch.testing.assert_close(again, out)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(p.grad, g)
 
 
 def test_bad_clip_input():
@@ -113,10 +129,33 @@ def test_inflation_through_create_model_and_load_checkpoint(tmp_path):
     x = torch.randn(1, 3, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(video.eval()(x), image.eval()(x[:, :, 0]), rtol=0, atol=0)
-    # our own video checkpoint round-trips strictly; a time embedding for another clip length is resampled
+    # our own video checkpoint round-trips strictly; time embeddings for another clip length are resampled
+    for blk in video.modules():
+        if isinstance(blk, VideoR2LBlock):
+            torch.nn.init.normal_(blk.temporal_embed)
     vpath = locvit.save_checkpoint(video, tmp_path / "video.safetensors")
     other = tiny_video(num_frames=4)
-    locvit.load_checkpoint(other, vpath)
+    assert locvit.load_checkpoint(other, vpath).exact
+    a, b = (next(m for m in net.modules() if isinstance(m, VideoR2LBlock)).temporal_embed for net in (video, other))
+    torch.testing.assert_close(b.data, resample_time(a.data, 4))
+    assert b.shape[1] == 4 and torch.equal(resample_time(a, 8), a)
+
+
+@pytest.mark.parametrize("vector", ["regionvit_3conv_ws7_pad_60x92.pt", "regionvit_linear_ws4_peg_64x48.pt"])
+def test_official_checkpoint_inflates_to_the_official_logits(vector, monkeypatch):
+    """An official-format RegionViT state dict (the conformance vectors, made with the authors' code) loads into the
+    video model through its filter, and one-frame clips give the official logits (padding and PEG included)."""
+    from pathlib import Path
+
+    import locvit.models.regionvit as image_module
+    from locvit.models.regionvit_video import VideoRegionViT
+
+    v = torch.load(Path(__file__).parent / "conformance" / "vectors" / "regionvit" / vector, weights_only=True)
+    monkeypatch.setattr(image_module, "RegionViT", VideoRegionViT)  # the official translator builds the video model
+    model = locvit.from_official(v["official_class"], v["constructor_kwargs"], state_dict=v["state_dict"]).eval()
+    assert isinstance(model, VideoRegionViT)
+    with torch.no_grad():
+        torch.testing.assert_close(model(v["input"][:, :, None]), v["logits"], rtol=0, atol=1e-4)
 
 
 def test_temporal_false_is_the_frame_averaged_image_model():
@@ -130,7 +169,7 @@ def test_frame_order_matters_once_trained_temporal_weights_exist():
     for blk in model.modules():
         if isinstance(blk, VideoR2LBlock):
             torch.nn.init.normal_(blk.temporal_fc.weight, std=0.2)
-            torch.nn.init.normal_(blk.temporal_peg.weight, std=0.5)
+            torch.nn.init.normal_(blk.temporal_embed, std=0.5)
     x = torch.randn(1, 3, 6, 32, 32)
     with torch.no_grad():
         assert not torch.allclose(model(x), model(x.flip(2)), atol=1e-4)
@@ -144,7 +183,7 @@ def test_sample_indices():
     assert sample_indices(100, 4, "dense", stride=8, clip=0, num_clips=3)[0] == 0
     assert sample_indices(100, 4, "dense", stride=8, clip=2, num_clips=3)[-1] == 99
     assert sample_indices(5, 4, "dense", stride=4) == [0, 4, 4, 4]  # short video: last frame repeated
-    assert sample_indices(3, 8, "uniform") == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert sample_indices(3, 8, "uniform") == [0, 0, 0, 1, 1, 2, 2, 2]  # short video: frames repeat
     import random
 
     rng = random.Random(0)
@@ -201,7 +240,8 @@ def test_unreadable_video_too_few_frames_and_empty_folder(tmp_path, clip_folder)
     ds = VideoFolderDataset(tmp_path / "bad", num_frames=4)
     with pytest.raises(VideoDecodeError, match="broken.mp4"):
         ds.load(0)
-    assert ds[0][0] is None  # in a loader: skipped and counted like an unreadable image
+    record = ds[0][0]  # in a loader: skipped and counted like an unreadable image
+    assert isinstance(record, Unreadable) and record.path.endswith("broken.mp4") and "decode" in record.reason
     from locvit.data.datasets import check_readable
 
     with pytest.raises(ValueError, match="no readable"):
@@ -330,3 +370,17 @@ def test_flops_and_bench_count_clips(capsys):
     assert 7.5 * one < eight < 8.5 * one  # temporal attention on the regional tokens costs almost nothing
     assert main(["flops", "--model", "regionvit_video_tiny", "--img-size", "64", "--num-frames", "4"]) == 0
     assert "4x64" in capsys.readouterr().out
+
+
+@pytest.mark.heavy
+def test_motion_only_check(tmp_path):
+    """docs/video.md: the shipped recipes. The video model learns the direction of motion; the frame-averaged image
+    model (the same network, temporal=False) stays at chance, as it must on clips whose frames are shared by both
+    classes."""
+    from locvit.engine.config import build_config
+    from locvit.engine.train import train
+
+    video = train(build_config("regionvit_video_motion", dict(output=str(tmp_path / "video"))))
+    frames = train(build_config("regionvit_video_motion_baseline", dict(output=str(tmp_path / "frames"))))
+    assert video["top1"] >= 90, video
+    assert 40 <= frames["top1"] <= 60, frames

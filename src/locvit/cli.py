@@ -29,14 +29,20 @@ def command(name: str, help: str):
 def _models(p: argparse.ArgumentParser):
     p.add_argument("pattern", nargs="*", default=["*"], help="wildcards, e.g. 'regionvit*'")
     p.add_argument("--aliases", action="store_true", help="also list the official names that alias models")
-    p.add_argument("--no-flops", action="store_true", help="skip the GMAC count (faster)")
+    p.add_argument("--no-flops", action="store_true", help="leave out the GMACs column")
+    p.add_argument("--recount", action="store_true",
+                   help="build and count each model instead of reading the shipped table (with --update-readme: "
+                        "also rewrite the shipped table)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--update-readme", metavar="README", help="rewrite the model table between the README markers")
 
     def run(a: argparse.Namespace) -> int:
-        from locvit.zoo import model_table, render_table, update_readme
+        from locvit.zoo import model_table, render_table, update_readme, write_stats
 
-        rows = model_table(a.pattern, include_aliases=a.aliases, flops=not a.no_flops)
+        if a.recount and a.update_readme:
+            write_stats()
+        rows = model_table(a.pattern, include_aliases=a.aliases, flops=not a.no_flops,
+                           recount=a.recount and not a.update_readme)
         text = render_table(rows, markdown=a.markdown or bool(a.update_readme))
         if a.update_readme:
             update_readme(a.update_readme, text)
@@ -77,7 +83,7 @@ def _train(p: argparse.ArgumentParser):
             p.add_argument(flag, nargs="*", metavar="KEY=VALUE", help="extra model constructor arguments")
         elif f.name == "resume":
             p.add_argument(flag, nargs="?", const="auto", default=None, metavar="RUN_DIR_OR_FILE",
-                           help="continue a run (default: OUTPUT/last.pth)")
+                           help="continue a run (default: OUTPUT/last.pth); settings not given are the run's own")
         elif kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif "tuple" in str(kind):
@@ -88,12 +94,18 @@ def _train(p: argparse.ArgumentParser):
 
     def run(a: argparse.Namespace) -> int:
         from locvit.engine.config import FIELDS, build_config
-        from locvit.engine.train import train
+        from locvit.engine.train import run_config, train
 
         overrides = {k: getattr(a, k) for k in FIELDS if k != "model_kwargs"}
         if a.model_kwargs is not None:
             overrides["model_kwargs"] = _parse_kv(a.model_kwargs)
-        cfg = build_config(a.config, overrides)
+        saved = None
+        if a.resume:
+            # the interrupted run's settings are the base: `--resume` alone, or the same command again, continues it
+            state_file, saved = run_config(a.resume, a.output or "runs/train")
+            if a.output is None:
+                overrides["output"] = str(state_file.parent)
+        cfg = build_config(a.config, overrides, run=saved)
         metrics = train(cfg)
         if metrics and "top1" in metrics:
             print(f"done: top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  -> {cfg.output}")
@@ -108,12 +120,12 @@ def _eval(p: argparse.ArgumentParser):
     p.add_argument("--model", required=True)
     p.add_argument("--checkpoint", help="weights: the authors' release file or ours (.safetensors)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
-    p.add_argument("--data", default="digits", help="folder (its val/ split, or class folders), 'digits', "
+    p.add_argument("--data", required=True, help="folder (its val/ split, or class folders), 'digits', "
                    "'cifar10[:ROOT]' or 'cifar100[:ROOT]'; with --task video a folder of clips or 'motion'")
     p.add_argument("--split", default="val", choices=["train", "val"])
     p.add_argument("--img-size", type=int, help="input size (default: the model's pretrained cfg)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, help="DataLoader processes (default: min(4, CPU cores))")
     p.add_argument("--num-classes", type=int, help="default: the checkpoint's head, else the dataset's classes")
     p.add_argument("--device", default=None)
     p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
@@ -446,14 +458,27 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    import os
+
     from locvit.runtime import tune_from_env
 
     tune_from_env()  # freed activations stay in the process: no page faults on every forward (locvit.runtime)
+    if os.environ.get("LOCVIT_DEBUG"):  # full tracebacks for bug reports
+        return int(args._run(args) or 0)
+    from locvit._io import describe_os_error
+    from locvit.engine.train import NonFiniteLossError
+
     try:
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
         print(f"locvit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:
+        print(f"locvit {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder: say which file and why (LOCVIT_DEBUG=1: traceback)
+        print(f"locvit {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

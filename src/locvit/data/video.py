@@ -12,8 +12,8 @@ an embedded generated dataset whose classes only motion tells apart.
   centre of the longer side, after the short side is resized) come back as a ``V x C x T x H x W`` tensor per video
   (``locvit.engine.video.MultiViewModel`` averages the scores over the views).
 
-Every sample is ``(clip, target)``; a file that cannot be decoded gives ``None`` and is skipped and counted by the
-loader, as unreadable images are.
+Every sample is ``(clip, target)``; a file that cannot be decoded gives an ``Unreadable`` record naming it and why,
+and the loader skips and counts it, as it does unreadable images.
 """
 from __future__ import annotations
 
@@ -238,6 +238,9 @@ class VideoFolderDataset(ClipDataset):
 
     def target(self, index: int) -> int:
         return self.samples[index][1]
+
+    def describe(self, index: int) -> str:
+        return str(self.samples[index][0])
 
 
 class MotionClips(ClipDataset):

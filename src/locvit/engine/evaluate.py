@@ -16,12 +16,16 @@ from locvit.engine.distributed import all_reduce_sum
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast: Any = None,
              progress: bool = False, channels_last: bool = False) -> dict[str, float]:
-    """Evaluate ``model`` on ``loader``: returns ``top1``, ``top5`` (percent), ``loss``, ``images``, ``skipped``."""
+    """Evaluate ``model`` on ``loader``: returns ``top1``, ``top5`` (percent), ``loss``, ``images``, ``skipped``
+    (unreadable images), ``unreadable`` (their :class:`~locvit.data.datasets.Unreadable` records on this rank) and
+    ``nonfinite`` (images whose logits hold NaN/inf; their loss is left out of ``loss``)."""
     model.eval()
-    stats = torch.zeros(5, dtype=torch.float64)  # loss sum, top1, top5, count, skipped
+    stats = torch.zeros(6, dtype=torch.float64)  # loss sum, top1, top5, count, skipped, non-finite
+    unreadable: list = []
     autocast = autocast or contextlib.nullcontext
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
         images, targets = batch
+        unreadable += getattr(batch, "unreadable", ())
         stats[4] += getattr(batch, "skipped", 0)
         if images.numel() == 0:
             continue
@@ -31,7 +35,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocas
         with autocast():
             logits = model(images)
         logits = logits.float()
-        stats[0] += F.cross_entropy(logits, targets, reduction="sum").item()
+        finite = torch.isfinite(logits).all(dim=1)
+        stats[5] += (~finite).sum().item()
+        stats[0] += F.cross_entropy(logits[finite], targets[finite], reduction="sum").item()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hit = top.eq(targets[:, None])
@@ -41,11 +47,12 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocas
     stats = all_reduce_sum(stats)
     n = max(stats[3].item(), 1.0)
     return dict(top1=100 * stats[1].item() / n, top5=100 * stats[2].item() / n, loss=stats[0].item() / n,
-                images=int(stats[3].item()), skipped=int(stats[4].item()))
+                images=int(stats[3].item()), skipped=int(stats[4].item()), nonfinite=int(stats[5].item()),
+                unreadable=unreadable)
 
 
 def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, split: str = "val",
-                   img_size: int | None = None, batch_size: int = 64, workers: int = 4,
+                   img_size: int | None = None, batch_size: int = 64, workers: int | None = None,
                    num_classes: int | None = None, device: str | None = None, trust_pickle: bool = False,
                    model_kwargs: dict[str, Any] | None = None, progress: bool = False,
                    video: dict[str, Any] | None = None) -> dict[str, float]:
@@ -54,33 +61,30 @@ def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, sp
 
     ``video``: evaluate a clip model on a clip dataset (:mod:`locvit.data.video`) with the sampling arguments
     ``num_frames``, ``sampling``, ``frame_stride``, ``num_clips`` and ``crops`` (views per video = clips x crops;
-    scores averaged over them)."""
+    scores averaged over them).
+
+    Raises ``ValueError`` when the model's outputs are not finite (NaN weights or an input it cannot take)."""
     from timm.data import resolve_data_config
 
     from locvit._registry import create_model
-    from locvit.checkpoint import load_checkpoint, read_checkpoint
     from locvit.data.datasets import build_dataset, check_readable
-    from locvit.data.loader import build_loader, build_transform
+    from locvit.data.loader import build_loader, build_transform, default_workers
     from locvit.data.video import build_video_dataset, clip_eval_transform
     from locvit.engine.video import MultiViewModel
 
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     video = dict(video) if video is not None else None
     crops = video.pop("crops", 1) if video is not None else 1
     dataset = build_dataset(data, split) if video is None else build_video_dataset(data, split, training=False, **video)
     check_readable(dataset)
-    kwargs = dict(model_kwargs or {})
-    if img_size:
-        kwargs["img_size"] = img_size
+    if num_classes is None and checkpoint is None:
+        num_classes = len(dataset.classes)
+    model_kwargs = dict(model_kwargs or {})
     if video is not None:
-        kwargs.setdefault("num_frames", video["num_frames"])
-    state = None
-    if checkpoint:
-        state = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
-    if num_classes is None:
-        num_classes = _head_size(state) or len(dataset.classes)
-    model = create_model(model_name, num_classes=num_classes, **kwargs)
-    if state is not None:
-        load_checkpoint(model, state)
+        model_kwargs.setdefault("num_frames", video["num_frames"])
+    model = create_model(model_name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size,
+                         trust_pickle=trust_pickle, **model_kwargs)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     data_cfg = resolve_data_config({"input_size": (3, img_size, img_size)} if img_size else {}, model=model)
@@ -88,15 +92,10 @@ def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, sp
     if video is not None:
         dataset.transform = clip_eval_transform(dataset.transform, crops)
         model = MultiViewModel(model, chunk=batch_size)
-    loader = build_loader(dataset, batch_size, training=False, workers=workers)
-    return evaluate(model, loader, dev, progress=progress)
-
-
-def _head_size(state: dict[str, torch.Tensor] | None) -> int | None:
-    """Classes of a checkpoint's classifier (the last 2-D ``head``/``fc`` weight), when it has one."""
-    if not state:
-        return None
-    for key in ("head.weight", "head.fc.weight", "fc.weight", "classifier.weight"):
-        if key in state and state[key].ndim == 2:
-            return int(state[key].shape[0])
-    return None
+    loader = build_loader(dataset, batch_size, training=False,
+                          workers=default_workers() if workers is None else workers)
+    res = evaluate(model, loader, dev, progress=progress)
+    if res["nonfinite"]:
+        raise ValueError(f"{model_name} gave NaN/inf outputs for {res['nonfinite']} of {res['images']} images"
+                         + (f" with {checkpoint}" if checkpoint else "") + ": the weights or the inputs are broken")
+    return res

@@ -11,6 +11,8 @@ from timm.models import build_model_with_cfg, checkpoint
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
+from locvit.layers import fastpath
+
 
 def make_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     """A pretrained cfg in timm's format. ``url`` is the official weights' address, kept as provenance
@@ -84,7 +86,7 @@ def build_model(
 def check_image(x: Tensor, in_chans: int, min_size: tuple[int, int] = (1, 1), model: str = "model") -> None:
     """Raise a ``ValueError`` naming the constraint when ``x`` is not a ``B x in_chans x H x W`` image batch
     of at least ``min_size``."""
-    if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+    if not fastpath.tracing():
         if x.ndim != 4:
             raise ValueError(f"{model} expects a 4-D image batch B x {in_chans} x H x W, got shape {tuple(x.shape)}")
         if x.shape[1] != in_chans:

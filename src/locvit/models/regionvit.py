@@ -50,7 +50,8 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit._registry import register_family_model
-from locvit.layers.attention import attend, fused_enabled
+from locvit.layers import fastpath
+from locvit.layers.attention import attend
 from locvit.layers.rel_pos import resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
 from locvit.models._helpers import build_model, check_image, init_linear_layernorm, make_cfg
@@ -172,7 +173,7 @@ class R2LAttention(nn.Module):
         bias = torch.where(mask, bias, torch.finfo(q.dtype).min / 2)  # nW x heads x Nq x N
         nW, h, Nq, N = bias.shape
         B = q.shape[0] // nW
-        if fused_enabled():
+        if not fastpath.recording():
             # windows folded into the head axis: the per-window bias broadcasts over the batch without a copy
             q, k, v = (t.reshape(B, nW * h, -1, t.shape[-1]) for t in (q, k, v))
             out = attend(q, k, v, bias.reshape(1, nW * h, Nq, N), self.scale, p, owner=self)
@@ -305,7 +306,7 @@ class RegionViTStage(nn.Module):
         ])
         self.peg = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False) if peg else None
         self.det_norm = LayerNorm2d(dim, eps=LN2D_EPS) if det_norm else None
-        self._masks: dict[tuple, Tensor] = {}
+        self._masks = fastpath.ShapeCache()
 
     def window_mask(self, grid: tuple[int, int], pad: tuple[int, int], device: torch.device) -> Tensor | None:
         """The stage's attention mask for a padded input (None when nothing is padded), cached by shape."""
@@ -315,15 +316,8 @@ class RegionViTStage(nn.Module):
         if not 0 <= pad[0] <= ws or not 0 <= pad[1] <= ws:
             raise ValueError(f"window size {ws} does not fit a local map padded by {pad} for a {grid} regional "
                              "grid; use the same window size in every stage")
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return r2l_window_mask(grid, pad, ws, self.corrected_mask, device).unsqueeze(1)
-        key = (grid, pad, device)
-        mask = self._masks.get(key)
-        if mask is None:
-            if len(self._masks) >= 32:  # many input sizes (detection): keep the cache bounded
-                self._masks.clear()
-            mask = self._masks[key] = r2l_window_mask(grid, pad, ws, self.corrected_mask, device).unsqueeze(1)
-        return mask
+        return self._masks.get_or_build(
+            (grid, pad, device), lambda: r2l_window_mask(grid, pad, ws, self.corrected_mask, device).unsqueeze(1))
 
     def _run(self, blk: nn.Module, x: Tensor, num_windows: int, mask: Tensor | None, regional_only: bool,
              block_kwargs: dict[str, Any]) -> Tensor:

@@ -7,13 +7,12 @@ Understanding?") extends ViT, on the tokens where RegionViT keeps its global con
 extra cost is small (docs/models/regionvit.md, *Video*, gives every choice and its reason):
 
 * every frame goes through the image stems and stages (frames folded into the batch);
-* every R2L block first runs a **temporal step** on the ``T`` regional tokens that sit at the same place in each
-  frame: a depth-wise temporal convolution (the frames' order, a conditional position encoding as RegionViT's
-  PEG is spatially), then temporal attention ``r + DP(fc(attn_t(LN(r))))``; then the image block unchanged
-  (regional attention within the frame, local window attention, MLP);
+* every R2L block first runs **temporal attention** over the ``T`` regional tokens that sit at the same place in
+  each frame, ``r + DP(fc(attn_t(LN(r + time_embed))))``, then the image block unchanged (regional attention
+  within the frame, local window attention, MLP);
 * classification averages the final regional tokens over positions *and* frames.
 
-The temporal convolution and ``fc`` start at zero (TimeSformer zeroes its ``temporal_fc``), so a freshly built or
+The time embedding and ``fc`` start at zero (TimeSformer zeroes its ``temporal_fc``), so a freshly built or
 inflated model computes exactly the image model on every frame and averages: at ``T = 1`` the image model's
 logits, at ``T > 1`` the frame-averaged image model's. Inflating an image checkpoint also copies each block's
 regional attention and its norm into the temporal attention and norm, as TimeSformer does.
@@ -24,9 +23,11 @@ Inputs are ``B x C x T x H x W`` clips, any ``T >= 1`` and any ``H x W`` the ima
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
@@ -41,40 +42,37 @@ __all__ = ["VideoR2LBlock", "VideoRegionViT", "checkpoint_filter_fn"]
 
 
 class VideoR2LBlock(R2LBlock):
-    """An R2L block preceded by a temporal step on each regional token's ``T`` frames:
+    """An R2L block preceded by TimeSformer's temporal attention over each regional token's ``T`` frames:
+    ``r + DP(temporal_fc(temporal_attn(temporal_norm(r + temporal_embed))))``.
 
-    1. ``r + dwconv_t(r)``: a depth-wise temporal convolution (kernel 3, zero-padded), the temporal counterpart of
-       RegionViT's spatial PEG -- it gives the temporal attention the frames' order (a conditional position
-       encoding, so any ``T`` works without a table to resample);
-    2. ``r + DP(temporal_fc(temporal_attn(temporal_norm(r))))``: TimeSformer's temporal attention.
-
-    Takes :class:`~locvit.models.regionvit.R2LBlock`'s arguments. :meth:`init_temporal` zeroes ``temporal_peg``
-    and ``temporal_fc``, so the block starts as the image block on every frame.
+    ``temporal_embed`` is a learned time embedding of ``num_frames`` positions (resampled linearly for other clip
+    lengths, as TimeSformer resamples its own), added to the temporal attention's input only. Takes
+    :class:`~locvit.models.regionvit.R2LBlock`'s arguments and ``num_frames``. :meth:`init_temporal` zeroes
+    ``temporal_fc`` and the time embedding, so the block starts as the image block on every frame.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  qk_scale: float | None = None, proj_drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, norm_layer: type[nn.Module] = nn.LayerNorm):
+                 drop_path: float = 0.0, norm_layer: type[nn.Module] = nn.LayerNorm, num_frames: int = 8):
         super().__init__(dim, num_heads, window_size, mlp_ratio, qkv_bias, qk_scale, proj_drop, attn_drop,
                          drop_path, norm_layer)
-        self.temporal_peg = nn.Conv1d(dim, dim, 3, padding=1, groups=dim)
+        self.temporal_embed = nn.Parameter(torch.zeros(1, num_frames, dim))
         self.temporal_norm = norm_layer(dim)
         self.temporal_attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop)
         self.temporal_fc = nn.Linear(dim, dim)
         self.init_temporal()
 
     def init_temporal(self) -> None:
-        """Zero the temporal convolution and the attention's output layer: the block then equals the image block on
-        every frame (and the frames' order starts to matter from the first step: the convolution's gradient
-        compares neighbouring frames)."""
-        for m in (self.temporal_peg, self.temporal_fc):
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
+        """Zero the time embedding and the attention's output layer (TimeSformer's ``temporal_fc``): the block then
+        equals the image block on every frame."""
+        nn.init.zeros_(self.temporal_embed)
+        nn.init.zeros_(self.temporal_fc.weight)
+        nn.init.zeros_(self.temporal_fc.bias)
 
     def temporal(self, r: Tensor) -> Tensor:
         """The temporal step on ``N x T x C`` sequences of one regional token's frames."""
-        r = r + self.temporal_peg(r.transpose(1, 2)).transpose(1, 2)
-        return r + self.drop_path(self.temporal_fc(self.temporal_attn(self.temporal_norm(r))))
+        return r + self.drop_path(self.temporal_fc(self.temporal_attn(self.temporal_norm(
+            r + resample_time(self.temporal_embed, r.shape[1]).to(r.dtype)))))
 
     def forward(self, x: Tensor, num_windows: int, mask: Tensor | None = None, regional_only: bool = False,
                 num_frames: int = 1) -> Tensor:
@@ -87,14 +85,20 @@ class VideoR2LBlock(R2LBlock):
         return super().forward(torch.cat([r, x[:, 1:]], dim=1), num_windows, mask, regional_only)
 
 
+def resample_time(embed: Tensor, num_frames: int) -> Tensor:
+    """A ``1 x T0 x C`` time embedding at ``num_frames`` positions (linear interpolation; unchanged when equal)."""
+    if embed.shape[1] == num_frames:
+        return embed
+    return F.interpolate(embed.transpose(1, 2), size=num_frames, mode="linear", align_corners=False).transpose(1, 2)
+
+
 class VideoRegionViT(RegionViT):
     """RegionViT on ``B x C x T x H x W`` clips (see the module docstring).
 
     Args:
-        num_frames: nominal clip length (what data loading, FLOP counts and benchmarks use by default); the model
-            itself takes any number of frames.
-        temporal: add the temporal steps (convolution and attention); ``False`` gives the frame-averaged image
-            model.
+        num_frames: nominal clip length: the positions of the time embeddings (other lengths resample them) and
+            what data loading, FLOP counts and benchmarks use by default.
+        temporal: add the temporal attention; ``False`` gives the frame-averaged image model.
         **kwargs: :class:`~locvit.models.regionvit.RegionViT`'s arguments.
     """
 
@@ -103,7 +107,8 @@ class VideoRegionViT(RegionViT):
             raise ValueError("VideoRegionViT chooses its block itself (temporal=True or False)")
         if num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {num_frames}")
-        super().__init__(block_fn=VideoR2LBlock if temporal else R2LBlock, **kwargs)
+        block = partial(VideoR2LBlock, num_frames=num_frames) if temporal else R2LBlock
+        super().__init__(block_fn=block, **kwargs)
         self.num_frames = num_frames
         self.temporal = temporal
         for m in self.modules():
@@ -190,12 +195,16 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VideoRegionViT) -
     The image keys go through RegionViT's filter (official names, window-size resizing). Inflating an image
     checkpoint, each block's missing temporal attention and norm are copied from its regional attention (shared
     ``qkv``/``proj``) and ``norm0``, as TimeSformer initialises its temporal attention from the spatial one; the
-    zero temporal convolution and ``temporal_fc`` are the model's own, so the inflated model computes the image
-    model on every frame.
+    zero ``temporal_fc`` and time embedding are the model's own, so the inflated model computes the image model on
+    every frame. Time embeddings trained for another clip length are resampled linearly.
     """
     out = _image.checkpoint_filter_fn(state_dict, model)
     for k, v in model.state_dict().items():
-        if k in out or ".temporal_" not in k:
+        if ".temporal_" not in k:
+            continue
+        if k in out:
+            if k.endswith("temporal_embed") and out[k].shape != v.shape and out[k].shape[-1] == v.shape[-1]:
+                out[k] = resample_time(out[k], v.shape[1])
             continue
         src = next((k.replace(new, old) for new, old in _INFLATE if new in k), None)
         out[k] = out[src].clone() if src is not None and src in out and out[src].shape == v.shape else v
