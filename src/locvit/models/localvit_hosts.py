@@ -15,12 +15,29 @@ from __future__ import annotations
 from typing import Any
 
 import timm
+from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit._registry import register_family_model
 from locvit.models._helpers import check_image
 
 __all__: list[str] = []
+
+
+def _host_cfg(host: str) -> dict[str, Any]:
+    """The host's preprocessing (its pretrained cfg), the weights' source as provenance."""
+    cfg = timm.get_pretrained_cfg(host).to_dict()
+    keep = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "num_classes", "first_conv",
+            "classifier", "license")
+    out = {k: cfg[k] for k in keep if cfg.get(k) is not None}
+    out["min_input_size"] = (3, 1, 1)
+    out["origin_url"] = f"https://huggingface.co/{cfg['hf_hub_id']}" if cfg.get("hf_hub_id") else cfg.get("url", "")
+    out["notes"] = (f"LocalViT on timm's {host}: pretrained=True loads timm's weights for the host (downloaded and "
+                    "cached by timm) and carries its MLPs over",)
+    return out
+
+
+default_cfgs = generate_default_cfgs({"localvit_vit_small_patch16_224": _host_cfg("vit_small_patch16_224")})
 
 
 def _check_input(model: nn.Module, args: tuple) -> None:
@@ -45,10 +62,3 @@ def localvit_vit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> n
     """LocalViT on timm's ViT-S/16 (``vit_small_patch16_224``): locality feed-forward (expand 4, h-swish + SE with
     4 hidden units) in all 12 blocks, the class token bypassing it."""
     return _localized("vit_small_patch16_224", pretrained, kwargs, act="hs+se", reduction="dim")
-
-
-@register_family_model("localvit")
-def localvit_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """LocalViT on timm's ViT-B/16 (``vit_base_patch16_224``): locality feed-forward (expand 4, h-swish + SE with
-    4 hidden units) in all 12 blocks, the class token bypassing it."""
-    return _localized("vit_base_patch16_224", pretrained, kwargs, act="hs+se", reduction="dim")

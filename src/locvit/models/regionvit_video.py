@@ -231,8 +231,6 @@ def _cfg(image: str, stem: str = "3conv", **kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({
     "regionvit_video_tiny": _cfg("RegionViT-Ti.pth"),
     "regionvit_video_small": _cfg("RegionViT-S.pth"),
-    "regionvit_video_medium": _cfg("RegionViT-M.pth", stem="1conv"),
-    "regionvit_video_base": _cfg("RegionViT-B.pth", stem="1conv"),
 })
 
 
@@ -250,16 +248,3 @@ def regionvit_video_tiny(pretrained: bool = False, **kwargs: Any) -> VideoRegion
 def regionvit_video_small(pretrained: bool = False, **kwargs: Any) -> VideoRegionViT:
     """Video RegionViT-S: RegionViT-S with temporal attention on the regional tokens (8-frame clips)."""
     return _variant("regionvit_video_small", _image._SMALL, pretrained, kwargs)
-
-
-@register_family_model("regionvit")
-def regionvit_video_medium(pretrained: bool = False, **kwargs: Any) -> VideoRegionViT:
-    """Video RegionViT-M: RegionViT-M with temporal attention on the regional tokens (8-frame clips)."""
-    return _variant("regionvit_video_medium", _image._MEDIUM, pretrained, kwargs)
-
-
-@register_family_model("regionvit")
-def regionvit_video_base(pretrained: bool = False, **kwargs: Any) -> VideoRegionViT:
-    """Video RegionViT-B: RegionViT-B with temporal attention on the regional tokens (8-frame clips)."""
-    return _variant("regionvit_video_base", _image._BASE, pretrained, kwargs)
-
