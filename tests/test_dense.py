@@ -121,7 +121,13 @@ def test_recipes_and_non_pyramids():
     assert all(blk.attn.expand_size > 0 for blk in focal.body.model.layers[3].blocks)
     assert dense.create_backbone("focal_tiny", out_channels=16, out_norm=False, **tiny("focal_tiny")).out_norms is None
     assert dense.dense_recipe("localvit_swin_tiny_patch4_window7_224").out_norm  # official aliases resolve
-    assert dense.dense_recipe("vvt_tiny") == dense.DENSE_RECIPES["vvt"]
+    # the recipe is the one the model file declares next to its feature config
+    from locvit.models import focal, focal_v2, pvt, vvt
+
+    assert dense.dense_recipe("vvt_tiny") == vvt.VVT.dense and "Semantic FPN" in vvt.VVT.dense.source
+    assert dense.dense_recipe("focalv2_tiny_useconv") == focal_v2.FOCAL_V2.dense == focal.FOCAL.dense
+    assert dense.dense_recipe("localvit_pvt_tiny") == dense.dense_recipe("pvt_tiny") == pvt.PVT.dense
+    assert dense.dense_recipe("localvit_tiny") == dense.DenseRecipe()  # isotropic: no recipe
     with pytest.raises(ValueError, match="unknown model"):
         dense.create_backbone("regionvit_tinny")
     with pytest.raises(ValueError, match="not a feature pyramid"):

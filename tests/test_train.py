@@ -36,7 +36,8 @@ def weights(run):
 
 
 def test_kill_and_resume_is_bit_exact(tmp_path):
-    common = [*TINY, "--warmup-epochs", "1", "--data", "digits", "--epochs", "2", "--batch-size", "32", "--checkpoint-interval", "4",
+    common = [*TINY, "--warmup-epochs", "1", "--data", "digits", "--epochs", "2", "--batch-size", "32",
+              "--checkpoint-interval", "4",
               "--max-steps", "60", "--drop-path", "0.1", "--mixup", "0.8", "--cutmix", "1.0"]
     full = tmp_path / "full"
     locvit("train", *common, "--output", full)
@@ -108,12 +109,15 @@ def _image_folder(root: Path, corrupt: int = 0, good: bool = True):
 def test_unreadable_images_are_skipped_and_counted(tmp_path):
     data = tmp_path / "data"
     _image_folder(data, corrupt=4)  # 16 + 4 training files: every one is drawn in a batch of 4
+    # the recipe's repeated augmentation (3 draws of each image an epoch) and worker processes, as users run it
     out = locvit("train", *TINY, "--data", data, "--epochs", "1", "--batch-size", "4", "--mixup", "0",
-                 "--cutmix", "0", "--repeated-aug", "1", "--output", tmp_path / "run")
-    assert "unreadable images skipped" in out.stdout
+                 "--cutmix", "0", "--output", tmp_path / "run")
+    assert "5 unreadable images skipped: " in out.stdout and "bad0.jpg" in out.stdout
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     header, row = rows[0].split(","), rows[1].split(",")
-    assert int(row[header.index("skipped")]) == 5  # 4 in train, the truncated one in val
+    assert int(row[header.index("skipped")]) == 5  # 4 in train, the truncated one in val: each counted once
+    listed = (tmp_path / "run" / "unreadable.txt").read_text().splitlines()
+    assert sorted(Path(p).name for p in listed) == ["bad0.jpg", "bad1.jpg", "bad2.jpg", "bad3.jpg", "truncated.png"]
 
 
 def test_dataset_without_readable_image_fails_before_training(tmp_path):
@@ -221,8 +225,8 @@ def test_resumed_metrics_equal_the_uninterrupted_run(tmp_path):
     common = [*TINY, "--data", "digits", "--epochs", "2", "--batch-size", "64", "--mixup", "0", "--cutmix", "0",
               "--checkpoint-interval", "3"]
     locvit("train", *common, "--output", tmp_path / "full")
-    locvit("train", *common, "--output", tmp_path / "cut", "--max-steps", "7")  # stops inside epoch 1 (22 steps)
-    locvit("train", *common, "--output", tmp_path / "cut", "--resume", "--max-steps", "30")  # ...and inside epoch 2
+    locvit("train", *common, "--output", tmp_path / "cut", "--max-steps", "7")  # stops inside epoch 1 (67 steps)
+    locvit("train", *common, "--output", tmp_path / "cut", "--resume", "--max-steps", "80")  # ...and inside epoch 2
     locvit("train", *common, "--output", tmp_path / "cut", "--resume")
 
     def rows(run):

@@ -142,18 +142,18 @@ def test_inflation_through_create_model_and_load_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("vector", ["regionvit_3conv_ws7_pad_60x92.pt", "regionvit_linear_ws4_peg_64x48.pt"])
-def test_official_checkpoint_inflates_to_the_official_logits(vector, monkeypatch):
+def test_official_checkpoint_inflates_to_the_official_logits(vector):
     """An official-format RegionViT state dict (the conformance vectors, made with the authors' code) loads into the
-    video model through its filter, and one-frame clips give the official logits (padding and PEG included)."""
+    video model configured the same way, and one-frame clips give the official logits (padding and PEG included)."""
     from pathlib import Path
 
-    import locvit.models.regionvit as image_module
     from locvit.models.regionvit_video import VideoRegionViT
 
     v = torch.load(Path(__file__).parent / "conformance" / "vectors" / "regionvit" / vector, weights_only=True)
-    monkeypatch.setattr(image_module, "RegionViT", VideoRegionViT)  # the official translator builds the video model
-    model = locvit.from_official(v["official_class"], v["constructor_kwargs"], state_dict=v["state_dict"]).eval()
-    assert isinstance(model, VideoRegionViT)
+    _, kwargs = locvit.official_model_args(v["official_class"], v["constructor_kwargs"])
+    kwargs.pop("block_fn")
+    model = VideoRegionViT(**kwargs).eval()
+    assert locvit.load_checkpoint(model, v["state_dict"]).exact
     with torch.no_grad():
         torch.testing.assert_close(model(v["input"][:, :, None]), v["logits"], rtol=0, atol=1e-4)
 

@@ -223,8 +223,11 @@ def export(
 
         name = model
         torch.manual_seed(0)
-        model = create_model(name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size,
-                             trust_pickle=trust_pickle, **(model_kwargs or {})).eval()
+        kw = dict(model_kwargs or {})
+        if img_size is not None:  # built for the size it is exported at: tables and embeddings as trained
+            kw.setdefault("img_size", img_size)
+        model = create_model(name, checkpoint=checkpoint, num_classes=num_classes, trust_pickle=trust_pickle,
+                             **kw).eval()
     else:
         name = getattr(model, "default_cfg", {}).get("architecture") or type(model).__name__
         model = model.eval()

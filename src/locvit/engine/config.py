@@ -24,6 +24,7 @@ class TrainConfig:
     model: str = "localvit_tiny"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None          # initial weights (official or ours); head/tables adapted
+    pretrained: bool = False               # start from the official weights (pretrained=True: downloaded, cached)
     trust_checkpoint: bool = False         # allow checkpoints that pickle more than tensors
     data: str | None = None                # folder path, 'digits', 'cifar10[:ROOT]', 'cifar100[:ROOT]' (required)
     num_classes: int | None = None         # default: the dataset's class count
@@ -122,6 +123,8 @@ class TrainConfig:
         need(self.eval_interval >= 1, f"--eval-interval must be at least 1, got {self.eval_interval}")
         need(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}")
         need(self.clip_grad is None or self.clip_grad > 0, f"--clip-grad must be positive, got {self.clip_grad}")
+        need(not (self.pretrained and self.checkpoint),
+             "pass --pretrained (the published weights) or --checkpoint FILE, not both")
         need(self.task in ("classify", "video"), f"--task must be classify or video, got {self.task!r}")
         need(self.num_frames >= 1, f"--num-frames must be at least 1, got {self.num_frames}")
         need(self.frame_sampling in ("uniform", "dense"),
@@ -131,12 +134,20 @@ class TrainConfig:
             raise ValueError("; ".join(problems))
         return self
 
+    def augmentation(self) -> dict[str, Any]:
+        """The training augmentation as :func:`locvit.data.loader.build_transform` takes it (timm's names)."""
+        return dict(scale=self.scale, hflip=self.hflip, color_jitter=self.color_jitter, auto_augment=self.aa,
+                    re_prob=self.reprob, re_mode=self.remode, re_count=self.recount,
+                    train_interpolation=self.train_interpolation)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# settings of one invocation that a resumed run does not inherit from the run it continues
+PER_INVOCATION = ("resume", "allow_config_change", "max_steps")
 
 
 def resolve_config_path(name: str) -> Path:
@@ -186,7 +197,7 @@ def build_config(config: str | None = None, overrides: dict[str, Any] | None = N
     """Merge defaults, the model family's recipe, a YAML file, the configuration of the run being resumed
     (``run``) and explicit overrides (in that order), and validate the result."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    run = {k: v for k, v in (run or {}).items() if k in FIELDS}
+    run = {k: v for k, v in (run or {}).items() if k in FIELDS and k not in PER_INVOCATION}
     merged: dict[str, Any] = {}
     file_cfg = load_yaml(resolve_config_path(config)) if config else {}
     model = overrides.get("model") or run.get("model") or file_cfg.get("model") or TrainConfig.model

@@ -166,8 +166,15 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         kwargs["img_size"] = cfg.img_size
     if video:
         kwargs.setdefault("num_frames", cfg.num_frames)
-    model = create_model(cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path, drop_rate=cfg.drop,
-                         **kwargs)
+    pretrained = cfg.pretrained and resume_from is None
+    if pretrained and dist.distributed and not main:
+        barrier()  # the main process downloads into the cache first; the others then read the cached file
+    model = create_model(cfg.model, pretrained=pretrained, num_classes=num_classes, drop_path_rate=cfg.drop_path,
+                         drop_rate=cfg.drop, trust_pickle=cfg.trust_checkpoint, **kwargs)
+    if pretrained and dist.distributed and main:
+        barrier()
+    if pretrained and main:
+        print(model.load_report)
     if cfg.checkpoint and resume_from is None:
         report = load_checkpoint(model, cfg.checkpoint, strict=False, trust_pickle=cfg.trust_checkpoint)
         if main:
@@ -182,10 +189,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
 
     data_cfg = resolve_data_config({"input_size": (3, cfg.img_size, cfg.img_size)} if cfg.img_size else {},
                                    model=model)
-    aug = dict(scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
-               re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount,
-               train_interpolation=cfg.train_interpolation)
-    train_set.transform = build_transform(data_cfg, True, aug)
+    train_set.transform = build_transform(data_cfg, True, cfg.augmentation())
     val_set.transform = build_transform(data_cfg, False)
     if video:  # the same augmentation draws for every frame of a clip; validation: one centre view per video
         train_set.transform = clip_train_transform(train_set.transform)

@@ -18,8 +18,8 @@ import timm
 from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
-from locvit._registry import register_family_model
 from locvit.models._helpers import check_image
+from locvit.models._registry import ModelSpec, register_family_model
 
 __all__: list[str] = []
 
@@ -48,16 +48,31 @@ def _check_input(model: nn.Module, args: tuple) -> None:
 
 
 def _localized(host: str, pretrained: bool, kwargs: dict[str, Any], **lff: Any) -> nn.Module:
+    from locvit.checkpoint import LoadReport
     from locvit.localize import localize
 
     kwargs.pop("pretrained_cfg", None)  # timm's tag for this name; the host resolves its own
+    kwargs.pop("trust_pickle", None)  # timm's loader reads the host's weights itself
     kwargs = {"dynamic_img_size": True, "dynamic_img_pad": True, **kwargs}
-    model = localize(timm.create_model(host, pretrained=pretrained, **kwargs), **lff)
+    model = timm.create_model(host, pretrained=pretrained, **kwargs)
+    host_keys = set(model.state_dict())
+    model = localize(model, **lff)
     model.register_forward_pre_hook(_check_input)  # one clear ValueError for a wrong input, as locvit's models
+    if pretrained:  # what `locvit train --pretrained` reports
+        keys = list(model.state_dict())
+        model.load_report = LoadReport(
+            loaded=[k for k in keys if k in host_keys], missing=[k for k in keys if k not in host_keys],
+            source=f"timm's {model.pretrained_cfg.get('architecture', host)}.{model.pretrained_cfg.get('tag', '')} "
+                   "weights (the MLPs' fc1/fc2 carried into the new 1x1 convolutions)")
     return model
 
 
-@register_family_model("localvit")
+# the builder is a function, not a class: instances are timm's VisionTransformer, whose own filter (timm's) loads
+# their checkpoints, so no class is claimed here
+HOST = ModelSpec(_localized)
+
+
+@register_family_model("localvit", HOST)
 def localvit_vit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """LocalViT on timm's ViT-S/16 (``vit_small_patch16_224``): locality feed-forward (expand 4, h-swish + SE with
     4 hidden units) in all 12 blocks, the class token bypassing it."""

@@ -32,10 +32,10 @@ from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from locvit._registry import register_family_model
 from locvit.layers.attention import Attention
 from locvit.models import regionvit as _image
 from locvit.models._helpers import build_model
+from locvit.models._registry import ModelSpec, register_family_model
 from locvit.models.regionvit import R2LBlock, RegionViT
 
 __all__ = ["VideoR2LBlock", "VideoRegionViT", "checkpoint_filter_fn"]
@@ -212,20 +212,25 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VideoRegionViT) -
 
 
 # --- registry --------------------------------------------------------------------------------------------------
+# the image model's dense recipe too: forward_intermediates gives B x C x T x h x w maps of clips, the image model's
+# maps for images
+REGIONVIT_VIDEO = ModelSpec(VideoRegionViT, filter_fn=checkpoint_filter_fn, feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+                            dense=_image.REGIONVIT.dense)
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> VideoRegionViT:
-    return build_model(VideoRegionViT, variant, pretrained, filter_fn=checkpoint_filter_fn,
-                       feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
+    return build_model(REGIONVIT_VIDEO, variant, pretrained, **kwargs)
 
 
-_INFLATE_NOTE = ("no video weights exist: inflate the image model's {} (pretrained=True, "
-                 "pretrained_cfg_overlay=dict(file=...)) and fine-tune on clips")
+_INFLATE_NOTE = ("no video weights exist: pretrained=True downloads the authors' image weights {} (or "
+                 "pretrained_cfg_overlay=dict(file=...) takes a local copy) and inflates them; fine-tune on clips")
 
 
 def _cfg(image: str, stem: str = "3conv", **kwargs: Any) -> dict[str, Any]:
     # short side resized to the crop size (crop_pct 1.0), as video models are tested; the clip length is the
     # model's num_frames (timm's cfg has no field for it)
     return _image._cfg(_image._RELEASE + image, stem=stem, crop_pct=1.0, notes=(_INFLATE_NOTE.format(image),),
-                       description="8-frame clips, B x C x T x H x W", **kwargs)
+                       **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
@@ -238,13 +243,13 @@ def _variant(name: str, base: dict[str, Any], pretrained: bool, kwargs: dict[str
     return _create(name, pretrained, **{**base, "window_size": 7, **kwargs})
 
 
-@register_family_model("regionvit")
+@register_family_model("regionvit", REGIONVIT_VIDEO)
 def regionvit_video_tiny(pretrained: bool = False, **kwargs: Any) -> VideoRegionViT:
     """Video RegionViT-Ti: RegionViT-Ti with temporal attention on the regional tokens (8-frame clips)."""
     return _variant("regionvit_video_tiny", _image._TINY, pretrained, kwargs)
 
 
-@register_family_model("regionvit")
+@register_family_model("regionvit", REGIONVIT_VIDEO)
 def regionvit_video_small(pretrained: bool = False, **kwargs: Any) -> VideoRegionViT:
     """Video RegionViT-S: RegionViT-S with temporal attention on the regional tokens (8-frame clips)."""
     return _variant("regionvit_video_small", _image._SMALL, pretrained, kwargs)
