@@ -8,9 +8,9 @@ This module adds what torchvision's detectors and a fair comparison with the pap
 * :func:`dense_recipe` -- the architecture settings each family's dense-task results were obtained with
   (RegionViT's ``det_norm``; the Swin-style extra output norms of Focal and LocalViT-Swin, ...);
 * :class:`LocvitFPN` / :func:`create_backbone` -- a ``BackboneWithFPN``-style module (``out_channels``, an
-  ``OrderedDict`` of FPN maps) usable in ``torchvision.models.detection`` Mask R-CNN / Faster R-CNN / RetinaNet, and
-  :func:`mask_rcnn`, :func:`faster_rcnn`, :func:`retinanet`, which build those detectors with anchors and RoI
-  poolers matched to the backbone's levels;
+  ``OrderedDict`` of FPN maps) usable in ``torchvision.models.detection`` Mask R-CNN / Faster R-CNN / RetinaNet /
+  Keypoint R-CNN, and :func:`mask_rcnn`, :func:`faster_rcnn`, :func:`retinanet`, :func:`keypoint_rcnn`, which build
+  those detectors with anchors and RoI poolers matched to the backbone's levels;
 * :func:`load_pretrained` -- a classification checkpoint (the authors' file or ours) into a backbone, through the
   family's ``checkpoint_filter_fn`` (tables resized for the new window / size), non-strictly, with a
   :class:`PretrainedReport` of what was loaded, converted, newly initialised and dropped;
@@ -42,6 +42,7 @@ __all__ = [
     "create_features",
     "dense_recipe",
     "faster_rcnn",
+    "keypoint_rcnn",
     "load_pretrained",
     "mask_rcnn",
     "retinanet",
@@ -339,7 +340,7 @@ def _detector_defaults(backbone: LocvitFPN, kwargs: dict[str, Any]) -> dict[str,
 
 
 def _two_stage(cls_name: str, model_name: str, num_classes: int | None, backbone_kwargs: dict[str, Any],
-               detector_kwargs: dict[str, Any], mask: bool) -> nn.Module:
+               detector_kwargs: dict[str, Any], mask: bool, keypoint: bool = False) -> nn.Module:
     import torchvision.models.detection as tvd
     from torchvision.ops import MultiScaleRoIAlign
 
@@ -350,6 +351,8 @@ def _two_stage(cls_name: str, model_name: str, num_classes: int | None, backbone
     kw.setdefault("box_roi_pool", MultiScaleRoIAlign(backbone.level_names, 7, 2))
     if mask:
         kw.setdefault("mask_roi_pool", MultiScaleRoIAlign(backbone.level_names, 14, 2))
+    if keypoint:
+        kw.setdefault("keypoint_roi_pool", MultiScaleRoIAlign(backbone.level_names, 14, 2))
     if "box_predictor" in kw or "mask_predictor" in kw:
         num_classes = None  # torchvision takes the class count from the predictors then
     return getattr(tvd, cls_name)(backbone, num_classes=num_classes, **kw)
@@ -381,6 +384,23 @@ def faster_rcnn(model_name: str, num_classes: int | None, *, out_indices: Sequen
     backbone_kwargs = dict(out_indices=out_indices, out_channels=out_channels, checkpoint=checkpoint,
                            pretrained=pretrained, recipe=recipe, verbose=verbose, **(model_kwargs or {}))
     return _two_stage("FasterRCNN", model_name, num_classes, backbone_kwargs, detector_kwargs, mask=False)
+
+
+def keypoint_rcnn(model_name: str, num_classes: int | None = 2, *, num_keypoints: int | None = 17,
+                  out_indices: Sequence[int] = (0, 1, 2, 3), out_channels: int = 256,
+                  checkpoint: str | os.PathLike | Mapping[str, Any] | None = None, pretrained: bool = False,
+                  recipe: bool = True, verbose: bool = True, model_kwargs: Mapping[str, Any] | None = None,
+                  **detector_kwargs: Any) -> nn.Module:
+    """``torchvision.models.detection.KeypointRCNN`` on a locvit backbone + FPN (RegionViT's keypoint detection):
+    anchors, RoI poolers and weights (``pretrained`` / ``checkpoint``) as :func:`mask_rcnn`, COCO's 17 person
+    keypoints by default (``num_classes=2``: background and person). With your own ``keypoint_predictor`` pass
+    ``num_keypoints=None``."""
+    backbone_kwargs = dict(out_indices=out_indices, out_channels=out_channels, checkpoint=checkpoint,
+                           pretrained=pretrained, recipe=recipe, verbose=verbose, **(model_kwargs or {}))
+    if num_keypoints is not None and "keypoint_predictor" not in detector_kwargs:
+        detector_kwargs["num_keypoints"] = num_keypoints
+    return _two_stage("KeypointRCNN", model_name, num_classes, backbone_kwargs, detector_kwargs, mask=False,
+                      keypoint=True)
 
 
 def retinanet(model_name: str, num_classes: int, *, out_indices: Sequence[int] = (1, 2, 3),
@@ -446,7 +466,8 @@ def smp_model(
         recipe: pass :func:`dense_recipe`'s model kwargs to the encoder.
         pad_to: wrap in :class:`PadCrop` (inputs of any size); ``None`` returns the bare smp model.
         verbose: print the checkpoint report.
-        **kwargs: for ``smp.create_model`` (decoder settings) and the encoder (model kwargs), as smp splits them.
+        **kwargs: for ``smp.create_model`` (decoder settings) and the encoder (model kwargs), as smp splits them;
+            a model ``depth`` (which smp reserves for itself) included.
     """
     import locvit  # noqa: F401  (registers the names with timm before smp looks them up)
 
@@ -459,9 +480,26 @@ def smp_model(
         kwargs = {**dense_recipe(model_name).model_kwargs, **kwargs}
     if pretrained and checkpoint is not None:
         raise ValueError("pass pretrained=True (the published weights) or checkpoint=FILE, not both")
+    # smp hands the encoder its own `depth` (how many stages to return), so a model's `depth` (RegionViT's blocks
+    # per stage) cannot travel with the other encoder keywords: the encoder is rebuilt with it below
+    model_depth = kwargs.pop("depth", None)
     # smp hands encoder_weights to timm as pretrained=True for tu- encoders
     model = smp.create_model(arch, encoder_name=f"tu-{model_name}", encoder_weights=True if pretrained else None,
                              classes=classes, **kwargs)
+    if model_depth is not None:
+        import inspect
+
+        from locvit._registry import create_model
+
+        smp_args = set(inspect.signature(type(model).__init__).parameters)
+        encoder_kwargs = {k: v for k, v in kwargs.items() if k not in smp_args}
+        built = model.encoder.model
+        model.encoder.model = create_model(model_name, features_only=True, in_chans=kwargs.get("in_channels", 3),
+                                           out_indices=tuple(built.feature_info.out_indices), depth=model_depth,
+                                           pretrained=pretrained, **encoder_kwargs)
+        if model.encoder.model.feature_info.channels() != built.feature_info.channels():
+            raise ValueError(f"{model_name} with depth={model_depth} changes its channels; smp's decoder was built "
+                             "for the others")
     if pretrained:
         model.load_report = model.encoder.model.load_report
         if verbose:

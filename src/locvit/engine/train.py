@@ -30,10 +30,11 @@ from locvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from locvit.data.datasets import build_dataset, check_readable
 from locvit.data.loader import build_loader, build_transform, steps_per_epoch
 from locvit.data.video import build_video_dataset, clip_eval_transform, clip_train_transform
-from locvit.engine.config import TrainConfig, resume_differences, save_config
+from locvit.engine.config import TrainConfig, check_resume, save_config
 from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
 from locvit.engine.evaluate import evaluate
 from locvit.engine.logger import RunLogger
+from locvit.engine.step import optimizer_step
 from locvit.engine.video import check_task, mix_batch, video_data_kwargs
 from locvit.runtime import seed_all
 
@@ -138,12 +139,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     resume_from = find_resume(cfg.resume, run_dir) if cfg.resume else None
     if resume_from is not None:  # refuse before any work when the run was another one
         head = torch.load(resume_from, map_location="cpu", weights_only=True, mmap=True)
-        saved = dict(head.get("config") or {}, world_size=head.get("world_size", 1))
-        diffs = resume_differences(saved, dict(cfg.to_dict(), world_size=dist.world))
-        if diffs and not cfg.allow_config_change:
-            raise ValueError(f"{resume_from} belongs to a run with other settings ({'; '.join(diffs)}), so resuming "
-                             "would not continue it: use the run's settings, another --output for a new run, or "
-                             "--allow-config-change to resume anyway")
+        saved = check_resume(resume_from, head, cfg.to_dict(), dist.world, cfg.allow_config_change)
         del head
     if main:
         check_writable(run_dir)
@@ -319,14 +315,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
                         f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step_in_epoch} (global step "
                         f"{global_step + 1}); training stopped, {kept}. Lower --lr, set --clip-grad or check the "
                         "data")
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler(loss, optimizer, clip_grad=cfg.clip_grad, parameters=model.parameters())
-                else:
-                    loss.backward()
-                    if cfg.clip_grad:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    optimizer.step()
+                optimizer_step(loss, optimizer, scaler, cfg.clip_grad, model.parameters())
                 if ema is not None:
                     ema.update(model, step=global_step)
                 tot.loss_sum += loss.item() * images.shape[0]
