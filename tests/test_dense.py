@@ -22,6 +22,7 @@ from locvit import dense
 # that its distinctive settings (window 14, PEG, conv stems, SR ratios, ...) stay.
 TINY = {
     "regionvit": dict(embed_dim=(16, 32, 64, 128), depth=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), mlp_ratio=2.0),
+    "regionvit_video": dict(embed_dim=(16, 32, 64, 128), depth=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), mlp_ratio=2.0),
     "focal": dict(embed_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), mlp_ratio=2.0),
     "focal_v2": dict(embed_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), mlp_ratio=2.0, focal_topk=24),
     "vvt": dict(embed_dims=(8, 16, 16, 32), num_heads=(1, 2, 2, 4), depths=(1, 1, 1, 1), mlp_ratios=(2, 2, 2, 2)),

@@ -159,7 +159,7 @@ def _eval(p: argparse.ArgumentParser):
     p.add_argument("--checkpoint", help="weights: the authors' release file or ours (.safetensors)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
     p.add_argument("--data", required=True, help="folder (its val/ split, or class folders), 'digits', "
-                   "'cifar10[:ROOT]' or 'cifar100[:ROOT]'")
+                   "'cifar10[:ROOT]' or 'cifar100[:ROOT]'; with --task video a folder of clips or 'motion'")
     p.add_argument("--split", default="val", choices=["train", "val"])
     p.add_argument("--img-size", type=int, help="input size (default: the model's pretrained cfg)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -167,20 +167,48 @@ def _eval(p: argparse.ArgumentParser):
     p.add_argument("--num-classes", type=int, help="default: the checkpoint's head, else the dataset's classes")
     p.add_argument("--device", default=None)
     p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
+    _add_video_args(p, test=True)
 
     def run(a: argparse.Namespace) -> int:
         from locvit.engine.evaluate import evaluate_model
+        from locvit.engine.video import check_task, video_data_kwargs
 
+        video = None
+        if check_task(a.task):
+            video = dict(video_data_kwargs(a.num_frames, a.frame_sampling, a.frame_stride, a.test_clips),
+                         crops=a.test_crops)
         res = evaluate_model(a.model, a.data, checkpoint=a.checkpoint, split=a.split, img_size=a.img_size,
                              batch_size=a.batch_size, workers=a.workers, num_classes=a.num_classes,
                              device=a.device, trust_pickle=a.trust_checkpoint,
-                             model_kwargs=_parse_kv(a.model_kwargs), progress=True)
+                             model_kwargs=_parse_kv(a.model_kwargs), progress=True, video=video)
+        if video:
+            print(f"{a.model} on {a.data} ({a.split}, {res['images']} videos, {a.test_clips} clips x {a.test_crops} "
+                  f"crops of {a.num_frames} frames): top-1 {res['top1']:.2f}  top-5 {res['top5']:.2f}  "
+                  f"loss {res['loss']:.4f}" + (f"  ({res['skipped']} unreadable videos skipped)" if res["skipped"]
+                                               else ""))
+            return 0
         print(f"{a.model} on {a.data} ({a.split}, {res['images']} images): top-1 {res['top1']:.2f}  "
               f"top-5 {res['top5']:.2f}  loss {res['loss']:.4f}"
               + (f"  ({res['skipped']} unreadable images skipped)" if res["skipped"] else ""))
         return 0
 
     return run
+
+
+def _add_video_args(p: argparse.ArgumentParser, test: bool = False) -> None:
+    """``--task video`` and the clip sampling flags (``locvit.data.video``); defaults as in training."""
+    from locvit.engine.config import TrainConfig as D
+
+    p.add_argument("--task", default=D.task, choices=["classify", "video"],
+                   help="video: clips (folders of video files or frame folders, or 'motion') for a video model")
+    p.add_argument("--num-frames", type=int, default=D.num_frames, help="video: frames per clip")
+    p.add_argument("--frame-sampling", default=D.frame_sampling, choices=["uniform", "dense"],
+                   help="video: one frame per equal segment (uniform) or frames --frame-stride apart (dense)")
+    p.add_argument("--frame-stride", type=int, default=D.frame_stride, help="video: frame step of dense sampling")
+    if test:
+        p.add_argument("--test-clips", type=int, default=1, help="video: temporal clips per video (scores averaged)")
+        p.add_argument("--test-crops", type=int, default=1,
+                       help="video: spatial crops per clip, spread along the longer side (3: both ends and the centre)")
 
 
 def _expand_models(patterns: list[str]) -> list[str]:
@@ -208,6 +236,8 @@ def _sizes(values: list[int] | None) -> list[tuple[int, int]]:
 def _flops(p: argparse.ArgumentParser):
     p.add_argument("--model", nargs="+", required=True, help="names or wildcards")
     p.add_argument("--img-size", type=int, nargs="+", default=None, help="square sides (default: model's)")
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="frames per clip for video models (default: the model's); FLOPs are per clip")
     p.add_argument("--csv", help="also write the table as CSV")
     p.add_argument("--paper-table", metavar="MD", help="write a markdown table against the official/README figures")
     p.add_argument("--official-counts", metavar="JSON",
@@ -216,6 +246,7 @@ def _flops(p: argparse.ArgumentParser):
     def run(a: argparse.Namespace) -> int:
         from locvit._registry import create_model
         from locvit.bench.flops import COUNTER, count_flops
+        from locvit.models._helpers import clip_length
 
         if a.paper_table:
             import json
@@ -245,13 +276,15 @@ def _flops(p: argparse.ArgumentParser):
                 kw = {"img_size": size} if size else {}
                 model = create_model(name, **kw)
                 res = model.pretrained_cfg["input_size"][-1] if size is None else size
-                fc = count_flops(model, (3, res, res))
-                rows.append(dict(model=name, img_size=res, params_m=round(fc.params / 1e6, 3),
+                frames = (a.num_frames or clip_length(model)) if clip_length(model) else None
+                fc = count_flops(model, (3, frames, res, res) if frames else (3, res, res))
+                rows.append(dict(model=name, img_size=res, num_frames=frames or "",
+                                 input=f"{frames}x{res}" if frames else str(res), params_m=round(fc.params / 1e6, 3),
                                  gmacs=round(fc.gmacs, 3), gflops=round(fc.gflops, 3)))
-        print(f"counter: {COUNTER}")
+        print(f"counter: {COUNTER} (video models: per clip of T frames, input TxS)")
         print(f"{'model':36s} {'input':>7s} {'params (M)':>11s} {'GMACs':>9s} {'GFLOPs':>9s}")
         for r in rows:
-            print(f"{r['model']:36s} {r['img_size']:7d} {r['params_m']:11.2f} {r['gmacs']:9.2f} {r['gflops']:9.2f}")
+            print(f"{r['model']:36s} {r['input']:>7s} {r['params_m']:11.2f} {r['gmacs']:9.2f} {r['gflops']:9.2f}")
         if a.csv:
             from locvit.bench.sweep import write_csv
 
@@ -268,6 +301,8 @@ def _bench(p: argparse.ArgumentParser):
     p.add_argument("--vs", help="a second model run interleaved with each --model; prints speed ratios")
     p.add_argument("--img-size", type=int, nargs="+", default=[224], help="square sides")
     p.add_argument("--batch-size", type=int, nargs="+", default=[8])
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="frames per clip for video models (default: the model's); rates are then clips/s")
     p.add_argument("--mode", nargs="+", default=["infer"], choices=["infer", "train", "latency"],
                    help="latency = inference at batch 1")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
@@ -321,10 +356,10 @@ def _bench(p: argparse.ArgumentParser):
                     for bs in ([1] if mode == "latency" else a.batch_size):
                         m = "infer" if mode == "latency" else mode
                         spec = tp.BenchSpec(name, bs, size, m, a.device, a.threads, a.channels_last, a.compile,
-                                            a.amp)
+                                            a.amp, num_frames=a.num_frames)
                         if a.vs:
                             vs = tp.BenchSpec(a.vs, bs, size, m, a.device, a.threads, a.channels_last, a.compile,
-                                              a.amp)
+                                              a.amp, num_frames=a.num_frames)
                             ra, rb, ratio = tp.benchmark_pair(spec, vs, a.warmup, a.runs, not a.no_memory)
                             for r in (ra, rb):
                                 row = r.row()
@@ -337,7 +372,7 @@ def _bench(p: argparse.ArgumentParser):
                             from locvit._registry import create_model
                             from locvit.bench.flops import count_flops
 
-                            gm = count_flops(create_model(name), (3, *size)).gmacs
+                            gm = count_flops(create_model(name), rows[-1]["input_shape"]).gmacs
                             for r in rows[-2 if a.vs else -1:]:
                                 if r["model"] == name:
                                     r["peak_share"] = 2 * gm * r["images_per_s"] / peak
@@ -361,8 +396,12 @@ def _print_row(r: dict, vs: str | None) -> None:
     extra = f"  x{r['ratio']:.2f} vs {r['vs']}" if vs else ""
     mem = f"  peak {r['peak_mem_mb']:.0f} MB" if r.get("peak_mem_mb") is not None else ""
     share = f"  {100 * r['peak_share']:.0f}% of matmul peak" if r.get("peak_share") else ""
-    print(f"{r['model']:34s} {r['mode']:5s} bs {r['batch_size']:3d} {r['img_size']:>9s}  "
-          f"{r['images_per_s']:8.1f} img/s ({r['spread']})  {r['step_ms']:8.1f} ms/step{mem}{extra}{share}", flush=True)
+    size, unit = r["img_size"], "img/s"
+    if r.get("num_frames"):  # a video model: clips of T frames
+        size, unit = f"{r['num_frames']}x{size}", "clip/s"
+    print(f"{r['model']:34s} {r['mode']:5s} bs {r['batch_size']:3d} {size:>9s}  "
+          f"{r['images_per_s']:8.1f} {unit} ({r['spread']})  {r['step_ms']:8.1f} ms/step{mem}{extra}{share}",
+          flush=True)
 
 
 # --- locvit detect / segment ----------------------------------------------------------------------------------

@@ -34,9 +34,12 @@ def load_stats(path: Path = STATS_FILE) -> dict[str, dict[str, Any]]:
 def count_model(name: str, flops: bool = True) -> dict[str, Any]:
     """Build ``name`` at its default size and count its parameters (and GMACs)."""
     from locvit.bench.flops import count_flops, count_params
+    from locvit.models._helpers import clip_length
 
     model = timm.create_model(name)
     size = tuple(model.pretrained_cfg["input_size"])
+    if clip_length(model):  # a video model: one clip of its nominal length, C x T x H x W
+        size = (size[0], clip_length(model), *size[1:])
     row: dict[str, Any] = dict(params=count_params(model), input_size=list(size))
     if flops:
         row["gmacs"] = round(count_flops(model, size).gmacs, 4)
@@ -84,7 +87,7 @@ def model_table(patterns: list[str] | str = "*", include_aliases: bool = False, 
             name=name,
             family=family_of(name),
             params_m=st["params"] / 1e6,
-            input_size=f"{size[1]}x{size[2]}",
+            input_size="x".join(str(v) for v in size[1:]),
             **weights_column(cfg),
             aliases=", ".join(sorted(a for a, c in ALIASES.items() if c == name)),
         )

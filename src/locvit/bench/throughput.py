@@ -32,6 +32,7 @@ class BenchSpec:
     compile: bool = False
     amp: str | None = None              # None | bf16 | fp16
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_frames: int | None = None       # video models: frames per clip (default: the model's)
 
 
 @dataclass
@@ -52,6 +53,8 @@ class BenchResult:
     peak_mem_mb: float | None = None
     params_m: float | None = None
     malloc_tuned: bool = False          # locvit.runtime.tune_cpu_allocator was in effect
+    num_frames: int | None = None       # video models: frames per clip; images_per_s then counts clips
+    input_shape: tuple[int, ...] = ()   # one sample: (C, H, W) or (C, T, H, W)
 
     def row(self) -> dict[str, Any]:
         d = asdict(self)
@@ -87,7 +90,12 @@ class Runner:
         fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
         if spec.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.x = torch.randn(spec.batch_size, 3, *spec.img_size, device=self.device).contiguous(memory_format=fmt)
+        from locvit.models._helpers import clip_length
+
+        self.num_frames = (spec.num_frames or clip_length(model)) if clip_length(model) else None
+        self.input_shape = (3, self.num_frames, *spec.img_size) if self.num_frames else (3, *spec.img_size)
+        x = torch.randn(spec.batch_size, *self.input_shape, device=self.device)
+        self.x = x if self.num_frames else x.contiguous(memory_format=fmt)
         self.autocast: Callable[[], Any] = contextlib.nullcontext
         if spec.amp:
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[spec.amp]
@@ -173,7 +181,8 @@ def _result(r: Runner, times: list[float], mem: float | None) -> BenchResult:
         device=str(r.device), threads=torch.get_num_threads(), amp=s.amp or "fp32", compile=s.compile,
         channels_last=s.channels_last, images_per_s=s.batch_size / med,
         spread=(s.batch_size / max(times), s.batch_size / min(times)), step_ms=1000 * med, runs=len(times),
-        peak_mem_mb=mem, params_m=r.params / 1e6, malloc_tuned=allocator_settings() is not None)
+        peak_mem_mb=mem, params_m=r.params / 1e6, malloc_tuned=allocator_settings() is not None,
+        num_frames=r.num_frames, input_shape=r.input_shape)
 
 
 def benchmark(spec: BenchSpec, warmup: int = 2, runs: int = 5, memory: bool = True) -> BenchResult:

@@ -30,6 +30,11 @@ class TrainConfig:
     num_classes: int | None = None         # default: the dataset's class count
     img_size: int | None = None            # default: the model's pretrained cfg
     output: str = "runs/train"
+    # video (--task video): clips B x C x T x H x W from locvit.data.video
+    task: str = "classify"                 # classify (images) | video (clips)
+    num_frames: int = 8                    # frames per clip
+    frame_sampling: str = "uniform"        # uniform (one frame per segment, TSN) | dense (stride apart, SlowFast)
+    frame_stride: int = 4                  # frame step of dense sampling
     # schedule and optimiser (DeiT/Swin recipe)
     epochs: int = 300
     batch_size: int = 128                  # per process
@@ -120,6 +125,11 @@ class TrainConfig:
         need(self.clip_grad is None or self.clip_grad > 0, f"--clip-grad must be positive, got {self.clip_grad}")
         need(not (self.pretrained and self.checkpoint),
              "pass --pretrained (the published weights) or --checkpoint FILE, not both")
+        need(self.task in ("classify", "video"), f"--task must be classify or video, got {self.task!r}")
+        need(self.num_frames >= 1, f"--num-frames must be at least 1, got {self.num_frames}")
+        need(self.frame_sampling in ("uniform", "dense"),
+             f"--frame-sampling must be uniform or dense, got {self.frame_sampling!r}")
+        need(self.frame_stride >= 1, f"--frame-stride must be at least 1, got {self.frame_stride}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -213,7 +223,7 @@ def build_config(config: str | None = None, overrides: dict[str, Any] | None = N
 # What must stay the same for a resumed run to continue the interrupted one (the order and content of its batches,
 # the model whose state is restored).
 RESUME_INVARIANTS = ("model", "model_kwargs", "data", "img_size", "num_classes", "batch_size", "seed",
-                     "repeated_aug", "world_size")
+                     "repeated_aug", "world_size", "task", "num_frames", "frame_sampling", "frame_stride")
 
 
 def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

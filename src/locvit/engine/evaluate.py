@@ -54,9 +54,14 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocas
 def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, split: str = "val",
                    img_size: int | None = None, batch_size: int = 64, workers: int | None = None,
                    num_classes: int | None = None, device: str | None = None, trust_pickle: bool = False,
-                   model_kwargs: dict[str, Any] | None = None, progress: bool = False) -> dict[str, float]:
+                   model_kwargs: dict[str, Any] | None = None, progress: bool = False,
+                   video: dict[str, Any] | None = None) -> dict[str, float]:
     """Build ``model_name``, load ``checkpoint`` strictly (official release files included) and evaluate it on
     ``data`` with the model's own preprocessing (input size, crop, interpolation, mean/std of its cfg).
+
+    ``video``: evaluate a clip model on a clip dataset (:mod:`locvit.data.video`) with the sampling arguments
+    ``num_frames``, ``sampling``, ``frame_stride``, ``num_clips`` and ``crops`` (views per video = clips x crops;
+    scores averaged over them).
 
     Raises ``ValueError`` when the model's outputs are not finite (NaN weights or an input it cannot take)."""
     from timm.data import resolve_data_config
@@ -64,19 +69,29 @@ def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, sp
     from locvit._registry import create_model
     from locvit.data.datasets import build_dataset, check_readable
     from locvit.data.loader import build_loader, build_transform, default_workers
+    from locvit.data.video import build_video_dataset, clip_eval_transform
+    from locvit.engine.video import MultiViewModel
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    dataset = build_dataset(data, split)
+    video = dict(video) if video is not None else None
+    crops = video.pop("crops", 1) if video is not None else 1
+    dataset = build_dataset(data, split) if video is None else build_video_dataset(data, split, training=False, **video)
     check_readable(dataset)
     if num_classes is None and checkpoint is None:
         num_classes = len(dataset.classes)
+    model_kwargs = dict(model_kwargs or {})
+    if video is not None:
+        model_kwargs.setdefault("num_frames", video["num_frames"])
     model = create_model(model_name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size,
-                         trust_pickle=trust_pickle, **(model_kwargs or {}))
+                         trust_pickle=trust_pickle, **model_kwargs)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     data_cfg = resolve_data_config({"input_size": (3, img_size, img_size)} if img_size else {}, model=model)
     dataset.transform = build_transform(data_cfg, training=False)
+    if video is not None:
+        dataset.transform = clip_eval_transform(dataset.transform, crops)
+        model = MultiViewModel(model, chunk=batch_size)
     loader = build_loader(dataset, batch_size, training=False,
                           workers=default_workers() if workers is None else workers)
     res = evaluate(model, loader, dev, progress=progress)

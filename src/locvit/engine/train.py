@@ -29,11 +29,13 @@ from locvit._registry import create_model
 from locvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from locvit.data.datasets import build_dataset, check_readable
 from locvit.data.loader import build_loader, build_transform, steps_per_epoch
+from locvit.data.video import build_video_dataset, clip_eval_transform, clip_train_transform
 from locvit.engine.config import TrainConfig, check_resume, save_config
 from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
 from locvit.engine.evaluate import evaluate
 from locvit.engine.logger import RunLogger
 from locvit.engine.step import optimizer_step
+from locvit.engine.video import check_task, mix_batch, video_data_kwargs
 from locvit.runtime import seed_all
 
 
@@ -145,9 +147,12 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     _seed_step(cfg.seed, 0, dist.rank)
 
     # data (classes first: they size the head)
-    train_set = build_dataset(cfg.data, "train", seed=cfg.seed)
+    video = check_task(cfg.task)
+    make_dataset = build_video_dataset if video else build_dataset
+    vkw = video_data_kwargs(cfg.num_frames, cfg.frame_sampling, cfg.frame_stride) if video else {}
+    train_set = make_dataset(cfg.data, "train", seed=cfg.seed, **vkw)
     class_to_idx = getattr(train_set, "class_to_idx", None)
-    val_set = build_dataset(cfg.data, "val", seed=cfg.seed, class_to_idx=class_to_idx)
+    val_set = make_dataset(cfg.data, "val", seed=cfg.seed, class_to_idx=class_to_idx, **vkw)
     check_readable(train_set)
     num_classes = cfg.num_classes or len(train_set.classes)
 
@@ -155,6 +160,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     kwargs = dict(cfg.model_kwargs)
     if cfg.img_size:
         kwargs["img_size"] = cfg.img_size
+    if video:
+        kwargs.setdefault("num_frames", cfg.num_frames)
     pretrained = cfg.pretrained and resume_from is None
     if pretrained and dist.distributed and not main:
         barrier()  # the main process downloads into the cache first; the others then read the cached file
@@ -180,6 +187,9 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
                                    model=model)
     train_set.transform = build_transform(data_cfg, True, cfg.augmentation())
     val_set.transform = build_transform(data_cfg, False)
+    if video:  # the same augmentation draws for every frame of a clip; validation: one centre view per video
+        train_set.transform = clip_train_transform(train_set.transform)
+        val_set.transform = clip_eval_transform(val_set.transform)
     train_loader = build_loader(train_set, cfg.batch_size, True, cfg.workers, cfg.seed, dist.rank, dist.world,
                                 repeats=cfg.repeated_aug)
     val_loader = build_loader(val_set, cfg.batch_size, False, cfg.workers, cfg.seed, dist.rank, dist.world)
@@ -294,7 +304,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
                 if mixup is not None:
                     if images.shape[0] % 2:  # mixup pairs samples: drop one after skipped unreadable images
                         images, targets = images[:-1], targets[:-1]
-                    images, targets = mixup(images, targets)
+                    images, targets = mix_batch(mixup, images, targets)
                 with autocast():
                     loss = criterion(net(images), targets)
                 if not torch.isfinite(loss).all():

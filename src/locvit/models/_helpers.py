@@ -212,3 +212,9 @@ class ClassTokenBlocks(PrunableBlocks):
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
+
+
+def clip_length(model: nn.Module) -> int | None:
+    """The nominal number of frames of a video model (its ``num_frames``), None for an image model."""
+    n = getattr(model, "num_frames", None)
+    return n if isinstance(n, int) and not isinstance(n, bool) else None

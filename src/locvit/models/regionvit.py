@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import re
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -296,6 +296,7 @@ class RegionViTStage(nn.Module):
         peg: bool = False,
         det_norm: bool = False,
         corrected_mask: bool = False,
+        block_fn: Callable[..., nn.Module] = R2LBlock,
     ):
         super().__init__()
         self.window_size = window_size
@@ -305,7 +306,7 @@ class RegionViTStage(nn.Module):
         self.downsample = nn.Identity() if identity else Projection(in_dim, dim, downsampling)
         dpr = list(drop_path) or [0.0] * depth
         self.blocks = nn.ModuleList([
-            R2LBlock(dim, num_heads, window_size, mlp_ratio, qkv_bias, qk_scale, proj_drop, attn_drop, dpr[i],
+            block_fn(dim, num_heads, window_size, mlp_ratio, qkv_bias, qk_scale, proj_drop, attn_drop, dpr[i],
                      norm_layer)
             for i in range(depth)
         ])
@@ -324,14 +325,16 @@ class RegionViTStage(nn.Module):
         return self._masks.get_or_build(
             (grid, pad, device), lambda: r2l_window_mask(grid, pad, ws, self.corrected_mask, device).unsqueeze(1))
 
-    def _run(self, blk: nn.Module, x: Tensor, num_windows: int, mask: Tensor | None, regional_only: bool) -> Tensor:
+    def _run(self, blk: nn.Module, x: Tensor, num_windows: int, mask: Tensor | None, regional_only: bool,
+             block_kwargs: dict[str, Any]) -> Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x, num_windows, mask, regional_only)
-        return blk(x, num_windows, mask, regional_only)
+            return checkpoint(blk, x, num_windows, mask, regional_only, **block_kwargs)
+        return blk(x, num_windows, mask, regional_only, **block_kwargs)
 
-    def forward(self, region: Tensor, local: Tensor, need_local: bool = True) -> tuple[Tensor, Tensor | None]:
+    def forward(self, region: Tensor, local: Tensor, need_local: bool = True, **block_kwargs: Any
+                ) -> tuple[Tensor, Tensor | None]:
         """``B x C x H x W`` maps in and out. ``need_local=False`` skips what only the output local map needs
-        (it is returned as None)."""
+        (it is returned as None). ``block_kwargs`` go to every block (e.g. ``num_frames`` for video blocks)."""
         region, local = self.downsample(region), self.downsample(local)
         grid, size, ws = tuple(region.shape[-2:]), tuple(local.shape[-2:]), self.window_size
         x, pad = to_windows(region, local, ws)
@@ -340,9 +343,9 @@ class RegionViTStage(nn.Module):
         for i, blk in enumerate(self.blocks):
             pegged = i == 0 and self.peg is not None
             if i == len(self.blocks) - 1 and not need_local and not pegged:
-                r = self._run(blk, x, num_windows, mask, True)
+                r = self._run(blk, x, num_windows, mask, True, block_kwargs)
                 return r.reshape(-1, grid[0], grid[1], r.shape[-1]).permute(0, 3, 1, 2), None
-            x = self._run(blk, x, num_windows, mask, False)
+            x = self._run(blk, x, num_windows, mask, False, block_kwargs)
             if pegged:
                 region, local = to_maps(x, grid, size, ws)
                 x, _ = to_windows(region + self.peg(region), local + self.peg(local), ws)
@@ -425,6 +428,8 @@ class RegionViT(nn.Module):
         drop_rate, attn_drop_rate, drop_path_rate: regularisation as in the official code (``drop_rate``: after
             the stem, in the MLPs and after the attention projections).
         head_drop_rate: dropout before the classifier (not in the official model).
+        block_fn: the R2L block class (called with :class:`R2LBlock`'s arguments); subclasses extend the block
+            (the video model's temporal attention).
     """
 
     def __init__(
@@ -452,6 +457,7 @@ class RegionViT(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         head_drop_rate: float = 0.0,
+        block_fn: Callable[..., nn.Module] = R2LBlock,
     ):
         super().__init__()
         if global_pool not in ("avg", ""):
@@ -486,7 +492,7 @@ class RegionViT(nn.Module):
             self.stages.append(RegionViTStage(
                 in_dim, embed_dim[i], depth[i], num_heads[i], window_size[i], downsampling[i], mlp_ratio[i],
                 qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[start:start + depth[i]], norm_layer, peg,
-                det_norm, corrected_mask,
+                det_norm, corrected_mask, block_fn,
             ))
             stride *= 2 if downsampling[i] == "sc" else 1
             self.feature_info.append(dict(num_chs=embed_dim[i], reduction=stride, module=f"stages.{i}"))

@@ -1,0 +1,255 @@
+"""Video RegionViT: RegionViT for action recognition, with divided space-time attention on the regional tokens.
+
+The RegionViT paper lists action recognition (Kinetics-400, Something-Something v2) among its tasks, but no video
+code or weights were released, and the paper's description of its video model could not be retrieved. This model
+extends the image network the way TimeSformer (Bertasius et al., "Is Space-Time Attention All You Need for Video
+Understanding?") extends ViT, on the tokens where RegionViT keeps its global context -- the regional ones -- so the
+extra cost is small (docs/models/regionvit.md, *Video*, gives every choice and its reason):
+
+* every frame goes through the image stems and stages (frames folded into the batch);
+* every R2L block first runs **temporal attention** over the ``T`` regional tokens that sit at the same place in
+  each frame, ``r + DP(fc(attn_t(LN(r + time_embed))))``, then the image block unchanged (regional attention
+  within the frame, local window attention, MLP);
+* classification averages the final regional tokens over positions *and* frames.
+
+The time embedding and ``fc`` start at zero (TimeSformer zeroes its ``temporal_fc``), so a freshly built or
+inflated model computes exactly the image model on every frame and averages: at ``T = 1`` the image model's
+logits, at ``T > 1`` the frame-averaged image model's. Inflating an image checkpoint also copies each block's
+regional attention and its norm into the temporal attention and norm, as TimeSformer does.
+
+Inputs are ``B x C x T x H x W`` clips, any ``T >= 1`` and any ``H x W`` the image model takes; a
+``B x C x H x W`` batch is taken as one-frame clips. ``temporal=False`` builds the frame-averaged image model
+(no temporal parameters), the baseline a temporal model has to beat.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.models import generate_default_cfgs
+from timm.models._features import feature_take_indices
+from torch import Tensor, nn
+
+from locvit.layers.attention import Attention
+from locvit.models import regionvit as _image
+from locvit.models._helpers import build_model
+from locvit.models._registry import ModelSpec, register_family_model
+from locvit.models.regionvit import R2LBlock, RegionViT
+
+__all__ = ["VideoR2LBlock", "VideoRegionViT", "checkpoint_filter_fn"]
+
+
+class VideoR2LBlock(R2LBlock):
+    """An R2L block preceded by TimeSformer's temporal attention over each regional token's ``T`` frames:
+    ``r + DP(temporal_fc(temporal_attn(temporal_norm(r + temporal_embed))))``.
+
+    ``temporal_embed`` is a learned time embedding of ``num_frames`` positions (resampled linearly for other clip
+    lengths, as TimeSformer resamples its own), added to the temporal attention's input only. Takes
+    :class:`~locvit.models.regionvit.R2LBlock`'s arguments and ``num_frames``. :meth:`init_temporal` zeroes
+    ``temporal_fc`` and the time embedding, so the block starts as the image block on every frame.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 qk_scale: float | None = None, proj_drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0, norm_layer: type[nn.Module] = nn.LayerNorm, num_frames: int = 8):
+        super().__init__(dim, num_heads, window_size, mlp_ratio, qkv_bias, qk_scale, proj_drop, attn_drop,
+                         drop_path, norm_layer)
+        self.temporal_embed = nn.Parameter(torch.zeros(1, num_frames, dim))
+        self.temporal_norm = norm_layer(dim)
+        self.temporal_attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop)
+        self.temporal_fc = nn.Linear(dim, dim)
+        self.init_temporal()
+
+    def init_temporal(self) -> None:
+        """Zero the time embedding and the attention's output layer (TimeSformer's ``temporal_fc``): the block then
+        equals the image block on every frame."""
+        nn.init.zeros_(self.temporal_embed)
+        nn.init.zeros_(self.temporal_fc.weight)
+        nn.init.zeros_(self.temporal_fc.bias)
+
+    def temporal(self, r: Tensor) -> Tensor:
+        """The temporal step on ``N x T x C`` sequences of one regional token's frames."""
+        return r + self.drop_path(self.temporal_fc(self.temporal_attn(self.temporal_norm(
+            r + resample_time(self.temporal_embed, r.shape[1]).to(r.dtype)))))
+
+    def forward(self, x: Tensor, num_windows: int, mask: Tensor | None = None, regional_only: bool = False,
+                num_frames: int = 1) -> Tensor:
+        """``x``: ``(B*T*nW) x (1+ws²) x C`` windows, frames major to windows (``num_frames`` = T)."""
+        BW, N, C = x.shape
+        T, nW = num_frames, num_windows
+        # the regional token of one place across the frames: (B*nW) x T x C
+        r = self.temporal(x[:, 0].reshape(BW // (T * nW), T, nW, C).transpose(1, 2).reshape(-1, T, C))
+        r = r.reshape(-1, nW, T, C).transpose(1, 2).reshape(BW, 1, C)
+        return super().forward(torch.cat([r, x[:, 1:]], dim=1), num_windows, mask, regional_only)
+
+
+def resample_time(embed: Tensor, num_frames: int) -> Tensor:
+    """A ``1 x T0 x C`` time embedding at ``num_frames`` positions (linear interpolation; unchanged when equal)."""
+    if embed.shape[1] == num_frames:
+        return embed
+    return F.interpolate(embed.transpose(1, 2), size=num_frames, mode="linear", align_corners=False).transpose(1, 2)
+
+
+class VideoRegionViT(RegionViT):
+    """RegionViT on ``B x C x T x H x W`` clips (see the module docstring).
+
+    Args:
+        num_frames: nominal clip length: the positions of the time embeddings (other lengths resample them) and
+            what data loading, FLOP counts and benchmarks use by default.
+        temporal: add the temporal attention; ``False`` gives the frame-averaged image model.
+        **kwargs: :class:`~locvit.models.regionvit.RegionViT`'s arguments.
+    """
+
+    def __init__(self, num_frames: int = 8, temporal: bool = True, **kwargs: Any):
+        if "block_fn" in kwargs:
+            raise ValueError("VideoRegionViT chooses its block itself (temporal=True or False)")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        block = partial(VideoR2LBlock, num_frames=num_frames) if temporal else R2LBlock
+        super().__init__(block_fn=block, **kwargs)
+        self.num_frames = num_frames
+        self.temporal = temporal
+        for m in self.modules():
+            if isinstance(m, VideoR2LBlock):
+                m.init_temporal()  # after RegionViT's initialisation of every Linear
+
+    # --- forward ---------------------------------------------------------------------------------------------------
+    def _clip_stems(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
+        """Clips (or images) -> per-frame regional and local maps ``(B*T) x C x h x w`` and ``T``."""
+        if x.ndim == 4:
+            T = 1
+        elif x.ndim == 5:
+            B, C, T = x.shape[:3]
+            if C != self.in_chans:
+                raise ValueError(f"{type(self).__name__} expects {self.in_chans} input channels, got {C} (clip shape "
+                                 f"{tuple(x.shape)}, expected B x C x T x H x W); build it with in_chans={C} or "
+                                 "convert the frames")
+            if T < 1:
+                raise ValueError(f"a clip needs at least one frame, got shape {tuple(x.shape)}")
+            x = x.transpose(1, 2).reshape(B * T, C, *x.shape[-2:])
+        else:
+            raise ValueError(f"{type(self).__name__} expects a clip batch B x {self.in_chans} x T x H x W (or an "
+                             f"image batch B x {self.in_chans} x H x W), got shape {tuple(x.shape)}")
+        region, local = self._stems(x)
+        return region, local, T
+
+    def _frames_to_clips(self, tokens: Tensor, T: int, clip: bool) -> Tensor:
+        """``(B*T) x N x C`` per-frame tokens -> ``B x (T*N) x C`` (frame-major); unchanged for image input."""
+        return tokens.reshape(-1, T * tokens.shape[1], tokens.shape[2]) if clip else tokens
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Normalised final regional tokens of every frame, ``B x (T*Hr*Wr) x C`` (frame-major); for an image batch
+        ``B x (Hr*Wr) x C`` as the image model."""
+        region, local, T = self._clip_stems(x)
+        for i, stage in enumerate(self.stages):
+            region, local = stage(region, local, need_local=i < len(self.stages) - 1, **self._block_kwargs(T))
+        return self._frames_to_clips(self._final_tokens(region), T, x.ndim == 5)
+
+    def _block_kwargs(self, T: int) -> dict[str, int]:
+        return {"num_frames": T} if self.temporal else {}
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """The local-token maps of the stages (strides 4/8/16/32): ``B x C x T x h x w`` for clips (``'NCHW'``; the
+        name timm's interface uses) or ``B x T x h x w x C`` (``'NHWC'``); for an image batch the image model's
+        ``B x C x h x w`` maps."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        region, local, T = self._clip_stems(x)
+        clip = x.ndim == 5
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        intermediates = []
+        for i, stage in enumerate(stages):
+            region, local = stage(region, local, need_local=i < len(self.stages) - 1 or i in take_indices,
+                                  **self._block_kwargs(T))
+            if i in take_indices:
+                y = local.unflatten(0, (-1, T)) if clip else local  # B x T x C x h x w
+                if output_fmt == "NCHW":
+                    intermediates.append(y.transpose(1, 2).contiguous() if clip else y.contiguous())
+                else:
+                    intermediates.append(y.permute(0, 1, 3, 4, 2) if clip else y.permute(0, 2, 3, 1))
+        if intermediates_only:
+            return intermediates
+        if len(stages) < len(self.stages):
+            return self._frames_to_clips(region.flatten(2).transpose(1, 2), T, clip), intermediates
+        return self._frames_to_clips(self._final_tokens(region), T, clip), intermediates
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------
+_INFLATE = (("temporal_attn.", "attn."), ("temporal_norm.", "norm0."))
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VideoRegionViT) -> dict[str, Tensor]:
+    """Image or video RegionViT checkpoints (official or ours) -> this video model.
+
+    The image keys go through RegionViT's filter (official names, window-size resizing). Inflating an image
+    checkpoint, each block's missing temporal attention and norm are copied from its regional attention (shared
+    ``qkv``/``proj``) and ``norm0``, as TimeSformer initialises its temporal attention from the spatial one; the
+    zero ``temporal_fc`` and time embedding are the model's own, so the inflated model computes the image model on
+    every frame. Time embeddings trained for another clip length are resampled linearly.
+    """
+    out = _image.checkpoint_filter_fn(state_dict, model)
+    for k, v in model.state_dict().items():
+        if ".temporal_" not in k:
+            continue
+        if k in out:
+            if k.endswith("temporal_embed") and out[k].shape != v.shape and out[k].shape[-1] == v.shape[-1]:
+                out[k] = resample_time(out[k], v.shape[1])
+            continue
+        src = next((k.replace(new, old) for new, old in _INFLATE if new in k), None)
+        out[k] = out[src].clone() if src is not None and src in out and out[src].shape == v.shape else v
+    return out
+
+
+# --- registry --------------------------------------------------------------------------------------------------
+# the image model's dense recipe too: forward_intermediates gives B x C x T x h x w maps of clips, the image model's
+# maps for images
+REGIONVIT_VIDEO = ModelSpec(VideoRegionViT, filter_fn=checkpoint_filter_fn, feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+                            dense=_image.REGIONVIT.dense)
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> VideoRegionViT:
+    return build_model(REGIONVIT_VIDEO, variant, pretrained, **kwargs)
+
+
+_INFLATE_NOTE = ("no video weights exist: pretrained=True downloads the authors' image weights {} (or "
+                 "pretrained_cfg_overlay=dict(file=...) takes a local copy) and inflates them; fine-tune on clips")
+
+
+def _cfg(image: str, stem: str = "3conv", **kwargs: Any) -> dict[str, Any]:
+    # short side resized to the crop size (crop_pct 1.0), as video models are tested; the clip length is the
+    # model's num_frames (timm's cfg has no field for it)
+    return _image._cfg(_image._RELEASE + image, stem=stem, crop_pct=1.0, notes=(_INFLATE_NOTE.format(image),),
+                       **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "regionvit_video_tiny": _cfg("RegionViT-Ti.pth"),
+    "regionvit_video_small": _cfg("RegionViT-S.pth"),
+})
+
+
+def _variant(name: str, base: dict[str, Any], pretrained: bool, kwargs: dict[str, Any]) -> VideoRegionViT:
+    return _create(name, pretrained, **{**base, "window_size": 7, **kwargs})
+
+
+@register_family_model("regionvit", REGIONVIT_VIDEO)
+def regionvit_video_tiny(pretrained: bool = False, **kwargs: Any) -> VideoRegionViT:
+    """Video RegionViT-Ti: RegionViT-Ti with temporal attention on the regional tokens (8-frame clips)."""
+    return _variant("regionvit_video_tiny", _image._TINY, pretrained, kwargs)
+
+
+@register_family_model("regionvit", REGIONVIT_VIDEO)
+def regionvit_video_small(pretrained: bool = False, **kwargs: Any) -> VideoRegionViT:
+    """Video RegionViT-S: RegionViT-S with temporal attention on the regional tokens (8-frame clips)."""
+    return _variant("regionvit_video_small", _image._SMALL, pretrained, kwargs)
