@@ -339,8 +339,9 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         totals = all_reduce_sum(torch.tensor([tot.loss_sum, tot.seen], dtype=torch.float64))
         for part in all_gather_objects(tot.unreadable):
             tot.unreadable.update(part)
-        scheduler.step(epoch + 1)
         finished_epoch = step_in_epoch >= n_steps
+        if finished_epoch:  # a run stopped inside the epoch (--max-steps) resumes on this epoch's schedule
+            scheduler.step(epoch + 1)
         if finished_epoch and ((epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == num_epochs):
             val = evaluate(model, val_loader, device, autocast, channels_last=cfg.channels_last)
             bad = dict(tot.unreadable)
