@@ -29,10 +29,17 @@ ACT_CODES = {1: "relu6", 2: "hs", 3: "hs+se", 4: "hs+eca", 5: "hs+ecah"}
 
 
 def act_from_code(code: int | str) -> str:
-    """Official ``act`` argument -> activation string (any code above 4 means ``'hs+ecah'``, as upstream)."""
+    """Official ``act`` argument -> activation string (any other code means ``'hs+ecah'``, as upstream's
+    if/elif chain). Strings are ``'relu6'`` or ``'hs'``, optionally with a ``'+se'``, ``'+eca'`` or ``'+ecah'``
+    gate."""
     if isinstance(code, str):
+        base, _, gate = code.partition("+")
+        if base not in ("relu6", "hs") or gate not in ("", "se", "eca", "ecah"):
+            raise ValueError(f"act must be one of {sorted(ACT_CODES.values())} (or an official code 1-5), got {code!r}")
         return code
-    return ACT_CODES.get(int(code), "hs+ecah")
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise ValueError(f"act must be an activation name or an official integer code, got {code!r}")
+    return ACT_CODES.get(code, "hs+ecah")
 
 
 class SqueezeExcite(nn.Module):
@@ -43,13 +50,24 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 4):
         super().__init__()
+        if reduction < 1 or channels // reduction < 1:
+            raise ValueError(f"SE reduction {reduction} leaves no hidden unit for {channels} channels; use a reduction "
+                             f"between 1 and {channels}")
         hidden = channels // reduction
-        if hidden < 1:
-            raise ValueError(f"SE reduction {reduction} leaves no hidden unit for {channels} channels")
         self.fc = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels), nn.Hardsigmoid())
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.fc(x.mean((2, 3)))[:, :, None, None]
+
+
+class EfficientChannelAttention(EcaModule):
+    """ECA gate (timm's ``EcaModule`` parameters and keys: a 1-D conv across the pooled channels, then the gate),
+    with explicit shapes, so an empty batch passes."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C = x.shape[:2]
+        y = self.gate(self.conv(x.mean((2, 3)).view(B, 1, C)))
+        return x * y.view(B, C, 1, 1)
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
@@ -85,6 +103,9 @@ class LocalityFeedForward(nn.Module):
         super().__init__()
         act = act_from_code(act)
         hidden = int(dim * expand_ratio)
+        if dim < 1 or hidden < 1:
+            raise ValueError(f"the locality feed-forward needs at least one channel (dim={dim}, expand_ratio="
+                             f"{expand_ratio})")
         if dp_first and hidden != dim:
             raise ValueError("dp_first=True needs expand_ratio=1 (the depth-wise conv would see the unexpanded "
                              f"{dim} channels but is declared for {hidden})")
@@ -98,11 +119,9 @@ class LocalityFeedForward(nn.Module):
             gate = act.split("+", 1)[1]
             if gate == "se":
                 layers.append(SqueezeExcite(hidden, reduction))
-            elif gate in ("eca", "ecah"):
-                layers.append(EcaModule(hidden, kernel_size=eca_kernel_size(hidden),
-                                        gate_layer="sigmoid" if gate == "eca" else "hard_sigmoid"))
             else:
-                raise ValueError(f"unknown locality FFN gate {gate!r} in act={act!r}; use se, eca or ecah")
+                layers.append(EfficientChannelAttention(kernel_size=eca_kernel_size(hidden),
+                                                        gate_layer="sigmoid" if gate == "eca" else "hard_sigmoid"))
         layers += [nn.Conv2d(hidden, dim, 1, bias=False), nn.BatchNorm2d(dim)]
         self.conv = nn.Sequential(*layers)
 
@@ -157,11 +176,12 @@ class LocalityFeedForward(nn.Module):
         y = y.permute(0, 2, 3, 1)  # B x H x W x Ch, a plain view of the channels-last maps the convs return
         out = x.permute(0, 2, 3, 1) + b  # the residual plus the projection's bias, accumulated into below
         w = w.transpose(-1, -2)
+        C = out.shape[-1]
         if w.ndim == 3:
-            out = out.reshape(B, H * W, -1).baddbmm_(y.reshape(B, H * W, Ch), w)
+            out = out.reshape(B, H * W, C).baddbmm_(y.reshape(B, H * W, Ch), w)
         else:
-            out = out.reshape(B * H * W, -1).addmm_(y.reshape(B * H * W, Ch), w)
-        return out.reshape(B, H, W, -1).permute(0, 3, 1, 2)
+            out = out.reshape(B * H * W, C).addmm_(y.reshape(B * H * W, Ch), w)
+        return out.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
     def _forward_eval(self, x: Tensor) -> Tensor:
         inplace = not torch.is_grad_enabled()

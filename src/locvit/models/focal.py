@@ -59,7 +59,18 @@ from locvit.layers.attention import attend
 from locvit.layers.rel_pos import relative_position_index, resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
 from locvit.layers.windows import pad_to_multiple, shifted_window_mask
-from locvit.models._helpers import build_model, check_image, make_cfg
+from locvit.models._helpers import (
+    build_model,
+    check_heads,
+    check_hidden,
+    check_image,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_model_args,
+    check_num_classes,
+    make_cfg,
+)
 from locvit.official import norm_eps, pop_unused, register_official
 
 __all__ = ["FocalSelfAttention", "FocalBlock", "FocalStage", "FocalTransformer", "block_geometry"]
@@ -212,25 +223,27 @@ class FocalAttentionBase(nn.Module):
         B, H, W, _ = qkv.shape
         ws, nh, d = self.window_size, self.num_heads, self.head_dim
         q = qkv.view(B, H // ws, ws, W // ws, ws, 3, nh, d)[:, :, :, :, :, 0]
-        return q.permute(0, 5, 1, 3, 2, 4, 6).reshape(B, -1, ws * ws, d)
+        return q.permute(0, 5, 1, 3, 2, 4, 6).reshape(B, nh * (H // ws) * (W // ws), ws * ws, d)
 
     def _kv_source(self, qkv: Tensor, pooled: list[Tensor], zero_row: bool) -> Tensor:
         """Keys and values of the map, then of every pooled map (``qkv`` applied to the pooled tokens, as the official
         code does), then optionally one all-zero token: ``2 x B x heads x tokens x d``."""
-        B = qkv.shape[0]
+        B, H, W, _ = qkv.shape
         nh, d, C = self.num_heads, self.head_dim, self.dim
-        parts = [qkv.reshape(B, -1, 3, nh, d)[:, :, 1:].permute(2, 0, 3, 1, 4)]
+        parts = [qkv.reshape(B, H * W, 3, nh, d)[:, :, 1:].permute(2, 0, 3, 1, 4)]
         bias = self.qkv.bias[C:] if self.qkv.bias is not None else None
         for xp in pooled:
-            kv = F.linear(xp.reshape(B, -1, C), self.qkv.weight[C:], bias)
-            parts.append(kv.view(B, -1, 2, nh, d).permute(2, 0, 3, 1, 4))
+            n = xp.shape[1] * xp.shape[2]
+            kv = F.linear(xp.reshape(B, n, C), self.qkv.weight[C:], bias)
+            parts.append(kv.view(B, n, 2, nh, d).permute(2, 0, 3, 1, 4))
         if zero_row:
             parts.append(qkv.new_zeros(2, B, nh, 1, d))
         return torch.cat(parts, dim=3)
 
     def _attend(self, q: Tensor, src: Tensor, index: Tensor, bias: Tensor) -> Tensor:
         """Gather every window's keys/values with one flat ``index`` (windows x keys) and attend."""
-        kv = src.index_select(3, index).view(2, q.shape[0], q.shape[1], -1, self.head_dim)
+        keys = index.shape[0] // (q.shape[1] // self.num_heads)  # index: windows x keys, flat
+        kv = src.index_select(3, index).view(2, q.shape[0], q.shape[1], keys, self.head_dim)
         dropout = self.attn_drop if self.training else 0.0
         return attend(q, kv[0], kv[1], bias, self.scale, dropout, owner=self)
 
@@ -597,15 +610,27 @@ class FocalTransformer(nn.Module):
         use_pre_norm: bool = False,
     ):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         if expand_layer not in ("all", "even", "odd"):
             raise ValueError(f"expand_layer must be 'all', 'even' or 'odd', got {expand_layer!r}")
-        n = len(depths)
-        for name, seq in (("num_heads", num_heads), ("focal_levels", focal_levels),
-                          ("focal_windows", focal_windows), ("expand_sizes", expand_sizes)):
+        if focal_pool not in POOL_METHODS:
+            raise ValueError(f"focal_pool must be one of {POOL_METHODS}, got {focal_pool!r}")
+        n = len(check_ints(depths, "depths"))
+        check_int(patch_size, "patch_size")
+        check_int(embed_dim, "embed_dim")
+        check_int(window_size, "window_size")
+        check_img_size(img_size)
+        # the official code reads the first n entries of these (longer lists are accepted)
+        for name, seq, minimum in (("num_heads", num_heads, 1), ("focal_levels", focal_levels, 0),
+                                   ("focal_windows", focal_windows, 1), ("expand_sizes", expand_sizes, 0)):
             if len(seq) < n:
                 raise ValueError(f"{name} needs one entry per stage ({n}), got {list(seq)}")
+            check_ints(seq, name, minimum=minimum)
+        for i in range(n):
+            dim = embed_dim * 2 ** i
+            check_heads(dim, num_heads[i], f"the stage-{i} width embed_dim * 2^{i}", f"num_heads[{i}]")
+            check_hidden(dim, mlp_ratio)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -720,7 +745,7 @@ class FocalTransformer(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
+        self.num_classes = check_num_classes(num_classes)
         if global_pool is not None:
             if global_pool not in ("avg", ""):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")

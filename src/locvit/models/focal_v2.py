@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from locvit._registry import register_family_model
 from locvit.layers.windows import pad_to_multiple
-from locvit.models._helpers import build_model
+from locvit.models._helpers import build_model, check_int
 from locvit.models.focal import (
     FocalAttentionBase,
     FocalTransformer,
@@ -247,7 +247,7 @@ class FocalTransformerV2(FocalTransformer):
     """
 
     def __init__(self, *args: Any, focal_topk: int = 128, **kwargs: Any):
-        self.focal_topk = focal_topk
+        self.focal_topk = check_int(focal_topk, "focal_topk")
         super().__init__(*args, **kwargs)
 
     def _make_attention(self, stage: int, index: int, grid: tuple[int, int], dim: int) -> nn.Module:

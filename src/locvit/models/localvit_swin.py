@@ -37,7 +37,19 @@ from locvit._registry import register_family_model
 from locvit.layers import LocalityFeedForward, attend
 from locvit.layers.locality_ffn import act_from_code
 from locvit.layers.windows import shifted_window_mask, window_gather_index, window_partition, window_reverse
-from locvit.models._helpers import build_model, check_image, init_linear_layernorm, make_cfg
+from locvit.models._helpers import (
+    build_model,
+    check_heads,
+    check_hidden,
+    check_image,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_model_args,
+    check_num_classes,
+    init_linear_layernorm,
+    make_cfg,
+)
 from locvit.official import norm_eps, pop_unused, register_official
 
 __all__ = ["LocalViTSwin", "LocalViTSwinBlock", "WindowAttention"]
@@ -256,10 +268,20 @@ class LocalViTSwin(nn.Module):
         drop_path_rate: float = 0.1,
     ):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        if len(depths) != len(num_heads):
-            raise ValueError("depths and num_heads need one entry per stage")
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        patch_size = check_int(patch_size, "patch_size")
+        check_img_size(img_size, (patch_size, patch_size), f"patch_size={patch_size}")
+        check_int(embed_dim, "embed_dim")
+        check_int(window_size, "window_size")
+        num_heads = check_ints(num_heads, "num_heads", len(check_ints(depths, "depths")))
+        for i, heads in enumerate(num_heads):
+            dim = embed_dim * 2 ** i
+            check_heads(dim, heads, f"the stage-{i} width embed_dim * 2^{i}", f"num_heads[{i}]")
+            check_hidden(dim, mlp_ratio)
+            if reduction is None and dim < 4:
+                raise ValueError(f"the default SE reduction (width // 4) leaves no hidden unit at width {dim}; use "
+                                 "embed_dim >= 4 or pass reduction")
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         num_stages = len(depths)
         self.num_classes = num_classes
@@ -323,7 +345,7 @@ class LocalViTSwin(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None and global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        self.num_classes = num_classes
+        self.num_classes = check_num_classes(num_classes)
         self.head.reset(num_classes, pool_type=global_pool)
         if global_pool is not None:
             self.global_pool = global_pool

@@ -41,7 +41,19 @@ from torch import Tensor, nn
 from locvit._registry import register_family_model
 from locvit.layers import LocalityFeedForward, attend, residual_mlp, tokens_through_map
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import build_model, check_image, make_cfg
+from locvit.models._helpers import (
+    build_model,
+    check_heads,
+    check_hidden,
+    check_image,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_length,
+    check_model_args,
+    check_num_classes,
+    make_cfg,
+)
 from locvit.official import norm_eps, register_official
 
 __all__ = ["PyramidVisionTransformer", "PvtBlock", "SpatialReductionAttention"]
@@ -89,7 +101,7 @@ class SpatialReductionAttention(nn.Module):
             kv_in = self.norm(kv_in)
         else:
             kv_in = x
-        k, v = self.kv(kv_in).reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)
+        k, v = self.kv(kv_in).reshape(B, kv_in.shape[1], 2, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)
         x = attend(q, k, v, None, self.scale, self.attn_drop if self.training else 0.0, owner=self)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
@@ -242,11 +254,18 @@ class PyramidVisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        if global_pool not in ("token", "avg", ""):
-            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-        num_stages = len(depths)
-        if not len(embed_dims) == len(num_heads) == len(mlp_ratios) == len(sr_ratios) == num_stages:
-            raise ValueError("embed_dims, num_heads, mlp_ratios, depths and sr_ratios need one entry per stage")
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
+                         pools=("token", "avg", ""), drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                         drop_path_rate=drop_path_rate)
+        patch_size = check_int(patch_size, "patch_size")
+        num_stages = len(check_ints(depths, "depths"))
+        embed_dims = check_ints(embed_dims, "embed_dims", num_stages)
+        sr_ratios = check_ints(sr_ratios, "sr_ratios", num_stages)
+        check_ints(num_heads, "num_heads", num_stages)
+        check_length(mlp_ratios, "mlp_ratios", num_stages)
+        for i in range(num_stages):
+            check_heads(embed_dims[i], num_heads[i], f"embed_dims[{i}]", f"num_heads[{i}]")
+            check_hidden(embed_dims[i], mlp_ratios[i], f"mlp_ratios[{i}]")
         if sr_ratios[-1] != 1:
             raise ValueError(f"the last stage carries the class token, so its sr_ratio must be 1 (got "
                              f"{sr_ratios[-1]}); the official code cannot run such a model either")
@@ -255,7 +274,11 @@ class PyramidVisionTransformer(nn.Module):
                              f"only the last stage has one (sr_ratios={list(sr_ratios)}); pass "
                              "official_cls_split=False to split it where it is")
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
-        img_size = to_2tuple(img_size)
+        strides = [patch_size * 2 ** i for i in range(num_stages)]
+        # every stage's map must be at least sr x sr for its reduction conv (and non-empty)
+        min_img_size = max(s * r for s, r in zip(strides, sr_ratios))
+        img_size = check_img_size(img_size, (min_img_size, min_img_size), f"a {num_stages}-stage pyramid with "
+                                  f"patch_size={patch_size} and sr_ratios={sr_ratios}")
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans
@@ -263,9 +286,7 @@ class PyramidVisionTransformer(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dims[-1]
         self.num_prefix_tokens = 1
         self.patch_sizes = [patch_size] + [2] * (num_stages - 1)
-        strides = [patch_size * 2 ** i for i in range(num_stages)]
-        # every stage's map must be at least sr x sr for its reduction conv (and non-empty)
-        self.min_img_size = max(s * r for s, r in zip(strides, sr_ratios))
+        self.min_img_size = min_img_size
         act = act_from_code(act)
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -320,7 +341,7 @@ class PyramidVisionTransformer(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
+        self.num_classes = check_num_classes(num_classes)
         if global_pool is not None:
             if global_pool not in ("token", "avg", ""):
                 raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")

@@ -53,7 +53,21 @@ from locvit._registry import register_family_model
 from locvit.layers.attention import attend, fused_enabled
 from locvit.layers.rel_pos import resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
-from locvit.models._helpers import build_model, check_image, init_linear_layernorm, make_cfg
+from locvit.models._helpers import (
+    build_model,
+    check_heads,
+    check_hidden,
+    check_image,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_length,
+    check_model_args,
+    check_num_classes,
+    init_linear_layernorm,
+    make_cfg,
+    per_stage,
+)
 from locvit.official import norm_eps, pop_unused, register_official
 
 __all__ = ["R2LAttention", "R2LBlock", "RegionViT", "RegionViTStage", "r2l_window_mask", "rel_pos_index"]
@@ -174,9 +188,9 @@ class R2LAttention(nn.Module):
         B = q.shape[0] // nW
         if fused_enabled():
             # windows folded into the head axis: the per-window bias broadcasts over the batch without a copy
-            q, k, v = (t.reshape(B, nW * h, -1, t.shape[-1]) for t in (q, k, v))
+            q, k, v = (t.reshape(B, nW * h, t.shape[-2], t.shape[-1]) for t in (q, k, v))
             out = attend(q, k, v, bias.reshape(1, nW * h, Nq, N), self.scale, p, owner=self)
-            out = out.view(B * nW, h, Nq, -1)
+            out = out.view(B * nW, h, Nq, out.shape[-1])
         else:
             bias = bias.expand(B, -1, -1, -1, -1).reshape(B * nW, h, Nq, N)
             out = attend(q, k, v, bias, self.scale, p, owner=self)
@@ -376,6 +390,15 @@ class LocalStem(nn.Module):
             self.min_size = patch_size
         else:
             raise ValueError(f"patch_conv_type must be '3conv', '1conv' or 'linear', got {conv_type!r}")
+        self.conv_type, self.patch_size = conv_type, patch_size
+
+    def out_size(self, n: int) -> int:
+        """Local tokens along a side of ``n`` pixels."""
+        if self.conv_type == "3conv":
+            return ((n - 1) // 2) // 2 + 1
+        if self.conv_type == "1conv":
+            return (n - 2) // self.patch_size + 1
+        return n // self.patch_size
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)
@@ -389,6 +412,13 @@ class RegionalStem(nn.Module):
         super().__init__()
         self.patch = patch
         self.proj = nn.Conv2d(in_chans, dim, patch, patch)
+
+    def grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Regional tokens of an ``H x W`` image (the official padding rule)."""
+        (H, W), P = size, self.patch
+        if H % P or W % P:
+            H, W = H + P - H % P, W + P - W % P
+        return H // P, W // P
 
     def forward(self, x: Tensor) -> Tensor:
         H, W = x.shape[-2:]
@@ -454,14 +484,22 @@ class RegionViT(nn.Module):
         head_drop_rate: float = 0.0,
     ):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        num_stages = len(depth)
-        if not (len(embed_dim) == len(num_heads) == len(downsampling) == num_stages):
-            raise ValueError("embed_dim, depth, num_heads and downsampling need one entry per stage")
-        window_size = [window_size] * num_stages if isinstance(window_size, int) else list(window_size)
-        mlp_ratio = [mlp_ratio] * num_stages if isinstance(mlp_ratio, (int, float)) else list(mlp_ratio)
-        stem_dim = stem_dim or embed_dim[0]
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, head_drop_rate=head_drop_rate)
+        num_stages = len(check_ints(depth, "depth"))
+        embed_dim = check_ints(embed_dim, "embed_dim", num_stages)
+        num_heads = check_ints(num_heads, "num_heads", num_stages)
+        for i, mode in enumerate(check_length(downsampling, "downsampling", num_stages)):
+            if mode not in ("c", "sc"):
+                raise ValueError(f"downsampling[{i}] must be 'c' or 'sc', got {mode!r}")
+        window_size = check_ints(per_stage(window_size, num_stages), "window_size", num_stages)
+        mlp_ratio = check_length(per_stage(mlp_ratio, num_stages), "mlp_ratio", num_stages)
+        for i in range(num_stages):
+            check_heads(embed_dim[i], num_heads[i], f"embed_dim[{i}]", f"num_heads[{i}]")
+            check_hidden(embed_dim[i], mlp_ratio[i], f"mlp_ratio[{i}]")
+        patch_size = check_int(patch_size, "patch_size")
+        stem_dim = check_int(embed_dim[0] if stem_dim is None else stem_dim, "stem_dim",
+                             4 if patch_conv_type == "3conv" else 1)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
 
         self.num_classes = num_classes
@@ -477,6 +515,7 @@ class RegionViT(nn.Module):
         self.region_embed = RegionalStem(in_chans, stem_dim, patch_size * window_size[0])
         self.pos_drop = nn.Dropout(drop_rate)
         self._min_size = (self.patch_embed.min_size, self.patch_embed.min_size)
+        self._check_geometry(check_img_size(img_size, self._min_size, f"the {patch_conv_type!r} stem"), downsampling)
 
         dpr = torch.linspace(0, drop_path_rate, sum(depth)).tolist()
         self.stages = nn.ModuleList()
@@ -498,6 +537,25 @@ class RegionViT(nn.Module):
         self.unused_parameters = (f"stages.{num_stages - 1}.det_norm.weight",
                                   f"stages.{num_stages - 1}.det_norm.bias") if det_norm else ()
         self.apply(init_linear_layernorm)
+
+    def _check_geometry(self, img_size: tuple[int, int], downsampling: Sequence[str]) -> None:
+        """Refuse windows that do not fit the maps of an ``img_size`` input: a window larger than the stage-1
+        local map (it would be mostly padding, and its attention grows with the window's fourth power), or
+        per-stage windows whose padding the regional grid cannot hold."""
+        grid = self.region_embed.grid(img_size)
+        size = tuple(self.patch_embed.out_size(n) for n in img_size)
+        ws = self.window_size[0]
+        if ws > min(size):
+            raise ValueError(f"window_size {ws} is larger than the {size[0]}x{size[1]} local-token map of a "
+                             f"{img_size[0]}x{img_size[1]} img_size; use window_size <= {min(size)} (the published "
+                             "models use 7 and 14) or a larger img_size")
+        for i, (mode, ws) in enumerate(zip(downsampling, self.window_size)):
+            if mode == "sc":
+                grid, size = tuple((n - 1) // 2 + 1 for n in grid), tuple((n - 1) // 2 + 1 for n in size)
+            pad = (grid[0] * ws - size[0], grid[1] * ws - size[1])
+            if not (0 <= pad[0] <= ws and 0 <= pad[1] <= ws):
+                raise ValueError(f"window_size[{i}]={ws} does not fit stage {i}: its {size[0]}x{size[1]} local map "
+                                 f"on a {grid[0]}x{grid[1]} regional grid; use the same window size in every stage")
 
     # --- timm contract ---------------------------------------------------------------------------------------------
     @torch.jit.ignore
@@ -525,7 +583,7 @@ class RegionViT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
+        self.num_classes = check_num_classes(num_classes)
         if global_pool is not None:
             if global_pool not in ("avg", ""):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")

@@ -59,8 +59,12 @@ from locvit.layers.locality_ffn import act_from_code
 from locvit.models._helpers import (
     ClassTokenBlocks,
     build_model,
-    check_global_pool,
+    check_heads,
+    check_hidden,
     check_image,
+    check_img_size,
+    check_int,
+    check_model_args,
     init_linear_layernorm,
     make_cfg,
 )
@@ -214,8 +218,8 @@ class TokensToToken(nn.Module):
         B = x.shape[0]
         g1, g2, g3 = t2t_grid((x.shape[2], x.shape[3]))
         x = self.attention1(self.soft_split0(x).transpose(1, 2), g1)
-        x = self.attention2(self.soft_split1(x.transpose(1, 2).reshape(B, -1, *g1)).transpose(1, 2), g2)
-        x = self.soft_split2(x.transpose(1, 2).reshape(B, -1, *g2)).transpose(1, 2)
+        x = self.attention2(self.soft_split1(x.transpose(1, 2).reshape(B, x.shape[-1], *g1)).transpose(1, 2), g2)
+        x = self.soft_split2(x.transpose(1, 2).reshape(B, x.shape[-1], *g2)).transpose(1, 2)
         return self.project(x), g3
 
 
@@ -278,7 +282,16 @@ class T2TViT(ClassTokenBlocks, nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        check_global_pool(global_pool)
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
+                         pools=("token", "avg", ""), drop_rate=drop_rate, pos_drop_rate=pos_drop_rate,
+                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        check_img_size(img_size, (MIN_SIZE, MIN_SIZE), "the first soft split (7x7, stride 4, padding 2)")
+        check_int(embed_dim, "embed_dim")
+        check_int(depth, "depth")
+        check_heads(embed_dim, num_heads)
+        check_hidden(embed_dim, mlp_ratio)
+        # the performer draws int(token_dim / 2) random features
+        check_int(token_dim, "token_dim", 2 if tokens_type == "performer" else 1)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.num_classes = num_classes
         self.global_pool = global_pool

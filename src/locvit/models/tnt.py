@@ -48,8 +48,13 @@ from locvit.layers.locality_ffn import act_from_code
 from locvit.models._helpers import (
     PrunableBlocks,
     build_model,
-    check_global_pool,
+    check_heads,
+    check_hidden,
+    check_host_kwargs,
     check_image,
+    check_img_size,
+    check_int,
+    check_model_args,
     init_linear_layernorm,
     make_cfg,
 )
@@ -154,7 +159,7 @@ class LocalViTTNTBlock(nn.Module):
         pixel = pixel + self.drop_path(self.attn_in(self.norm_in(pixel)))
         pixel = pixel + self.drop_path(self.mlp_in(self.norm_mlp_in(pixel)))
         B, N, _ = patch.shape
-        update = self.proj(self.norm1_proj(pixel).reshape(B, N - 1, -1))
+        update = self.proj(self.norm1_proj(pixel).reshape(B, N - 1, self.proj.in_features))
         patch = torch.cat([patch[:, :1], patch[:, 1:] + update], dim=1)
         patch = patch + self.drop_path(self.attn_out(self.norm_out(patch)))
         return pixel, tokens_through_map(self.conv, patch, grid, 1)
@@ -202,7 +207,17 @@ class LocalViTTNT(PrunableBlocks, nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        check_global_pool(global_pool)
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
+                         pools=("token", "avg", ""), drop_rate=drop_rate, pos_drop_rate=pos_drop_rate,
+                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        check_int(patch_size, "patch_size")
+        check_int(first_stride, "first_stride")
+        check_int(embed_dim, "embed_dim")
+        check_int(in_dim, "in_dim")
+        check_int(depth, "depth")
+        check_heads(embed_dim, num_heads)
+        check_heads(in_dim, in_num_head, "in_dim", "in_num_head")
+        check_hidden(embed_dim, mlp_ratio)
 
         def norm_layer(d: int) -> nn.LayerNorm:
             return nn.LayerNorm(d, eps=norm_eps)
@@ -215,7 +230,8 @@ class LocalViTTNT(PrunableBlocks, nn.Module):
         self.grad_checkpointing = False
 
         self.pixel_embed = PixelEmbed(patch_size, in_chans, in_dim, first_stride)
-        self.img_size = to_2tuple(img_size)
+        m = self.pixel_embed.min_size
+        self.img_size = check_img_size(img_size, (m, m), f"one {patch_size}x{patch_size} patch")
         self.grid_size = self.pixel_embed.grid(self.img_size)
         k = self.pixel_embed.new_patch_size
         num_pixel = k * k
@@ -274,7 +290,7 @@ class LocalViTTNT(PrunableBlocks, nn.Module):
         check_image(x, self.in_chans, (m, m), type(self).__name__)
         B = x.shape[0]
         pixel, grid = self.pixel_embed(x, self.pixel_pos)
-        patch = self.norm2_proj(self.proj(self.norm1_proj(pixel.reshape(B, grid[0] * grid[1], -1))))
+        patch = self.norm2_proj(self.proj(self.norm1_proj(pixel.reshape(B, grid[0] * grid[1], self.proj.in_features))))
         pos = self.patch_pos
         if grid != self.grid_size:
             pos = resample_abs_pos_embed(pos, list(grid), list(self.grid_size), num_prefix_tokens=1)
@@ -316,7 +332,7 @@ class LocalViTTNT(PrunableBlocks, nn.Module):
                 y = self.norm(patch) if norm else patch
                 prefixes.append(y[:, :1])
                 y = y[:, 1:]
-                intermediates.append(y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
+                intermediates.append(y.reshape(B, H, W, y.shape[-1]).permute(0, 3, 1, 2).contiguous()
                                      if output_fmt == "NCHW" else y)
         if return_prefix_tokens:
             intermediates = list(zip(intermediates, prefixes))
@@ -377,6 +393,8 @@ def fuse_tnt_attention(model: timm_tnt.TNT) -> timm_tnt.TNT:
 
 
 def _create_host(variant: str, pretrained: bool = False, **kwargs: Any) -> timm_tnt.TNT:
+    heads = [("embed_dim", "num_heads_outer"), ("inner_dim", "num_heads_inner")]
+    check_host_kwargs(kwargs, ("token", "avg", ""), heads, dict(patch_size=16, img_size=224))
     model = build_model(timm_tnt.TNT, variant, pretrained, filter_fn=timm_tnt.checkpoint_filter_fn,
                         feature_cfg=dict(out_indices=3), legacy=True, **kwargs)
     fuse_tnt_attention(model.model if isinstance(model, FeatureGetterNet) else model)

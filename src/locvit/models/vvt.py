@@ -68,7 +68,19 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit._registry import register_family_model
-from locvit.models._helpers import build_model, check_image, make_cfg
+from locvit.models._helpers import (
+    build_model,
+    check_heads,
+    check_hidden,
+    check_image,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_length,
+    check_model_args,
+    check_num_classes,
+    make_cfg,
+)
 from locvit.official import norm_eps, pop_unused, register_official
 
 __all__ = [
@@ -428,7 +440,8 @@ class DWConvMlp(nn.Module):
         B, N, _ = x.shape
         x = self.fc1(x)
         # the token layout is channels-last, which the conv takes without a copy
-        x = self.dwconv(x.view(B, hw[0], hw[1], -1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, -1)
+        hidden = x.shape[-1]
+        x = self.dwconv(x.view(B, hw[0], hw[1], hidden).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, hidden)
         if not (torch.is_grad_enabled() and x.requires_grad):
             x = torch.ops.aten.gelu_(x)  # the conv output is a temporary: saves one large allocation
         else:
@@ -560,11 +573,28 @@ class VicinityVisionTransformer(nn.Module):
         dynamic_img_size: bool = True,
     ):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        n = len(depths)
-        if not all(len(a) == n for a in (embed_dims, num_heads, mlp_ratios, sr_ratios, fr_ratios)):
-            raise ValueError("embed_dims, num_heads, mlp_ratios, sr_ratios and fr_ratios need one entry per stage")
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                         drop_path_rate=drop_path_rate)
+        n = len(check_ints(depths, "depths"))
+        embed_dims = check_ints(embed_dims, "embed_dims", n)
+        fr_ratios = check_ints(fr_ratios, "fr_ratios", n)
+        check_ints(sr_ratios, "sr_ratios", n)
+        check_ints(num_heads, "num_heads", n)
+        check_length(mlp_ratios, "mlp_ratios", n)
+        check_int(se_ratio, "se_ratio")
+        for i in range(n):
+            heads = check_heads(embed_dims[i], num_heads[i], f"embed_dims[{i}]", f"num_heads[{i}]")
+            reduced = embed_dims[i] // heads // fr_ratios[i]
+            if reduced < 1 or reduced * heads != embed_dims[i] // fr_ratios[i]:
+                raise ValueError(f"stage {i}: feature reduction fr_ratios[{i}]={fr_ratios[i]} does not split the "
+                                 f"reduced width embed_dims[{i}] / fr = {embed_dims[i] // fr_ratios[i]} evenly into "
+                                 f"num_heads[{i}]={heads} heads; use a fr_ratio dividing the head width "
+                                 f"{embed_dims[i] // heads}")
+            check_hidden(embed_dims[i], mlp_ratios[i], f"mlp_ratios[{i}]")
+            if embed_dims[i] < se_ratio:
+                raise ValueError(f"se_ratio={se_ratio} leaves no hidden unit in the SE gate of stage {i} "
+                                 f"(embed_dims[{i}]={embed_dims[i]}); use se_ratio <= {embed_dims[i]}")
+        check_img_size(img_size)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans
@@ -615,7 +645,7 @@ class VicinityVisionTransformer(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
+        self.num_classes = check_num_classes(num_classes)
         if global_pool is not None:
             if global_pool not in ("avg", ""):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
