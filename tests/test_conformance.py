@@ -71,7 +71,11 @@ def _official_state_dict(m):
 def test_manifest(path):
     m = _manifest(path)
     model = locvit.create_model(m["official_name"], num_classes=m["num_classes"])
+    # official parameters that are never trained (T2T's fixed tables, unused norms) are persistent buffers here:
+    # the same state-dict keys (the strict load below checks them), counted with the parameters
+    buffers = dict(model.named_buffers())
     n = sum(p.numel() for p in model.parameters())
+    n += sum(buffers[k].numel() for k in getattr(model, "official_parameter_buffers", ()))
     assert n == m["param_count"], f"{n} parameters, official {m['param_count']}"
     report = locvit.load_checkpoint(model, _official_state_dict(m), strict=True)
     assert report.exact and report.loaded

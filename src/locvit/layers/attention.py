@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 _explicit_depth = 0
@@ -67,6 +68,7 @@ def eager_cpu_inference(x: Tensor) -> bool:
     )
 
 
+@register_notrace_function  # chooses its kernel from the inputs' device and autograd state
 def attend(
     q: Tensor,
     k: Tensor,

@@ -19,7 +19,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import EcaModule
+from timm.layers import EcaModule, register_notrace_module
 from torch import Tensor, nn
 
 from locvit.layers.fused_conv import conv2d_act, fusable
@@ -76,6 +76,22 @@ def eca_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
     return t if t % 2 else t + 1
 
 
+class InvertedResidualLayers(nn.Sequential):
+    """The layers of a :class:`LocalityFeedForward` in the official order (state-dict keys ``conv.N.*``), each also
+    named by its role: ``expand``, ``expand_norm``, ``expand_act``, ``depthwise``, ``depthwise_norm``,
+    ``depthwise_act``, ``gate``, ``project``, ``project_norm`` (:meth:`part`)."""
+
+    def __init__(self, parts: list[tuple[str, nn.Module]]):
+        super().__init__(*(m for _, m in parts))
+        self.roles = {role: i for i, (role, _) in enumerate(parts)}
+
+    def part(self, role: str) -> nn.Module | None:
+        """The layer playing ``role``, or None when this layout has none (no gate, no depth-wise conv)."""
+        i = self.roles.get(role)
+        return None if i is None else self[i]
+
+
+@register_notrace_module  # its inference shortcuts depend on the input's device, dtype and size
 class LocalityFeedForward(nn.Module):
     """``x + BN(1x1(attn(act(BN(dw3x3(act(BN(1x1(x)))))))))`` on a ``B x C x H x W`` map.
 
@@ -110,20 +126,20 @@ class LocalityFeedForward(nn.Module):
             raise ValueError("dp_first=True needs expand_ratio=1 (the depth-wise conv would see the unexpanded "
                              f"{dim} channels but is declared for {hidden})")
         act_layer = nn.Hardswish if "hs" in act else nn.ReLU6
-        layers: list[nn.Module] = [nn.Conv2d(dim, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act_layer()]
+        parts = [("expand", nn.Conv2d(dim, hidden, 1, bias=False)), ("expand_norm", nn.BatchNorm2d(hidden)),
+                 ("expand_act", act_layer())]
         if not wo_dp_conv:
-            dw = [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
-                  act_layer()]
-            layers = dw + layers if dp_first else layers + dw
-        if "+" in act:
-            gate = act.split("+", 1)[1]
-            if gate == "se":
-                layers.append(SqueezeExcite(hidden, reduction))
-            else:
-                layers.append(EfficientChannelAttention(kernel_size=eca_kernel_size(hidden),
-                                                        gate_layer="sigmoid" if gate == "eca" else "hard_sigmoid"))
-        layers += [nn.Conv2d(hidden, dim, 1, bias=False), nn.BatchNorm2d(dim)]
-        self.conv = nn.Sequential(*layers)
+            dw = [("depthwise", nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)),
+                  ("depthwise_norm", nn.BatchNorm2d(hidden)), ("depthwise_act", act_layer())]
+            parts = dw + parts if dp_first else parts + dw
+        gate = act.partition("+")[2]
+        if gate == "se":
+            parts.append(("gate", SqueezeExcite(hidden, reduction)))
+        elif gate:
+            parts.append(("gate", EfficientChannelAttention(kernel_size=eca_kernel_size(hidden),
+                                                            gate_layer="sigmoid" if gate == "eca" else "hard_sigmoid")))
+        parts += [("project", nn.Conv2d(hidden, dim, 1, bias=False)), ("project_norm", nn.BatchNorm2d(dim))]
+        self.conv = InvertedResidualLayers(parts)
 
         self._standard = not (dp_first or wo_dp_conv) and stride == 1  # the layout the fused path expects
 
@@ -141,7 +157,7 @@ class LocalityFeedForward(nn.Module):
         A batch whose hidden maps would outgrow the last-level cache goes through in groups of images that fit
         it (every step is per image): see ``_GROUP_BYTES``."""
         B, _, H, W = x.shape
-        per_image = 4 * H * W * self.conv[0].out_channels
+        per_image = 4 * H * W * self.conv.part("expand").out_channels
         if B > 1 and B * per_image >= _MIN_BATCH_BYTES:
             n = max(1, _GROUP_BYTES // per_image)
             if n < B:
@@ -149,11 +165,10 @@ class LocalityFeedForward(nn.Module):
         return self._forward_fused_group(x)
 
     def _forward_fused_group(self, x: Tensor) -> Tensor:
-        layers = self.conv
-        expand, bn1, act, dw, bn2 = layers[0], layers[1], layers[2], layers[3], layers[4]
-        gate = layers[6] if len(layers) == 9 else None
-        proj, bn3 = layers[-2], layers[-1]
-        act = "hardswish" if isinstance(act, nn.Hardswish) else "relu6"
+        part = self.conv.part
+        expand, bn1, dw, bn2 = part("expand"), part("expand_norm"), part("depthwise"), part("depthwise_norm")
+        gate, proj, bn3 = part("gate"), part("project"), part("project_norm")
+        act = "hardswish" if isinstance(part("expand_act"), nn.Hardswish) else "relu6"
         if not (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()):
             x = x.contiguous(memory_format=torch.channels_last)
         w, b = fold_batchnorm(expand, bn1)
@@ -238,8 +253,7 @@ def tokens_through_map(fn: nn.Module, x: Tensor, grid: tuple[int, int], num_pref
     (class/distillation) tokens bypass it unchanged, as in every LocalViT host."""
     B, N, C = x.shape
     H, W = grid
-    if N != num_prefix + H * W:
-        raise ValueError(f"expected {num_prefix} prefix tokens plus a {H}x{W} grid, got {N} tokens")
+    torch._assert(N == num_prefix + H * W, "the tokens are not the prefix tokens plus the grid")
     prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
     tokens = fn(tokens.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
     return torch.cat([prefix, tokens], dim=1) if num_prefix else tokens

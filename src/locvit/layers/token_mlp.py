@@ -13,6 +13,7 @@ non-CPU devices take the plain expression (the compiler fuses on its own; a GPU 
 from __future__ import annotations
 
 import torch
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from locvit.layers.attention import eager_cpu_inference
@@ -27,6 +28,7 @@ _MIN_HIDDEN_BYTES = 16 << 20
 _MIN_TOKENS = 16384
 
 
+@register_notrace_function  # chooses the blocked path from the input's device and size
 def residual_mlp(x: Tensor, norm: nn.Module, mlp: nn.Module, drop_path: nn.Module | None = None,
                  gamma: Tensor | None = None) -> Tensor:
     """``x + drop_path(gamma * mlp(norm(x)))`` over the last dim of ``x`` (``gamma``: optional layer scale).

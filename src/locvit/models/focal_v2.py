@@ -246,6 +246,8 @@ class FocalTransformerV2(FocalTransformer):
             effect in v2, as in the official code).
     """
 
+    no_weight_decay_keys = ("absolute_pos_embed",)  # v2's official no_weight_decay_keywords is empty
+
     def __init__(self, *args: Any, focal_topk: int = 128, **kwargs: Any):
         self.focal_topk = check_int(focal_topk, "focal_topk")
         super().__init__(*args, **kwargs)
@@ -260,11 +262,6 @@ class FocalTransformerV2(FocalTransformer):
         kw = self._attention_kwargs(stage, index, grid)
         same = (attn.window_size, attn.shift_size) == (kw["window_size"], kw["shift_size"])
         return same and attn.grid == attn.padded(grid)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """Only ``absolute_pos_embed`` (v2's official ``no_weight_decay_keywords`` is empty)."""
-        return {"absolute_pos_embed"} if self.ape else set()
 
 
 @register_official("focal_transformer_v2.FocalTransformer")

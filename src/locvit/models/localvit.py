@@ -29,7 +29,6 @@ from locvit.models._helpers import (
     build_model,
     check_heads,
     check_hidden,
-    check_image,
     check_img_size,
     check_int,
     check_model_args,
@@ -88,6 +87,8 @@ class LocalViT(ClassTokenBlocks, nn.Module):
         drop_rate, pos_drop_rate, attn_drop_rate, drop_path_rate: regularisation.
     """
 
+    no_weight_decay_keys = ("pos_embed", "cls_token")
+
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
@@ -128,6 +129,7 @@ class LocalViT(ClassTokenBlocks, nn.Module):
         self.num_prefix_tokens = 1
         self.in_chans = in_chans
         self.patch_size = patch_size
+        self.min_input_size = (patch_size, patch_size)
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -151,14 +153,6 @@ class LocalViT(ClassTokenBlocks, nn.Module):
         self.apply(init_linear_layernorm)
 
     # --- timm contract -------------------------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Resample the position embedding for a new default input size (e.g. before fine-tuning at 384)."""
         old = self.patch_embed.grid_size
@@ -171,12 +165,9 @@ class LocalViT(ClassTokenBlocks, nn.Module):
 
     # --- forward -----------------------------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        check_image(x, self.in_chans, (self.patch_size, self.patch_size), type(self).__name__)
         x = self.patch_embed.proj(x).permute(0, 2, 3, 1)  # floors sizes that are not multiples of the patch
         B, H, W, C = x.shape
-        pos = self.pos_embed
-        if (H, W) != tuple(self.patch_embed.grid_size):
-            pos = resample_abs_pos_embed(pos, [H, W], list(self.patch_embed.grid_size), num_prefix_tokens=1)
+        pos = self._pos_embed_at(self.pos_embed, (H, W), self.patch_embed.grid_size)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], dim=1) + pos
         return self.pos_drop(x), (H, W)
 

@@ -44,26 +44,24 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, Mlp, to_2tuple, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, Mlp, register_notrace_module, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs
-from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit._registry import register_family_model
-from locvit.layers.attention import attend, fused_enabled
+from locvit.layers.attention import attend
 from locvit.layers.rel_pos import resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
 from locvit.models._helpers import (
+    PyramidStages,
     build_model,
     check_heads,
     check_hidden,
-    check_image,
     check_img_size,
     check_int,
     check_ints,
     check_length,
     check_model_args,
-    check_num_classes,
     init_linear_layernorm,
     make_cfg,
     per_stage,
@@ -170,13 +168,20 @@ class R2LAttention(nn.Module):
         q, k, v = self._heads(r)
         return self._merge(attend(q, k, v, None, self.scale, self.attn_drop if self.training else 0.0, owner=self))
 
-    def local(self, x: Tensor, mask: Tensor | None = None, regional_only: bool = False) -> Tensor:
-        """``mask``: bool ``nW x 1 x N x N`` (True = attend) for padded maps, else None. ``regional_only``: only
-        the regional token of each window queries (output ``(B*nW) x 1 x C``)."""
+    def local(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Every token of every ``(B*nW) x (1+ws²) x C`` window attends inside its window. ``mask``: bool
+        ``nW x 1 x N x N`` (True = attend) for padded maps, else None."""
         q, k, v = self._heads(x)
-        bias = self.relative_position_bias().to(q.dtype)
-        if regional_only:
-            q, bias, mask = q[:, :, :1], bias[:, :1], None if mask is None else mask[..., :1, :]
+        return self._local(q, k, v, self.relative_position_bias().to(q.dtype), mask)
+
+    def local_regional_queries(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """:meth:`local` for the regional token of each window only (output ``(B*nW) x 1 x C``): the local tokens
+        serve as keys and values, the result is the regional row of :meth:`local`."""
+        q, k, v = self._heads(x)
+        bias = self.relative_position_bias().to(q.dtype)[:, :1]
+        return self._local(q[:, :, :1], k, v, bias, None if mask is None else mask[..., :1, :])
+
+    def _local(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None) -> Tensor:
         p = self.attn_drop if self.training else 0.0
         if mask is None:
             return self._merge(attend(q, k, v, bias.unsqueeze(0), self.scale, p, owner=self))  # 4-D: fused kernel
@@ -186,15 +191,11 @@ class R2LAttention(nn.Module):
         bias = torch.where(mask, bias, torch.finfo(q.dtype).min / 2)  # nW x heads x Nq x N
         nW, h, Nq, N = bias.shape
         B = q.shape[0] // nW
-        if fused_enabled():
-            # windows folded into the head axis: the per-window bias broadcasts over the batch without a copy
-            q, k, v = (t.reshape(B, nW * h, t.shape[-2], t.shape[-1]) for t in (q, k, v))
-            out = attend(q, k, v, bias.reshape(1, nW * h, Nq, N), self.scale, p, owner=self)
-            out = out.view(B * nW, h, Nq, out.shape[-1])
-        else:
-            bias = bias.expand(B, -1, -1, -1, -1).reshape(B * nW, h, Nq, N)
-            out = attend(q, k, v, bias, self.scale, p, owner=self)
-        return self._merge(out)
+        # windows folded into the head axis (the same memory order as B*nW x heads): the per-window bias broadcasts
+        # over the batch without a copy
+        q, k, v = (t.reshape(B, nW * h, t.shape[-2], t.shape[-1]) for t in (q, k, v))
+        out = attend(q, k, v, bias.reshape(1, nW * h, Nq, N), self.scale, p, owner=self)
+        return self._merge(out.view(B * nW, h, Nq, out.shape[-1]))
 
 
 # --- block, layout, stage --------------------------------------------------------------------------------------
@@ -222,17 +223,27 @@ class R2LBlock(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
 
-    def forward(self, x: Tensor, num_windows: int, mask: Tensor | None = None, regional_only: bool = False) -> Tensor:
-        """``x``: ``(B*nW) x (1+ws²) x C`` windows; ``mask`` as in :meth:`R2LAttention.local`. ``regional_only``
-        returns just the regional tokens (``(B*nW) x 1 x C``), for a last block whose local tokens nobody reads
-        (classification): the local tokens still serve as keys and values, the result is the same."""
+    def mix_regional(self, x: Tensor, num_windows: int) -> Tensor:
+        """Step 1: the regional tokens of each image attend to each other; ``x``: ``(B*nW) x (1+ws²) x C``."""
         BW, N, C = x.shape
         r = x[:, 0].reshape(BW // num_windows, num_windows, C)
         r = r + self.drop_path(self.attn.regional(self.norm0(r)))
-        x = torch.cat([r.reshape(BW, 1, C), x[:, 1:]], dim=1)
-        attn = self.attn.local(self.norm1(x), mask, regional_only)
-        x = (x[:, :1] if regional_only else x) + self.drop_path(attn)
+        return torch.cat([r.reshape(BW, 1, C), x[:, 1:]], dim=1)
+
+    def mix_local(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Steps 2-3: windowed attention (``mask`` as in :meth:`R2LAttention.local`) and the MLP, every token."""
+        x = x + self.drop_path(self.attn.local(self.norm1(x), mask))
         return residual_mlp(x, self.norm2, self.mlp, self.drop_path)
+
+    def mix_local_regional(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Steps 2-3 for the regional tokens only (``(B*nW) x 1 x C``), for a last block whose local tokens nobody
+        reads (classification)."""
+        x = x[:, :1] + self.drop_path(self.attn.local_regional_queries(self.norm1(x), mask))
+        return residual_mlp(x, self.norm2, self.mlp, self.drop_path)
+
+    def forward(self, x: Tensor, num_windows: int, mask: Tensor | None = None) -> Tensor:
+        """``x``: ``(B*nW) x (1+ws²) x C`` windows; ``mask`` as in :meth:`R2LAttention.local`."""
+        return self.mix_local(self.mix_regional(x, num_windows), mask)
 
 
 def to_windows(region: Tensor, local: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
@@ -282,6 +293,7 @@ class Projection(nn.Module):
         return self.conv(self.act(self.norm(x)))
 
 
+@register_notrace_module  # windows, padding and masks follow the map size: a leaf for torch.fx
 class RegionViTStage(nn.Module):
     """Projection, then R2L blocks on the windowed layout (PEG after the first), then back to maps."""
 
@@ -335,35 +347,46 @@ class RegionViTStage(nn.Module):
         if mask is None:
             if len(self._masks) >= 32:  # many input sizes (detection): keep the cache bounded
                 self._masks.clear()
-            mask = self._masks[key] = r2l_window_mask(grid, pad, ws, self.corrected_mask, device).unsqueeze(1)
+            with torch.inference_mode(False):  # a mask first built under inference_mode must serve training too
+                mask = self._masks[key] = r2l_window_mask(grid, pad, ws, self.corrected_mask, device).unsqueeze(1)
         return mask
 
-    def _run(self, blk: nn.Module, x: Tensor, num_windows: int, mask: Tensor | None, regional_only: bool) -> Tensor:
+    def _run(self, fn: Any, *args: Any) -> Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x, num_windows, mask, regional_only)
-        return blk(x, num_windows, mask, regional_only)
+            return checkpoint(fn, *args)
+        return fn(*args)
 
-    def forward(self, region: Tensor, local: Tensor, need_local: bool = True) -> tuple[Tensor, Tensor | None]:
-        """``B x C x H x W`` maps in and out. ``need_local=False`` skips what only the output local map needs
-        (it is returned as None)."""
+    def forward(self, region: Tensor, local: Tensor, final: bool = False,
+                need_local: bool = True) -> tuple[Tensor, Tensor | None]:
+        """``B x C x H x W`` regional and local maps in and out.
+
+        ``final``: the model's last stage, whose regional tokens are all that classification reads: its last block
+        runs the regional queries alone for them (the same numbers up to rounding, a fraction of the work), and the
+        local map is computed only when ``need_local`` (else None). The official code runs every token.
+        """
         region, local = self.downsample(region), self.downsample(local)
         grid, size, ws = tuple(region.shape[-2:]), tuple(local.shape[-2:]), self.window_size
         x, pad = to_windows(region, local, ws)
         mask = self.window_mask(grid, pad, x.device)
         num_windows = grid[0] * grid[1]
+        last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
             pegged = i == 0 and self.peg is not None
-            if i == len(self.blocks) - 1 and not need_local and not pegged:
-                r = self._run(blk, x, num_windows, mask, True)
-                return r.reshape(-1, grid[0], grid[1], r.shape[-1]).permute(0, 3, 1, 2), None
-            x = self._run(blk, x, num_windows, mask, False)
+            if i == last and final and not pegged:
+                x = self._run(blk.mix_regional, x, num_windows)
+                r = self._run(blk.mix_local_regional, x, mask)
+                region = r.reshape(-1, grid[0], grid[1], r.shape[-1]).permute(0, 3, 1, 2)
+                local = to_maps(self._run(blk.mix_local, x, mask), grid, size, ws)[1] if need_local else None
+                return region, self._det_norm(local)
+            x = self._run(blk, x, num_windows, mask)
             if pegged:
                 region, local = to_maps(x, grid, size, ws)
                 x, _ = to_windows(region + self.peg(region), local + self.peg(local), ws)
         region, local = to_maps(x, grid, size, ws)
-        if self.det_norm is not None:
-            local = self.det_norm(local)
-        return region, local
+        return region, self._det_norm(local)
+
+    def _det_norm(self, local: Tensor | None) -> Tensor | None:
+        return local if self.det_norm is None or local is None else self.det_norm(local)
 
 
 # --- stems and the model ---------------------------------------------------------------------------------------
@@ -404,6 +427,7 @@ class LocalStem(nn.Module):
         return self.proj(x)
 
 
+@register_notrace_module  # pads by the input size: a leaf for torch.fx
 class RegionalStem(nn.Module):
     """Regional-token stem: a conv with kernel = stride = P on the image, zero-padded centred to multiples of P
     (official rule: when either side needs it, both sides get ``P - size % P``, see the module docstring)."""
@@ -429,7 +453,7 @@ class RegionalStem(nn.Module):
         return self.proj(x)
 
 
-class RegionViT(nn.Module):
+class RegionViT(PyramidStages, nn.Module):
     """RegionViT: regional-to-local attention on a 4-stage pyramid.
 
     Args:
@@ -456,6 +480,10 @@ class RegionViT(nn.Module):
             the stem, in the MLPs and after the attention projections).
         head_drop_rate: dropout before the classifier (not in the official model).
     """
+
+    stage_fmt = "NCHW"
+    group_stem = r"^patch_embed|^region_embed"
+    group_stage_start = "downsample|peg|det_norm"
 
     def __init__(
         self,
@@ -484,8 +512,9 @@ class RegionViT(nn.Module):
         head_drop_rate: float = 0.0,
     ):
         super().__init__()
-        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
-                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, head_drop_rate=head_drop_rate)
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, pools=self.global_pools,
+                         drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+                         head_drop_rate=head_drop_rate)
         num_stages = len(check_ints(depth, "depth"))
         embed_dim = check_ints(embed_dim, "embed_dim", num_stages)
         num_heads = check_ints(num_heads, "num_heads", num_stages)
@@ -514,8 +543,9 @@ class RegionViT(nn.Module):
         self.patch_embed = LocalStem(in_chans, stem_dim, patch_size, patch_conv_type)
         self.region_embed = RegionalStem(in_chans, stem_dim, patch_size * window_size[0])
         self.pos_drop = nn.Dropout(drop_rate)
-        self._min_size = (self.patch_embed.min_size, self.patch_embed.min_size)
-        self._check_geometry(check_img_size(img_size, self._min_size, f"the {patch_conv_type!r} stem"), downsampling)
+        self.min_input_size = (self.patch_embed.min_size, self.patch_embed.min_size)
+        self._check_geometry(check_img_size(img_size, self.min_input_size, f"the {patch_conv_type!r} stem"),
+                             downsampling)
 
         dpr = torch.linspace(0, drop_path_rate, sum(depth)).tolist()
         self.stages = nn.ModuleList()
@@ -557,105 +587,25 @@ class RegionViT(nn.Module):
                 raise ValueError(f"window_size[{i}]={ws} does not fit stage {i}: its {size[0]}x{size[1]} local map "
                                  f"on a {grid[0]}x{grid[1]} regional grid; use the same window size in every stage")
 
-    # --- timm contract ---------------------------------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^patch_embed|^region_embed",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^stages\.(\d+)\.(?:downsample|peg|det_norm)", (0,)),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = check_num_classes(num_classes)
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    # --- forward ---------------------------------------------------------------------------------------------------
-    def _stems(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_image(x, self.in_chans, self._min_size, type(self).__name__)
+    # --- forward: the state between stages is the (regional, local) pair of maps -----------------------------------
+    def _stem(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.region_embed(x), self.pos_drop(self.patch_embed(x))
 
-    def _final_tokens(self, region: Tensor) -> Tensor:
-        return self.norm(region.flatten(2).transpose(1, 2))
+    def _stage(self, i: int, x: tuple[Tensor, Tensor], need_map: bool) -> tuple[Tensor, Tensor | None]:
+        final = i == len(self.stages) - 1
+        region, local = x
+        return self.stages[i](region, local, final=final, need_local=not final or need_map)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Normalised final regional tokens, ``B x (Hr*Wr) x C``."""
-        region, local = self._stems(x)
-        for i, stage in enumerate(self.stages):
-            region, local = stage(region, local, need_local=i < len(self.stages) - 1)
-        return self._final_tokens(region)
+    def _stage_map(self, i: int, x: tuple[Tensor, Tensor], norm: bool) -> Tensor:
+        """The stage's local-token map (strides 4/8/16/32), cropped to the input's true size; with ``det_norm=True``
+        the normalised map, which the model also feeds to the next stage. ``norm`` does not apply: the final norm
+        acts on regional tokens."""
+        return x[1]
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=1)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """The local-token maps of the stages (strides 4/8/16/32), cropped to the input's true size.
-
-        With ``det_norm=True`` they are the normalised maps, which the model also feeds to the next stage.
-        ``norm`` is accepted for timm's interface; the final norm acts on regional tokens, so it does not apply.
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        region, local = self._stems(x)
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
-        intermediates = []
-        for i, stage in enumerate(stages):
-            region, local = stage(region, local, need_local=i < len(self.stages) - 1 or i in take_indices)
-            if i in take_indices:
-                intermediates.append(local.contiguous() if output_fmt == "NCHW" else local.permute(0, 2, 3, 1))
-        if intermediates_only:
-            return intermediates
-        if len(stages) < len(self.stages):
-            return region.flatten(2).transpose(1, 2), intermediates
-        return self._final_tokens(region), intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        if max_index < len(self.stages) - 1:
-            self.stages = self.stages[: max_index + 1]
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-            prune_norm = prune_head = True
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
+    def _features(self, x: tuple[Tensor, Tensor], final: bool) -> Tensor:
+        """The final regional tokens, ``B x (Hr*Wr) x C``, normalised when every stage ran."""
+        tokens = x[0].flatten(2).transpose(1, 2)
+        return self.norm(tokens) if final else tokens
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------
