@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 
 readme: $(STAMP)
-	$(PY) -m locvit models --markdown --update-readme README.md
+	$(PY) -m locvit models --recount --markdown --update-readme README.md
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -72,8 +72,9 @@ def pytest_collection_modifyitems(config, items):
 def patched_test_file(source: str) -> str:
     """timm's test file with locvit's token-output models and model modules added to its filter lists."""
     sys.path.insert(0, str(REPO / "src"))
-    import locvit
     from timm.models import get_pretrained_cfg_value, model_entrypoint
+
+    import locvit
 
     names = locvit.list_models()
     token_models = [n for n in names if get_pretrained_cfg_value(n, "pool_size") is None]

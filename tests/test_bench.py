@@ -92,3 +92,30 @@ def test_model_table_skips_aliases_of_baselines_outside_the_zoo():
 
     rows = model_table("*tnt*", flops=False)
     assert [r["name"] for r in rows] == [n for n in locvit.list_models() if "tnt" in n]
+
+
+def test_models_table_answers_from_the_shipped_stats_without_building(monkeypatch):
+    """`locvit models` took 83-108 s building and counting 52 models; the shipped table makes it instant. Every
+    registered model must be in it (regenerate with `make readme` after adding one)."""
+    import timm
+
+    from locvit import zoo
+
+    stats = zoo.load_stats()
+    assert sorted(stats) == sorted(locvit.list_models()), "zoo_stats.json is stale: run `make readme`"
+
+    def refuse(*a, **k):
+        raise AssertionError("model_table built a model although its stats are shipped")
+
+    monkeypatch.setattr(timm, "create_model", refuse)
+    rows = zoo.model_table("*")
+    assert len(rows) == len(stats) and all(r["gmacs"] > 0 and r["params_m"] > 0 for r in rows)
+    text = zoo.render_table(rows)
+    assert "official weights" in text and "GMACs" in text
+
+
+@pytest.mark.parametrize("name", ["localvit_tiny", "vvt_test", "t2t_vit_7"])
+def test_shipped_stats_match_live_counts(name):
+    from locvit import zoo
+
+    assert zoo.count_model(name) == zoo.load_stats()[name]

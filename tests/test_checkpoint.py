@@ -151,3 +151,44 @@ def test_save_refuses_nothing_silently(tmp_path):
     path = tmp_path / "sub" / "w.pth"
     save_checkpoint({"a": torch.ones(2)}, path)
     assert os.path.exists(path) and torch.load(path, weights_only=True)["a"].sum() == 2
+
+
+@pytest.mark.parametrize("content", ["random", "random_pickle", "html", "text"])
+def test_broken_files_are_called_broken_not_unsafe(tmp_path, content):
+    """Only a file that really pickles objects gets the --trust-checkpoint refusal; garbage is named as garbage."""
+    data = {"random": os.urandom(5000), "random_pickle": b"\x80\x02" + os.urandom(5000),
+            "html": b"<!DOCTYPE html><html><body>Sign in to OneDrive</body></html>" * 20,
+            "text": b"hello world " * 100}[content]
+    path = tmp_path / "w.pth"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(path)
+    msg = str(e.value)
+    assert "trust" not in msg and "pickles" not in msg
+    assert ("web page" if content == "html" else "not a valid PyTorch checkpoint") in msg
+
+
+def test_nonfinite_weights_are_refused_and_eval_fails(tmp_path, model):
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["head.weight"][0, 0] = float("nan")
+    sd["blocks.0.attn.qkv.weight"][1] = float("inf")
+    path = tmp_path / "nan.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="NaN/inf values in 2 tensors .*head.weight"):
+        locvit.load_checkpoint(_fresh(), path)
+    locvit.load_checkpoint(_fresh(), path, allow_nonfinite=True)  # on request
+    kw = ["depth=2", "embed_dim=32", "num_heads=2", "reduction=4"]
+    proc = subprocess.run([sys.executable, "-m", "locvit", "eval", "--model", NAME, "--checkpoint", str(path),
+                           "--data", "digits", "--img-size", "64", "--model-kwargs", *kw], capture_output=True, text=True)
+    assert proc.returncode == 2 and "NaN/inf" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_create_model_builds_at_the_size_and_head_of_a_checkpoint(tmp_path, model):
+    """One function builds and loads (CLI eval/export/viz and the dense adapters use it): the classifier size comes
+    from the checkpoint, the input size from the caller, and the report stays on the model."""
+    path = tmp_path / "w.safetensors"
+    save_checkpoint(model, path)
+    kw = {k: v for k, v in KW.items() if k not in ("num_classes", "img_size")}
+    m = locvit.create_model(NAME, checkpoint=path, img_size=64, **kw).eval()
+    assert m.num_classes == 5 and m.load_report.exact and _same(m, model)
+    assert m.pos_embed.shape == model.pos_embed.shape

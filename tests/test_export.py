@@ -74,6 +74,20 @@ def test_pt2_round_trip_by_name(tmp_path):
         assert max_abs_diff(ref(batch(4)), loaded(batch(4))) <= ATOL
 
 
+def test_export_of_a_checkpoint_is_the_trained_model_at_its_size(tmp_path):
+    """`--img-size` builds the model at that size, so a checkpoint trained at 32x32 is exported as it was trained (it
+    was once loaded into a 224 model, position embedding resized 65 -> 3,137 tokens, and checked against that)."""
+    torch.manual_seed(3)
+    trained = locvit.create_model("localvit_tiny", num_classes=10, img_size=32, patch_size=4, depth=1).eval()
+    locvit.save_checkpoint(trained, tmp_path / "w.safetensors")
+    res = export("localvit_tiny", "pt2", output=tmp_path / "m.pt2", checkpoint=str(tmp_path / "w.safetensors"),
+                 img_size=(32, 32), model_kwargs=dict(patch_size=4, depth=1))
+    loaded = torch.export.load(str(res.path)).module()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert max_abs_diff(trained(x), loaded(x)) <= ATOL
+
+
 def test_export_that_does_not_match_writes_nothing(tmp_path):
     target = tmp_path / "m.pt2"
     with pytest.raises(ExportError, match="differs from eager PyTorch.*nothing written"):

@@ -5,15 +5,15 @@ import torch
 from timm.layers import Mlp
 from torch import nn
 
-from locvit.layers import LocalityFeedForward, explicit_attention, locality_ffn, residual_mlp, token_mlp
+from locvit.layers import LocalityFeedForward, explicit_attention, fastpath, residual_mlp, token_mlp
 
 
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of a few rows, so a test-sized tensor is split into several (and a ragged last one)."""
-    monkeypatch.setattr(token_mlp, "_BLOCK_BYTES", 4 * 32 * 24)  # 24 rows of a 32-wide hidden
-    monkeypatch.setattr(token_mlp, "_MIN_ROWS", 1)
-    monkeypatch.setattr(token_mlp, "_MIN_TOKENS", 1)
+    monkeypatch.setattr(fastpath, "MLP_BLOCK_BYTES", 4 * 32 * 24)  # 24 rows of a 32-wide hidden
+    monkeypatch.setattr(fastpath, "MLP_MIN_ROWS", 1)
+    monkeypatch.setattr(fastpath, "MLP_MIN_TOKENS", 1)
 
 
 def _parts(dim=16, hidden=32, bias=True):
@@ -79,8 +79,8 @@ def test_locality_ffn_image_groups_match_whole_batch(monkeypatch):
     with torch.inference_mode():
         whole = ffn(x)
         per_image = 4 * 7 * 7 * 32
-        monkeypatch.setattr(locality_ffn, "_MIN_BATCH_BYTES", per_image)
-        monkeypatch.setattr(locality_ffn, "_GROUP_BYTES", 2 * per_image)
+        monkeypatch.setattr(fastpath, "FFN_GROUP_MIN_BYTES", per_image)
+        monkeypatch.setattr(fastpath, "FFN_GROUP_BYTES", 2 * per_image)
         calls = []
         orig = ffn._forward_fused_group
         monkeypatch.setattr(ffn, "_forward_fused_group", lambda g: calls.append(g.shape[0]) or orig(g))

@@ -72,20 +72,34 @@ def test_tuned_forwards_do_not_page_fault():
     assert sorted(tuned)[len(tuned) // 2] < 300, tuned
 
 
-@glibc
-def test_settings_are_reported(monkeypatch):
-    monkeypatch.setattr(runtime, "_applied", None)
-    assert runtime.allocator_settings() is None
+_SETTINGS = textwrap.dedent("""
+    import os
+    from locvit import cli, runtime
+    print("settings:", runtime.allocator_settings())  # a fresh process: glibc's defaults
+    os.environ["LOCVIT_TUNE_MALLOC"] = "0"
+    assert cli.main(["models", "localvit_tiny", "--no-flops"]) == 0
+    print("settings:", runtime.allocator_settings())  # the locvit command, switched off
+    os.environ["LOCVIT_TUNE_MALLOC"] = "1"
+    assert cli.main(["models", "localvit_tiny", "--no-flops"]) == 0
+    print("settings:", runtime.allocator_settings())  # the locvit command's start-up
     assert runtime.tune_cpu_allocator(16 << 20, 1 << 29)
-    assert runtime.allocator_settings() == {"mmap_threshold": 16 << 20, "trim_threshold": 1 << 29}
-    assert runtime.tune_cpu_allocator()  # back to the defaults the CLI uses
+    print("settings:", runtime.allocator_settings())
+""")
 
 
-def test_env_switch_turns_it_off(monkeypatch):
-    monkeypatch.setattr(runtime, "_applied", None)
-    monkeypatch.setenv("LOCVIT_TUNE_MALLOC", "0")
-    assert runtime.tune_from_env() is False
-    assert runtime.allocator_settings() is None
+@glibc
+def test_settings_and_the_locvit_command():
+    """A fresh process runs glibc's defaults (as this test process does); the locvit command tunes at start unless
+    LOCVIT_TUNE_MALLOC=0; the settings applied are reported."""
+    out = subprocess.run([sys.executable, "-c", _SETTINGS], capture_output=True, text=True, check=True)
+    seen = [line.split(": ", 1)[1] for line in out.stdout.splitlines() if line.startswith("settings: ")]
+    cli_default = {"mmap_threshold": runtime.MAX_MMAP_THRESHOLD, "trim_threshold": 1 << 30}
+    assert seen == ["None", "None", str(cli_default), str({"mmap_threshold": 16 << 20, "trim_threshold": 1 << 29})]
+
+
+def test_the_test_process_keeps_the_default_allocator():
+    """conftest.py keeps every in-process call from tuning (it could not be undone for the later tests)."""
+    assert runtime.tune_cpu_allocator() is False and runtime.allocator_settings() is None
 
 
 @pytest.mark.parametrize("kwargs, match", [

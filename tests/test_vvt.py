@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import locvit
 import locvit.models.vvt as vvt
+from locvit.layers import fastpath
 from locvit.models.vvt import (
     VicinityAttention,
     abs_clamp,
@@ -138,7 +139,7 @@ def test_explicit_backward_matches_autograd(monkeypatch, weight_std, sr):
         return y.detach(), [x.grad.clone()] + [p.grad.clone() for p in attn.parameters()]
 
     y1, g1 = grads()
-    monkeypatch.setattr(vvt, "_eager_autograd", lambda *t: False)
+    monkeypatch.setattr(fastpath, "eager_autograd", lambda *t: False)
     y2, g2 = grads()
     assert torch.equal(y1, y2)
     for a, b in zip(g1, g2):
@@ -160,7 +161,7 @@ def test_cpu_chunking_is_exact_and_only_for_inference():
             s.chunk_tokens = 0
         whole = model(x)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
-    assert vvt.VicinityStage.chunk_tokens > 0
+    assert fastpath.VVT_CHUNK_TOKENS > 0 and vvt.VicinityStage.chunk_tokens is None  # the module setting
     stage.chunk_tokens = 800
     assert stage._images_per_chunk(torch.randn(3, 18, 22, 32)) == 3  # autograd on: no chunking
 

@@ -7,6 +7,7 @@ canonical one, which means the model it builds carries the canonical name's pret
 from __future__ import annotations
 
 import fnmatch
+import os
 from typing import Any, Callable
 
 import timm
@@ -95,8 +96,11 @@ def _natural_key(s: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s.lower())]
 
 
-def create_model(name: str, pretrained: bool = False, checkpoint: str | None = None, **kwargs: Any):
-    """Build a model by name (canonical, official alias, or any timm name).
+def create_model(name: str, pretrained: bool = False, checkpoint: str | Any | None = None, *,
+                 num_classes: int | None = None, img_size: int | tuple[int, int] | None = None, strict: bool = True,
+                 trust_pickle: bool = False, use_ema: bool = False, **kwargs: Any):
+    """Build a model by name (canonical, official alias, or any timm name) and optionally load a checkpoint: the one
+    place where the CLI commands, export, viz and the dense adapters build their models.
 
     Official names that timm registers for another architecture build the official model (see
     :data:`OFFICIAL_HOMONYMS`); every other name builds what ``timm.create_model(name)`` builds.
@@ -104,17 +108,35 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | None = N
     Args:
         name: model name.
         pretrained: load the weights named by the pretrained cfg (``pretrained_cfg_overlay=dict(file=...)``).
-        checkpoint: a checkpoint file (official or locvit format) to load strictly after building.
-        **kwargs: forwarded to the model (``num_classes``, ``img_size``, ``drop_path_rate``, ...).
+        checkpoint: a checkpoint file or state dict (official or locvit format), loaded after building; the
+            report of what was loaded is kept as ``model.load_report``.
+        num_classes: classifier size; with a checkpoint, defaults to the checkpoint's classifier.
+        img_size: input size the model is built for (position embeddings and tables are resized on load).
+        strict: with a checkpoint: every key must fit (``False``: load what fits, e.g. to fine-tune with a new head).
+        trust_pickle, use_ema: see :func:`locvit.read_checkpoint`.
+        **kwargs: forwarded to the model (``drop_path_rate``, architecture options, ...).
     """
     name = OFFICIAL_HOMONYMS.get(name, name)
     if not timm.is_model(name):
         close = fnmatch.filter(list_models(include_aliases=True), f"*{name.split('_')[0]}*")[:8]
         hint = f" Similar: {', '.join(close)}." if close else " See `locvit models`."
         raise ValueError(f"unknown model {name!r}.{hint}")
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    state = None
     if checkpoint is not None:
+        from locvit.checkpoint import head_classes, read_checkpoint, unwrap_state_dict
+
+        state = (read_checkpoint(checkpoint, trust_pickle=trust_pickle, use_ema=use_ema)
+                 if isinstance(checkpoint, (str, os.PathLike)) else unwrap_state_dict(checkpoint, use_ema=use_ema))
+        if num_classes is None:
+            num_classes = head_classes(state)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    if state is not None:
         from locvit.checkpoint import load_checkpoint
 
-        load_checkpoint(model, checkpoint)
+        model.load_report = load_checkpoint(model, state, strict=strict, source=str(checkpoint)
+                                            if isinstance(checkpoint, (str, os.PathLike)) else None)
     return model

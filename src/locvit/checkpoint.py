@@ -93,31 +93,41 @@ def read_checkpoint(
                                   ) from e
     if not zipfile.is_zipfile(path) and path.stat().st_size < 64:
         raise CheckpointError(f"{path} is too small to be a checkpoint ({path.stat().st_size} bytes)")
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    if head[:1] == b"<":
+        raise CheckpointError(f"{path} is a web page (HTML), not a checkpoint: the download returned a page instead "
+                              "of the file; download the file itself (a direct link) and pass that")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        culprit = _unsupported_global(str(e))
+        if culprit is None:  # not a refused class: the bytes themselves are not a valid pickle
+            raise _corrupt(path, e) from None
         if not trust_pickle:
-            culprit = _unsupported_global(str(e))
             raise CheckpointError(
-                f"{path} pickles {culprit or 'Python objects'} besides its tensors, so it is not loaded by default "
+                f"{path} pickles {culprit} besides its tensors, so it is not loaded by default "
                 "(unpickling can run code). If you trust the file's source, pass trust_pickle=True "
                 "(CLI: --trust-checkpoint)."
             ) from None
         obj = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        raise CheckpointError(
-            f"{path} is not a complete PyTorch checkpoint ({str(e).splitlines()[0]}); the file is probably "
-            "truncated or corrupt: download or copy it again"
-        ) from e
+    except Exception as e:  # noqa: BLE001 - zip, EOF, key and decode errors all mean a damaged file
+        raise _corrupt(path, e) from e
     return unwrap_state_dict(obj, use_ema=use_ema, source=str(path))
 
 
+def _corrupt(path: Path, e: BaseException) -> CheckpointError:
+    detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    return CheckpointError(f"{path} is not a valid PyTorch checkpoint: the file is truncated, corrupt or of another "
+                           f"kind ({type(e).__name__}: {detail}); download or copy it again")
+
+
 def _unsupported_global(msg: str) -> str | None:
-    for token in ("Unsupported global: GLOBAL ", "GLOBAL "):
-        if token in msg:
-            return msg.split(token, 1)[1].split()[0].rstrip(".,")
-    return None
+    """The class a weights-only load refused (``Unsupported global: GLOBAL mod.Cls``), ``None`` for other errors."""
+    if "Unsupported global" not in msg:
+        return None
+    return msg.split("GLOBAL ", 1)[1].split()[0].rstrip(".,") if "GLOBAL " in msg else "Python objects"
 
 
 def unwrap_state_dict(obj: Any, use_ema: bool = False, source: str = "<object>") -> StateDict:
@@ -143,6 +153,16 @@ def unwrap_state_dict(obj: Any, use_ema: bool = False, source: str = "<object>")
     return sd
 
 
+def head_classes(state: Mapping[str, torch.Tensor] | None) -> int | None:
+    """Classes of a checkpoint's classifier (a 2-D ``head``/``fc``/``classifier`` weight), when it has one."""
+    if not state:
+        return None
+    for key in ("head.weight", "head.fc.weight", "fc.weight", "classifier.weight"):
+        if key in state and state[key].ndim == 2:
+            return int(state[key].shape[0])
+    return None
+
+
 def find_filter_fn(model: nn.Module) -> Callable[[StateDict, nn.Module], StateDict] | None:
     """The ``checkpoint_filter_fn`` of the module that defines ``model``'s class (timm convention)."""
     module = sys.modules.get(type(model).__module__)
@@ -163,6 +183,8 @@ def load_checkpoint(
     filter_fn: Callable | None | str = "auto",
     trust_pickle: bool = False,
     use_ema: bool = False,
+    allow_nonfinite: bool = False,
+    source: str | None = None,
 ) -> LoadReport:
     """Load a checkpoint (path or dict; official or locvit format) into ``model``.
 
@@ -177,6 +199,8 @@ def load_checkpoint(
         filter_fn: ``'auto'`` (the family's filter), ``None`` (keys used as they are) or a callable.
         trust_pickle: see :func:`read_checkpoint`.
         use_ema: prefer EMA weights when present.
+        allow_nonfinite: load tensors holding NaN/inf (refused by default: such a model outputs NaN).
+        source: how to name a state-dict argument in messages (e.g. the file it was read from).
 
     Returns:
         A :class:`LoadReport`.
@@ -186,13 +210,19 @@ def load_checkpoint(
         source = str(checkpoint)
         sd = read_checkpoint(checkpoint, trust_pickle=trust_pickle, use_ema=use_ema)
     else:
-        source = "<state dict>"
+        source = source or "<state dict>"
         sd = unwrap_state_dict(checkpoint, use_ema=use_ema)
     if filter_fn == "auto":
         filter_fn = find_filter_fn(target)
     if filter_fn is not None:
         sd = filter_fn(dict(sd), target)
 
+    if not allow_nonfinite:
+        bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"{source} holds NaN/inf values in {len(bad)} tensors ({_fmt(bad, 5)}): it comes "
+                                  "from a diverged run or is damaged, and the model would output NaN; use an "
+                                  "earlier checkpoint (allow_nonfinite=True loads it anyway)")
     own = target.state_dict()
     report = LoadReport(source=source)
     report.missing = [k for k in own if k not in sd]

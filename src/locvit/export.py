@@ -53,29 +53,6 @@ class ExportResult:
         return self.path.stat().st_size / 2 ** 20
 
 
-def load_model(name: str, checkpoint: str | None = None, num_classes: int | None = None, trust_pickle: bool = False,
-               seed: int = 0, **kwargs: Any) -> nn.Module:
-    """Build ``name`` in eval mode: random init from ``seed``, or ``checkpoint`` loaded strictly (the number of
-    classes defaults to the checkpoint's classifier)."""
-    from locvit._registry import create_model
-
-    torch.manual_seed(seed)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if checkpoint is None:
-        return create_model(name, **kwargs).eval()
-    from locvit.checkpoint import load_checkpoint, read_checkpoint
-    from locvit.engine.evaluate import _head_size
-
-    state = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
-    head = _head_size(state)
-    if head is not None:
-        kwargs.setdefault("num_classes", head)
-    model = create_model(name, **kwargs)
-    load_checkpoint(model, state)
-    return model.eval()
-
-
 def input_size(model: nn.Module, img_size: tuple[int, int] | int | None = None) -> tuple[int, int]:
     """``img_size`` (an int means square) or the model's pretrained-cfg input size."""
     if img_size is None:
@@ -220,7 +197,8 @@ def export(
     """Export a model to ``format`` (``'onnx'`` or ``'pt2'``) and verify the written file against eager PyTorch.
 
     Args:
-        model: a model name (built with :func:`load_model`) or a module (put in eval mode).
+        model: a model name (built by :func:`locvit.create_model` at ``img_size``, with the checkpoint; random
+            init from seed 0 without one) or a module (put in eval mode).
         format: ``'onnx'`` (ONNX Runtime checks it) or ``'pt2'`` (``torch.export.save``; ``torch.export.load``
             checks it).
         output: target file (default ``<model>.<format>`` in the working directory).
@@ -241,8 +219,15 @@ def export(
     say = log or (lambda s: None)
     t0 = time.perf_counter()
     if isinstance(model, str):
+        from locvit._registry import create_model
+
         name = model
-        model = load_model(name, checkpoint, num_classes, trust_pickle, **(model_kwargs or {}))
+        torch.manual_seed(0)
+        kw = dict(model_kwargs or {})
+        if img_size is not None:  # built for the size it is exported at: tables and embeddings as trained
+            kw.setdefault("img_size", img_size)
+        model = create_model(name, checkpoint=checkpoint, num_classes=num_classes, trust_pickle=trust_pickle,
+                             **kw).eval()
     else:
         name = getattr(model, "default_cfg", {}).get("architecture") or type(model).__name__
         model = model.eval()

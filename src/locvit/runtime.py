@@ -4,10 +4,9 @@ PyTorch allocates CPU tensors with plain ``malloc``. glibc serves blocks above i
 32 MB) with fresh ``mmap`` calls, unmaps them on free, and trims the top of its heap above the trim threshold; so
 the megabyte-sized activations of every forward pass are mapped, faulted in page by page and unmapped again, each
 call (how often depends on the order of allocation sizes, as glibc raises its threshold to each freed mapped
-block's size). On the 2-core CPU this project is measured on that was 13,000-30,000 minor page faults per batch-8
-forward, and :func:`tune_cpu_allocator` removed them (best of 6 forwards, separate processes; the command is in
-docs/benchmarks/README.md): LocalViT-T 30.1 -> 44.6 img/s, VVT-tiny 15.4 -> 17.3, RegionViT-Ti 16.7 -> 19.5, with
-the same peak memory (the heap just keeps what it already held). This is what the ``MALLOC_MMAP_THRESHOLD_`` /
+block's size). :func:`tune_cpu_allocator` keeps those blocks in the heap for reuse, with the same peak memory (the
+heap just keeps what it already held); the page faults and time it saves, with the commands, are in
+docs/benchmarks/README.md (*Allocator*). This is what the ``MALLOC_MMAP_THRESHOLD_`` /
 ``MALLOC_TRIM_THRESHOLD_`` environment variables, or preloading jemalloc/tcmalloc, do for a whole process.
 
 The ``locvit`` command applies it at start (``LOCVIT_TUNE_MALLOC=0`` turns that off); Python users call
@@ -75,3 +74,21 @@ def _mallopt():
         return None
     fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return fn
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's CPU generators (and CUDA's once CUDA is in use).
+
+    ``torch.manual_seed`` also queues a lazy CUDA seeding on a CUDA build, recording a Python stack trace each time;
+    per sample in a data loader that cost more than the augmentation itself. Seeding CUDA only once it is
+    initialised gives the same random streams without it."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.random.default_generator.manual_seed(seed)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)

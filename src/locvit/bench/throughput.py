@@ -65,16 +65,24 @@ def _sync(device: torch.device) -> None:
 
 
 class Runner:
-    """One model prepared for repeated timed steps (inference or a full training step)."""
+    """One model prepared for repeated timed steps (inference or a full training step).
 
-    def __init__(self, spec: BenchSpec):
+    Args:
+        spec: what to run; ``spec.model`` names the model to build.
+        model: an already built model to run instead of building ``spec.model`` (which then only labels the
+            results), e.g. another implementation of the same architecture.
+    """
+
+    def __init__(self, spec: BenchSpec, model: nn.Module | None = None):
         from locvit._registry import create_model
 
         self.spec = spec
         self.device = torch.device(spec.device)
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        model = create_model(spec.model, **spec.model_kwargs).to(self.device)
+        if model is None:
+            model = create_model(spec.model, **spec.model_kwargs)
+        model = model.to(self.device)
         self.params = sum(p.numel() for p in model.parameters())
         fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
         if spec.channels_last:
@@ -177,21 +185,27 @@ def benchmark(spec: BenchSpec, warmup: int = 2, runs: int = 5, memory: bool = Tr
     return _result(r, times, r.peak_memory_mb() if memory else None)
 
 
-def benchmark_pair(a: BenchSpec, b: BenchSpec, warmup: int = 2, runs: int = 5,
-                   memory: bool = False) -> tuple[BenchResult, BenchResult, float]:
-    """Interleave two models run by run; returns both results and the ratio of A's to B's images/s (median of
-    the per-round ratios, robust to the machine's speed changing between rounds)."""
-    ra, rb = Runner(a), Runner(b)
+def interleave(ra: Runner, rb: Runner, warmup: int = 2, runs: int = 5) -> tuple[list[float], list[float]]:
+    """Warm both runners up, then time one step of each per round, alternating which goes first so neither always
+    runs on a warmer cache; returns the seconds of A's and of B's steps, round by round."""
     for _ in range(warmup):
         ra.step()
         rb.step()
     ta, tb = [], []
     for i in range(runs):
-        # alternate which goes first so neither always runs on a warmer cache
         first, second = (ra, rb) if i % 2 == 0 else (rb, ra)
         t1, t2 = first.time_once(), second.time_once()
         ta.append(t1 if first is ra else t2)
         tb.append(t2 if first is ra else t1)
+    return ta, tb
+
+
+def benchmark_pair(a: BenchSpec, b: BenchSpec, warmup: int = 2, runs: int = 5,
+                   memory: bool = False) -> tuple[BenchResult, BenchResult, float]:
+    """Interleave two models run by run; returns both results and the ratio of A's to B's images/s (median of
+    the per-round ratios, robust to the machine's speed changing between rounds)."""
+    ra, rb = Runner(a), Runner(b)
+    ta, tb = interleave(ra, rb, warmup, runs)
     ratio = statistics.median(y / x for x, y in zip(ta, tb))  # (b time / a time) = a speed / b speed
     res_a = _result(ra, ta, ra.peak_memory_mb() if memory else None)
     res_b = _result(rb, tb, rb.peak_memory_mb() if memory else None)

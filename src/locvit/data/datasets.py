@@ -1,23 +1,26 @@
 """Datasets: ImageNet-style folders, CIFAR from its standard files on disk, and an embedded default dataset.
 
-Every dataset returns ``(image, target)`` where ``image`` is ``None`` when the file could not be decoded; the
-collate function of :mod:`locvit.data.loader` drops those samples and counts them, so a few corrupt JPEGs
-never stop an epoch. Augmentation randomness is a function of ``(seed, epoch, index)`` (see
+Every dataset returns ``(image, target)`` where ``image`` is an :class:`Unreadable` record (index, file, reason)
+when the file could not be decoded; the collate function of :mod:`locvit.data.loader` drops those samples and
+the training loop counts each unreadable file once and names it, so a few corrupt JPEGs never stop an epoch.
+Images in any mode Pillow reads (16-bit and 32-bit grayscale, CMYK, palette, alpha) become 8-bit RGB by
+:func:`to_rgb`. Augmentation randomness is a function of ``(seed, epoch, index)`` (see
 :meth:`SeededDataset.__getitem__`), which makes a resumed run see exactly the samples an uninterrupted run
 would have seen.
 """
 from __future__ import annotations
 
 import os
-import random
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+
+from locvit.runtime import seed_all
 
 EMBEDDED = ("digits",)
 CIFAR = ("cifar10", "cifar100")
@@ -25,6 +28,35 @@ _CIFAR_URL = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.g
               "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"}
 _CIFAR_DIR = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Stands in for an image that could not be decoded: which sample, which file, and why."""
+
+    index: int
+    path: str
+    reason: str
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode Pillow opens. ``convert('RGB')`` alone clips 16/32-bit grayscale at 255 (a 16-bit
+    PNG turns white), so those are rescaled from their bit depth; palette images with transparency go through
+    RGBA as Pillow asks; alpha is dropped as timm's loader drops it."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im)
+        if mode == "F":
+            arr = arr * 255.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else arr
+            arr = np.nan_to_num(arr).clip(0, 255).astype(np.uint8)
+        else:
+            # I;16*: 16-bit samples; mode I holds 16-bit PNG data or true 32-bit values: scale from the depth used
+            bits = 16 if mode.startswith("I;16") or int(arr.max(initial=0)) < 2**16 else 32
+            arr = (arr.astype(np.int64).clip(0, None) >> (bits - 8)).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB")
 
 
 class SeededDataset(Dataset):
@@ -46,19 +78,20 @@ class SeededDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         try:
             img, target = self.load(index)
-        except _DECODE_ERRORS:
-            return None, self.target(index)
+        except _DECODE_ERRORS as e:
+            return Unreadable(index, self.describe(index), f"{type(e).__name__}: {e}"), self.target(index)
         if self.transform is not None:
             # random crops, RandAugment, erasing... drawn from (seed, epoch, index) alone, whatever the worker
-            s = zlib.crc32(f"{self.seed}/{self.epoch}/{index}".encode())
-            random.seed(s)
-            np.random.seed(s)
-            torch.manual_seed(s)
+            seed_all(zlib.crc32(f"{self.seed}/{self.epoch}/{index}".encode()))
             img = self.transform(img)
         return img, target
 
     def target(self, index: int) -> int:
         raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        """What sample ``index`` is, for messages (its file where there is one)."""
+        return f"sample {index}"
 
 
 class ImageFolderDataset(SeededDataset):
@@ -84,10 +117,13 @@ class ImageFolderDataset(SeededDataset):
     def load(self, index: int) -> tuple[Image.Image, int]:
         path, target = self.samples[index]
         with Image.open(path) as im:
-            return im.convert("RGB"), target
+            return to_rgb(im), target
 
     def target(self, index: int) -> int:
         return self.samples[index][1]
+
+    def describe(self, index: int) -> str:
+        return str(self.samples[index][0])
 
 
 class ArrayDataset(SeededDataset):
@@ -104,8 +140,7 @@ class ArrayDataset(SeededDataset):
         return len(self.targets)
 
     def load(self, index: int) -> tuple[Image.Image, int]:
-        img = Image.fromarray(self.images[index])
-        return img.convert("RGB"), self.targets[index]
+        return to_rgb(Image.fromarray(self.images[index])), self.targets[index]
 
     def target(self, index: int) -> int:
         return self.targets[index]

@@ -3,33 +3,45 @@ unreadable images."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Iterator, Sequence
 
 import torch
-from timm.data import create_transform
+from PIL import Image
+from timm.data import auto_augment, create_transform
 from torch.utils.data import DataLoader, Sampler
 
-from locvit.data.datasets import SeededDataset
+from locvit.data.datasets import SeededDataset, Unreadable
 
 
 class Batch(tuple):
-    """``(images, targets)`` plus ``skipped``: how many samples of this batch could not be decoded."""
+    """``(images, targets)`` plus ``unreadable``: the samples of this batch that could not be decoded.
 
-    skipped: int
+    A tuple, so ``images, targets = batch`` works; it crosses from DataLoader worker processes by pickle, hence
+    :meth:`__reduce__` (a tuple subclass with extra constructor arguments does not unpickle by default)."""
 
-    def __new__(cls, images: torch.Tensor, targets: torch.Tensor, skipped: int):
+    unreadable: tuple[Unreadable, ...]
+
+    def __new__(cls, images: torch.Tensor, targets: torch.Tensor, unreadable: Sequence[Unreadable] = ()):
         obj = super().__new__(cls, (images, targets))
-        obj.skipped = skipped
+        obj.unreadable = tuple(unreadable)
         return obj
 
+    def __reduce__(self):
+        return (type(self), (self[0], self[1], self.unreadable))
 
-def skip_unreadable_collate(samples: Sequence[tuple[Any, int]]) -> Batch | None:
-    good = [(img, t) for img, t in samples if img is not None]
-    skipped = len(samples) - len(good)
+    @property
+    def skipped(self) -> int:
+        return len(self.unreadable)
+
+
+def skip_unreadable_collate(samples: Sequence[tuple[Any, int]]) -> Batch:
+    good = [(img, t) for img, t in samples if not isinstance(img, Unreadable)]
+    bad = [img for img, _ in samples if isinstance(img, Unreadable)]
     if not good:
-        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), bad)
     images = torch.stack([img for img, _ in good])
-    return Batch(images, torch.tensor([t for _, t in good], dtype=torch.long), skipped)
+    return Batch(images, torch.tensor([t for _, t in good], dtype=torch.long), bad)
 
 
 class EpochSampler(Sampler[int]):
@@ -71,11 +83,30 @@ class EpochSampler(Sampler[int]):
         return self.num_samples - self.start
 
 
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize op as the papers ran it: keeping 0 bits gave a black image with the Pillow of 2021, while
+    Pillow >= 13 refuses ``bits=0`` ("bits must be between or equal to 1 and 8")."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return auto_augment.posterize(img, bits_to_keep)
+
+
+def guard_augment_ops(transform: Any) -> Any:
+    """Replace the augmentation ops of ``transform`` whose arguments the installed Pillow rejects at some
+    magnitudes (RandAugment's 'PosterizeIncreasing' reaches ``bits=0`` at magnitude 10, which
+    ``rand-m9-mstd0.5`` draws a few times in a thousand) by versions that keep the old result. Returns it."""
+    for t in getattr(transform, "transforms", [transform]):
+        for op in getattr(t, "ops", ()):
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = _posterize
+    return transform
+
+
 def build_transform(data_cfg: dict[str, Any], training: bool, aug: dict[str, Any] | None = None):
     """timm's ``create_transform`` with the model's data config (size, crop, interpolation, mean/std) and, when
     training, the recipe's augmentation (RandAugment, colour jitter, random erasing...)."""
     aug = dict(aug or {}) if training else {}
-    return create_transform(
+    return guard_augment_ops(create_transform(
         input_size=data_cfg["input_size"],
         is_training=training,
         interpolation=aug.pop("train_interpolation", None) or data_cfg.get("interpolation", "bicubic"),
@@ -84,7 +115,12 @@ def build_transform(data_cfg: dict[str, Any], training: bool, aug: dict[str, Any
         crop_pct=data_cfg.get("crop_pct", 0.875),
         crop_mode=data_cfg.get("crop_mode", "center"),
         **aug,
-    )
+    ))
+
+
+def default_workers() -> int:
+    """DataLoader worker processes when none are asked for: 4 (timm's default), at most one per CPU core."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def build_loader(dataset: SeededDataset, batch_size: int, training: bool, workers: int = 0, seed: int = 0,

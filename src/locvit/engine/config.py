@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from locvit.data.loader import default_workers
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -23,7 +25,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None          # initial weights (official or ours); head/tables adapted
     trust_checkpoint: bool = False         # allow checkpoints that pickle more than tensors
-    data: str = "digits"                   # folder path, 'digits', 'cifar10[:ROOT]', 'cifar100[:ROOT]'
+    data: str | None = None                # folder path, 'digits', 'cifar10[:ROOT]', 'cifar100[:ROOT]' (required)
     num_classes: int | None = None         # default: the dataset's class count
     img_size: int | None = None            # default: the model's pretrained cfg
     output: str = "runs/train"
@@ -69,16 +71,55 @@ class TrainConfig:
     grad_checkpointing: bool = False
     sync_bn: bool = False                  # synchronised BatchNorm under DDP (CUDA); the papers used per-GPU BN
     channels_last: bool = False
-    workers: int = 4
+    workers: int = field(default_factory=default_workers)  # DataLoader processes: min(4, CPU cores)
     seed: int = 0
     device: str | None = None              # default: cuda if available, else cpu
     checkpoint_interval: int = 0           # also save every N optimiser steps (0: end of each epoch only)
     eval_interval: int = 1                 # epochs
     log_interval: int = 10                 # steps between progress-bar updates of the loss
     max_steps: int | None = None           # stop after this many optimiser steps (smoke tests)
-    resume: str | None = None              # a run directory or checkpoint; 'auto' = output/last.pth if present
+    resume: str | None = None              # a run directory or checkpoint; 'auto' = output/last.pth
+    allow_config_change: bool = False      # resume although model, data, batch size, seed... differ from the run
     deterministic: bool = False
     tensorboard: bool = True               # when tensorboard is installed
+
+    def validate(self) -> TrainConfig:
+        """Raise ``ValueError`` naming each setting that cannot work (before any data is read); returns self."""
+        problems = []
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                problems.append(msg)
+
+        need(bool(self.data), "no training data: pass --data (a folder of class sub-folders, 'digits', "
+             "'cifar10:ROOT' or 'cifar100:ROOT')")
+        need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        need(self.workers >= 0, f"--workers must be 0 or more, got {self.workers}")
+        need(self.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, got {self.warmup_epochs}")
+        need(self.warmup_epochs == 0 or self.warmup_epochs < self.epochs,
+             f"the warm-up ({self.warmup_epochs} epochs) is not shorter than the run ({self.epochs} epochs): the "
+             f"learning rate would never reach its peak; pass --warmup-epochs N with N < {self.epochs} (0: none)")
+        need(self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}")
+        need(self.blr > 0, f"--blr must be positive, got {self.blr}")
+        need(self.img_size is None or self.img_size >= 1, f"--img-size must be positive, got {self.img_size}")
+        need(self.num_classes is None or self.num_classes >= 1,
+             f"--num-classes must be at least 1, got {self.num_classes}")
+        need(self.repeated_aug >= 1, f"--repeated-aug must be at least 1 (1 = off), got {self.repeated_aug}")
+        need(0 <= self.drop_path < 1, f"--drop-path must be in [0, 1), got {self.drop_path}")
+        need(0 <= self.drop < 1, f"--drop must be in [0, 1), got {self.drop}")
+        need(0 <= self.smoothing < 1, f"--smoothing must be in [0, 1), got {self.smoothing}")
+        need(self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix must be 0 (off) or positive")
+        need(0 <= self.reprob <= 1, f"--reprob must be in [0, 1], got {self.reprob}")
+        need(0 < self.model_ema_decay < 1, f"--model-ema-decay must be in (0, 1), got {self.model_ema_decay}")
+        need(self.amp in ("auto", "bf16", "fp16", "off"), f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        need(self.checkpoint_interval >= 0, f"--checkpoint-interval must be 0 or more, got {self.checkpoint_interval}")
+        need(self.eval_interval >= 1, f"--eval-interval must be at least 1, got {self.eval_interval}")
+        need(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}")
+        need(self.clip_grad is None or self.clip_grad > 0, f"--clip-grad must be positive, got {self.clip_grad}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -86,6 +127,8 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# settings of one invocation that a resumed run does not inherit from the run it continues
+PER_INVOCATION = ("resume", "allow_config_change", "max_steps")
 
 
 def resolve_config_path(name: str) -> Path:
@@ -130,14 +173,18 @@ def family_recipe(model: str) -> dict[str, Any]:
     return {}
 
 
-def build_config(config: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Merge defaults, the model family's recipe, a YAML file and explicit overrides (in that order)."""
+def build_config(config: str | None = None, overrides: dict[str, Any] | None = None,
+                 run: dict[str, Any] | None = None) -> TrainConfig:
+    """Merge defaults, the model family's recipe, a YAML file, the configuration of the run being resumed
+    (``run``) and explicit overrides (in that order), and validate the result."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    run = {k: v for k, v in (run or {}).items() if k in FIELDS and k not in PER_INVOCATION}
     merged: dict[str, Any] = {}
     file_cfg = load_yaml(resolve_config_path(config)) if config else {}
-    model = overrides.get("model") or file_cfg.get("model") or TrainConfig.model
+    model = overrides.get("model") or run.get("model") or file_cfg.get("model") or TrainConfig.model
     merged.update(family_recipe(model))
     merged.update(file_cfg)
+    merged.update(run)
     merged.update(overrides)
     unknown = sorted(set(merged) - set(FIELDS))
     if unknown:
@@ -147,7 +194,23 @@ def build_config(config: str | None = None, overrides: dict[str, Any] | None = N
     for k in ("opt_betas", "scale"):
         if merged.get(k) is not None:
             merged[k] = tuple(merged[k])
-    return TrainConfig(**merged)
+    return TrainConfig(**merged).validate()
+
+
+# What must stay the same for a resumed run to continue the interrupted one (the order and content of its batches,
+# the model whose state is restored).
+RESUME_INVARIANTS = ("model", "model_kwargs", "data", "img_size", "num_classes", "batch_size", "seed",
+                     "repeated_aug", "world_size")
+
+
+def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``'name: saved -> current'`` for each :data:`RESUME_INVARIANTS` entry that differs."""
+    out = []
+    for k in RESUME_INVARIANTS:
+        a, b = saved.get(k), current.get(k)
+        if k in saved and a != b:
+            out.append(f"{k}: {a!r} -> {b!r}")
+    return out
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

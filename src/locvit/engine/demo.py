@@ -26,10 +26,7 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
     "LocalViT": dict(model="localvit_tiny", model_kwargs=dict(
         patch_size=4, embed_dim=96, depth=4, num_heads=4, mlp_ratio=4, reduction=4)),
 }
-TRAIN = dict(data="digits", img_size=IMG, epochs=20, batch_size=64, lr=2e-3, warmup_epochs=2, min_lr=1e-5,
-             weight_decay=0.05, drop_path=0.0, mixup=0.0, cutmix=0.0, smoothing=0.1, aa=None, reprob=0.0,
-             repeated_aug=1, model_ema=False, hflip=0.0, scale=(0.7, 1.0), color_jitter=0.0, workers=0,
-             clip_grad=None, tensorboard=False, amp="off")
+RECIPE = "digits"  # the shipped recipe (locvit/configs/digits.yaml), as `locvit train --config digits` uses it
 
 
 def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, families: list[str] | None = None,
@@ -38,7 +35,7 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, famili
     from locvit._registry import create_model
     from locvit.bench.flops import count_flops
     from locvit.bench.throughput import BenchSpec, benchmark
-    from locvit.engine.config import TrainConfig
+    from locvit.engine.config import build_config
     from locvit.engine.train import train
 
     out = Path(output)
@@ -47,10 +44,9 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, famili
         if families and fam.lower() not in [f.lower() for f in families]:
             continue
         print(f"\n== {fam}: {spec['model']} (small) on digits {IMG}x{IMG}", flush=True)
-        cfg = TrainConfig(**dict(TRAIN, model=spec["model"], model_kwargs=spec["model_kwargs"],
-                                 output=str(out / fam.lower())))
-        if epochs:
-            cfg.epochs = epochs
+        cfg = build_config(RECIPE, dict(model=spec["model"], model_kwargs=spec["model_kwargs"],
+                                        output=str(out / fam.lower()), epochs=epochs, tensorboard=False,
+                                        warmup_epochs=0 if epochs == 1 else None))
         t0 = time.time()
         metrics = train(cfg)
         train_s = time.time() - t0

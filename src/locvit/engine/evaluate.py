@@ -16,12 +16,16 @@ from locvit.engine.distributed import all_reduce_sum
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast: Any = None,
              progress: bool = False, channels_last: bool = False) -> dict[str, float]:
-    """Evaluate ``model`` on ``loader``: returns ``top1``, ``top5`` (percent), ``loss``, ``images``, ``skipped``."""
+    """Evaluate ``model`` on ``loader``: returns ``top1``, ``top5`` (percent), ``loss``, ``images``, ``skipped``
+    (unreadable images), ``unreadable`` (their :class:`~locvit.data.datasets.Unreadable` records on this rank) and
+    ``nonfinite`` (images whose logits hold NaN/inf; their loss is left out of ``loss``)."""
     model.eval()
-    stats = torch.zeros(5, dtype=torch.float64)  # loss sum, top1, top5, count, skipped
+    stats = torch.zeros(6, dtype=torch.float64)  # loss sum, top1, top5, count, skipped, non-finite
+    unreadable: list = []
     autocast = autocast or contextlib.nullcontext
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
         images, targets = batch
+        unreadable += getattr(batch, "unreadable", ())
         stats[4] += getattr(batch, "skipped", 0)
         if images.numel() == 0:
             continue
@@ -31,7 +35,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocas
         with autocast():
             logits = model(images)
         logits = logits.float()
-        stats[0] += F.cross_entropy(logits, targets, reduction="sum").item()
+        finite = torch.isfinite(logits).all(dim=1)
+        stats[5] += (~finite).sum().item()
+        stats[0] += F.cross_entropy(logits[finite], targets[finite], reduction="sum").item()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hit = top.eq(targets[:, None])
@@ -41,48 +47,40 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocas
     stats = all_reduce_sum(stats)
     n = max(stats[3].item(), 1.0)
     return dict(top1=100 * stats[1].item() / n, top5=100 * stats[2].item() / n, loss=stats[0].item() / n,
-                images=int(stats[3].item()), skipped=int(stats[4].item()))
+                images=int(stats[3].item()), skipped=int(stats[4].item()), nonfinite=int(stats[5].item()),
+                unreadable=unreadable)
 
 
 def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, split: str = "val",
-                   img_size: int | None = None, batch_size: int = 64, workers: int = 4,
+                   img_size: int | None = None, batch_size: int = 64, workers: int | None = None,
                    num_classes: int | None = None, device: str | None = None, trust_pickle: bool = False,
                    model_kwargs: dict[str, Any] | None = None, progress: bool = False) -> dict[str, float]:
     """Build ``model_name``, load ``checkpoint`` strictly (official release files included) and evaluate it on
-    ``data`` with the model's own preprocessing (input size, crop, interpolation, mean/std of its cfg)."""
+    ``data`` with the model's own preprocessing (input size, crop, interpolation, mean/std of its cfg).
+
+    Raises ``ValueError`` when the model's outputs are not finite (NaN weights or an input it cannot take)."""
     from timm.data import resolve_data_config
 
     from locvit._registry import create_model
-    from locvit.checkpoint import load_checkpoint, read_checkpoint
     from locvit.data.datasets import build_dataset, check_readable
-    from locvit.data.loader import build_loader, build_transform
+    from locvit.data.loader import build_loader, build_transform, default_workers
 
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     dataset = build_dataset(data, split)
     check_readable(dataset)
-    kwargs = dict(model_kwargs or {})
-    if img_size:
-        kwargs["img_size"] = img_size
-    state = None
-    if checkpoint:
-        state = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
-    if num_classes is None:
-        num_classes = _head_size(state) or len(dataset.classes)
-    model = create_model(model_name, num_classes=num_classes, **kwargs)
-    if state is not None:
-        load_checkpoint(model, state)
+    if num_classes is None and checkpoint is None:
+        num_classes = len(dataset.classes)
+    model = create_model(model_name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size,
+                         trust_pickle=trust_pickle, **(model_kwargs or {}))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     data_cfg = resolve_data_config({"input_size": (3, img_size, img_size)} if img_size else {}, model=model)
     dataset.transform = build_transform(data_cfg, training=False)
-    loader = build_loader(dataset, batch_size, training=False, workers=workers)
-    return evaluate(model, loader, dev, progress=progress)
-
-
-def _head_size(state: dict[str, torch.Tensor] | None) -> int | None:
-    """Classes of a checkpoint's classifier (the last 2-D ``head``/``fc`` weight), when it has one."""
-    if not state:
-        return None
-    for key in ("head.weight", "head.fc.weight", "fc.weight", "classifier.weight"):
-        if key in state and state[key].ndim == 2:
-            return int(state[key].shape[0])
-    return None
+    loader = build_loader(dataset, batch_size, training=False,
+                          workers=default_workers() if workers is None else workers)
+    res = evaluate(model, loader, dev, progress=progress)
+    if res["nonfinite"]:
+        raise ValueError(f"{model_name} gave NaN/inf outputs for {res['nonfinite']} of {res['images']} images"
+                         + (f" with {checkpoint}" if checkpoint else "") + ": the weights or the inputs are broken")
+    return res

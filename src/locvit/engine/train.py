@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from timm.data import Mixup, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -25,25 +24,49 @@ from timm.utils import ModelEmaV3, NativeScaler
 from torch import nn
 from tqdm import tqdm
 
+from locvit._io import atomic_write_text, check_writable, remove_stale_temp_files
 from locvit._registry import create_model
-from locvit.checkpoint import load_checkpoint, save_checkpoint
+from locvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from locvit.data.datasets import build_dataset, check_readable
 from locvit.data.loader import build_loader, build_transform, steps_per_epoch
-from locvit.engine.config import TrainConfig, save_config
-from locvit.engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from locvit.engine.config import TrainConfig, resume_differences, save_config
+from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
 from locvit.engine.evaluate import evaluate
 from locvit.engine.logger import RunLogger
+from locvit.runtime import seed_all
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+    """Training produced a NaN/inf loss; the last good checkpoint is kept (the CLI prints this as one line)."""
+
+
+@dataclass
+class EpochTotals:
+    """One rank's running totals of an epoch. Saved with a mid-epoch checkpoint, so the metrics row of an epoch that
+    was interrupted and resumed covers the whole epoch, as in an uninterrupted run."""
+
+    seen: int = 0
+    loss_sum: float = 0.0
+    unreadable: dict[int, str] = field(default_factory=dict)  # index -> file of each unreadable training image
+    started: float = field(default_factory=time.time)  # wall clock of the epoch's start (shifted on resume)
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def state(self) -> dict[str, Any]:
+        return dict(seen=self.seen, loss_sum=self.loss_sum, seconds=self.elapsed(),
+                    unreadable={str(i): p for i, p in self.unreadable.items()})
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> EpochTotals:
+        state = state or {}
+        return cls(state.get("seen", 0), state.get("loss_sum", 0.0),
+                   {int(i): p for i, p in (state.get("unreadable") or {}).items()},
+                   time.time() - state.get("seconds", 0.0))
 
 
 def _seed_step(seed: int, step: int, rank: int) -> None:
-    s = (seed * 1_000_003 + step * 7919 + rank) % (2**31)
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
+    seed_all((seed * 1_000_003 + step * 7919 + rank) % (2**31))
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -60,18 +83,39 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
-def _resume_path(cfg: TrainConfig, run_dir: Path) -> Path | None:
-    if not cfg.resume:
-        return None
-    p = Path(cfg.resume)
-    if cfg.resume == "auto":
-        p = run_dir / "last.pth"
-        return p if p.is_file() else None
+def find_resume(resume: str, output: str | Path) -> Path:
+    """The training-state file ``--resume`` names: ``'auto'`` = ``OUTPUT/last.pth``, a run directory's
+    ``last.pth``, or a file. Raises ``FileNotFoundError`` when there is nothing to resume."""
+    p = Path(output) / "last.pth" if resume == "auto" else Path(resume)
     if p.is_dir():
         p = p / "last.pth"
     if not p.is_file():
-        raise FileNotFoundError(f"nothing to resume: {p} does not exist")
+        where = p.parent
+        found = "it holds no run" if not where.is_dir() or not any(where.iterdir()) else "it has no last.pth"
+        raise FileNotFoundError(f"nothing to resume in {where}: {found}. Check the run directory (--output or "
+                                f"--resume DIR), or start a new run without --resume")
     return p
+
+
+def run_config(resume: str, output: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The state file to resume and the configuration of the run that wrote it (its ``config.yaml``, else the
+    configuration stored in the state)."""
+    p = find_resume(resume, output)
+    saved = p.parent / "config.yaml"
+    if saved.is_file():
+        import yaml
+
+        return p, yaml.safe_load(saved.read_text()) or {}
+    state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    return p, dict(state.get("config") or {})
+
+
+def _disk_need(model: nn.Module, ema: bool) -> int:
+    """Bytes this run's files take at most: last.pth (model, AdamW's two moments, EMA) twice while it is replaced,
+    plus the model, best and EMA safetensors."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    state = weights * (3 + int(ema))
+    return 2 * state + weights * (2 + int(ema))
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -87,8 +131,21 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     device, main = dist.device, dist.main
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    cfg.validate()
     run_dir = Path(cfg.output)
-    resume_from = _resume_path(cfg, run_dir)
+    resume_from = find_resume(cfg.resume, run_dir) if cfg.resume else None
+    if resume_from is not None:  # refuse before any work when the run was another one
+        head = torch.load(resume_from, map_location="cpu", weights_only=True, mmap=True)
+        saved = dict(head.get("config") or {}, world_size=head.get("world_size", 1))
+        diffs = resume_differences(saved, dict(cfg.to_dict(), world_size=dist.world))
+        if diffs and not cfg.allow_config_change:
+            raise ValueError(f"{resume_from} belongs to a run with other settings ({'; '.join(diffs)}), so resuming "
+                             "would not continue it: use the run's settings, another --output for a new run, or "
+                             "--allow-config-change to resume anyway")
+        del head
+    if main:
+        check_writable(run_dir)
+        remove_stale_temp_files(run_dir)  # temp files of writes a kill interrupted
     _seed_step(cfg.seed, 0, dist.rank)
 
     # data (classes first: they size the head)
@@ -108,6 +165,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         report = load_checkpoint(model, cfg.checkpoint, strict=False, trust_pickle=cfg.trust_checkpoint)
         if main:
             print(report)
+    if main:
+        check_writable(run_dir, _disk_need(model, cfg.model_ema))
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
@@ -152,6 +211,12 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     else:
         criterion = nn.CrossEntropyLoss()
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    horizon = 1 / (1 - cfg.model_ema_decay)
+    if ema is not None and main and num_epochs * n_steps < horizon:
+        print(f"warning: --model-ema-decay {cfg.model_ema_decay} averages over the last ~{horizon:,.0f} steps but "
+              f"this run has {num_epochs * n_steps:,}: model_ema.safetensors and ema_top1 will stay close to the "
+              f"initial weights; pass a smaller --model-ema-decay (e.g. {1 - 10 / (num_epochs * n_steps):.4g}) or "
+              "--no-model-ema", flush=True)
 
     net: nn.Module = model
     if dist.distributed:
@@ -165,34 +230,45 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     start_epoch, start_step, global_step = 0, 0, 0
     history: list[dict[str, Any]] = []
     best = -math.inf
+    partial: dict[str, Any] = {}  # the interrupted epoch's running totals, so its metrics row covers all of it
     if resume_from is not None:
         state = torch.load(resume_from, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{resume_from} does not fit {cfg.model} as configured now "
+                                  f"({str(e).splitlines()[0][:200]}); resume with the run's model settings") from None
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         if scaler is not None and state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        start_epoch, global_step = state["epoch"], state["global_step"]
+        # the position in the epoch in samples, so a changed batch size (when allowed) restarts at the right place
+        samples = state.get("samples_in_epoch", state["step_in_epoch"] * saved.get("batch_size", cfg.batch_size)
+                            * saved["world_size"])
+        start_step = samples // (cfg.batch_size * dist.world)
         history, best = state.get("history", []), state.get("best", -math.inf)
+        parts = state.get("epoch_totals") or [None]
+        partial = dict((parts[dist.rank] if len(parts) == dist.world else parts[0] if main else None) or {})
         if start_step >= n_steps:
-            start_epoch, start_step = start_epoch + 1, 0
+            start_epoch, start_step, partial = start_epoch + 1, 0, {}
         if main:
-            print(f"resumed from {resume_from}: epoch {start_epoch}, step {start_step} of {n_steps}")
+            print(f"resumed from {resume_from}: epoch {start_epoch + 1}, step {start_step} of {n_steps}")
     logger = RunLogger(run_dir, cfg.tensorboard, history) if main else None
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-
-    def save_state(epoch: int, step_in_epoch: int) -> None:
+    def save_state(epoch: int, step_in_epoch: int, totals: dict[str, Any] | None = None) -> None:
+        totals = all_gather_objects(totals)  # every rank's running totals of an unfinished epoch
         if not main:
             return
         state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                      ema=ema.state_dict() if ema is not None else None,
                      scaler=scaler.state_dict() if scaler is not None else None, epoch=epoch,
-                     step_in_epoch=step_in_epoch, global_step=global_step, history=logger.history, best=best,
-                     config=cfg.to_dict())
+                     step_in_epoch=step_in_epoch, samples_in_epoch=step_in_epoch * cfg.batch_size * dist.world,
+                     global_step=global_step, history=logger.history, best=best, config=cfg.to_dict(),
+                     world_size=dist.world, epoch_totals=totals)
         save_checkpoint(state, run_dir / "last.pth")
 
     metrics: dict[str, Any] = history[-1] if history else {}
@@ -201,13 +277,14 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         train_loader.sampler.set_epoch(epoch, start=start_step * cfg.batch_size)
         train_set.set_epoch(epoch)
         net.train()
-        t0, seen, loss_sum, skipped = time.time(), 0, 0.0, 0
+        tot = EpochTotals.from_state(partial)
+        partial = {}
         bar = tqdm(total=n_steps, initial=start_step, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not main,
                    dynamic_ncols=True, leave=False)
         step_in_epoch = start_step
         for batch in train_loader:
             images, targets = batch
-            skipped += batch.skipped
+            tot.unreadable.update((u.index, u.path) for u in batch.unreadable)
             step_in_epoch += 1
             _seed_step(cfg.seed, global_step, dist.rank)
             if images.numel():
@@ -221,9 +298,13 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
                 with autocast():
                     loss = criterion(net(images), targets)
                 if not torch.isfinite(loss).all():
+                    last = run_dir / "last.pth"
+                    kept = (f"the last good checkpoint is {last} (resume from it with --resume and a lower --lr)"
+                            if last.is_file() else "no checkpoint was written before it")
                     raise NonFiniteLossError(
                         f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step_in_epoch} (global step "
-                        f"{global_step + 1}); training stopped, the last good checkpoint is {run_dir / 'last.pth'}")
+                        f"{global_step + 1}); training stopped, {kept}. Lower --lr, set --clip-grad or check the "
+                        "data")
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler(loss, optimizer, clip_grad=cfg.clip_grad, parameters=model.parameters())
@@ -234,46 +315,56 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
                     optimizer.step()
                 if ema is not None:
                     ema.update(model, step=global_step)
-                loss_sum += loss.item() * images.shape[0]
-                seen += images.shape[0]
+                tot.loss_sum += loss.item() * images.shape[0]
+                tot.seen += images.shape[0]
             global_step += 1
             scheduler.step_update(num_updates=global_step)
             if main:
                 bar.update(1)
                 if step_in_epoch % max(1, cfg.log_interval) == 0 or step_in_epoch == n_steps:
-                    ips = seen * dist.world / max(time.time() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
+                    ips = tot.seen * dist.world / max(tot.elapsed(), 1e-9)
+                    bar.set_postfix(loss=f"{tot.loss_sum / max(tot.seen, 1):.4f}",
                                     lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{ips:.0f}")
             if cfg.checkpoint_interval and global_step % cfg.checkpoint_interval == 0:
-                save_state(epoch, step_in_epoch)
+                save_state(epoch, step_in_epoch, tot.state())
             if cfg.max_steps and global_step >= cfg.max_steps:
                 stop = True
                 break
         bar.close()
         start_step = 0
-        epoch_time = time.time() - t0
-        totals = all_reduce_sum(torch.tensor([loss_sum, seen, skipped], dtype=torch.float64))
+        epoch_time = tot.elapsed()
+        totals = all_reduce_sum(torch.tensor([tot.loss_sum, tot.seen], dtype=torch.float64))
+        for part in all_gather_objects(tot.unreadable):
+            tot.unreadable.update(part)
         scheduler.step(epoch + 1)
         finished_epoch = step_in_epoch >= n_steps
         if finished_epoch and ((epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == num_epochs):
             val = evaluate(model, val_loader, device, autocast, channels_last=cfg.channels_last)
+            bad = dict(tot.unreadable)
+            for part in all_gather_objects({u.index: u.path for u in val["unreadable"]}):
+                bad.update({-1 - i: p for i, p in part.items()})  # val indices apart from train's
             metrics = dict(epoch=epoch + 1, train_loss=totals[0].item() / max(totals[1].item(), 1),
                            lr=optimizer.param_groups[0]["lr"], val_loss=val["loss"], top1=val["top1"],
                            top5=val["top5"], images_per_s=totals[1].item() / max(epoch_time, 1e-9),
-                           skipped=int(totals[2].item() + val["skipped"]), epoch_time_s=epoch_time)
+                           skipped=len(bad), epoch_time_s=epoch_time)
             if ema is not None:
                 metrics["ema_top1"] = evaluate(ema.module, val_loader, device, autocast)["top1"]
             if main:
                 logger.log_epoch(metrics)
                 msg = (f"epoch {epoch + 1}: train loss {metrics['train_loss']:.4f}  val loss {val['loss']:.4f}  "
                        f"top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}")
-                if metrics["skipped"]:
-                    msg += f"  ({metrics['skipped']} unreadable images skipped)"
+                if bad:
+                    files = sorted(set(bad.values()))
+                    listed = run_dir / "unreadable.txt"
+                    old = set(listed.read_text().splitlines()) if listed.is_file() else set()
+                    atomic_write_text(listed, "".join(f"{f}\n" for f in sorted(old | set(files))))
+                    msg += (f"  ({len(bad)} unreadable images skipped: {', '.join(files[:3])}"
+                            f"{', ...' if len(files) > 3 else ''}; all listed in {listed})")
                 print(msg, flush=True)
                 if val["top1"] > best:
                     best = val["top1"]
                     save_checkpoint(model, run_dir / "best.safetensors", metadata=dict(epoch=epoch + 1, top1=best))
-        save_state(epoch, step_in_epoch if not finished_epoch else n_steps)
+        save_state(epoch, step_in_epoch if not finished_epoch else n_steps, None if finished_epoch else tot.state())
         barrier()
         if stop:
             break

@@ -10,24 +10,17 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-_explicit_depth = 0
+from locvit.layers import fastpath
+
 _recorders: list[dict[nn.Module | None, list[Tensor]]] = []
 
-
-@contextlib.contextmanager
-def explicit_attention() -> Iterator[None]:
-    """Run every locvit attention through the explicit softmax path while the context is active."""
-    global _explicit_depth
-    _explicit_depth += 1
-    try:
-        yield
-    finally:
-        _explicit_depth -= 1
+#: Run every locvit attention through the explicit softmax path (and every other fast path as its plain expression)
+#: while the context is active: :func:`locvit.layers.fastpath.record` under its attention name.
+explicit_attention = fastpath.record
 
 
 @contextlib.contextmanager
@@ -40,35 +33,13 @@ def record_attention() -> Iterator[dict[nn.Module | None, list[Tensor]]]:
     store: dict[nn.Module | None, list[Tensor]] = {}
     _recorders.append(store)
     try:
-        with explicit_attention():
+        with fastpath.record():
             yield store
     finally:
         _recorders.remove(store)
 
 
-def fused_enabled() -> bool:
-    """True when fused kernels may be used: the SDPA path here, and other layers' fused inference shortcuts
-    (e.g. the locality feed-forward's), i.e. no explicit/recording context is active."""
-    return _explicit_depth == 0
-
-
-def eager_cpu_inference(x: Tensor) -> bool:
-    """Whether the layers' CPU inference shortcuts (fused oneDNN convs, cache-sized blocks) may replace the plain
-    expression for ``x``: CPU, autograd off, plain eager execution (not compiling, tracing, scripting or
-    exporting: a traced graph must hold the plain operators) and :func:`fused_enabled`."""
-    # compiling/tracing is tested first: Dynamo refuses to trace some of the checks the callers add after this
-    # one (torch.backends.mkldnn.is_available is a graph break under torch.compile(fullgraph=True))
-    return (
-        not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
-        and fused_enabled()
-        and x.device.type == "cpu"
-        and not torch.is_grad_enabled()
-    )
-
-
-@register_notrace_function  # chooses its kernel from the inputs' device and autograd state
+@register_notrace_function  # chooses its kernel from the inputs' autograd state and device
 def attend(
     q: Tensor,
     k: Tensor,
@@ -92,10 +63,10 @@ def attend(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     # SDPA's fused CPU kernel takes no gradient for attn_mask: with a learned bias (relative positions) in
-    # training it falls back to its math kernel, which is slower than the explicit path (measured 6-15% on a
-    # RegionViT-S training step); the numbers are the same either way
-    learned_bias_cpu = bias is not None and bias.requires_grad and q.device.type == "cpu" and torch.is_grad_enabled()
-    if _explicit_depth == 0 and not learned_bias_cpu:
+    # training it falls back to its math kernel, which is slower than the explicit path (docs/benchmarks/README.md,
+    # CPU fast paths); the numbers are the same either way
+    learned_bias_cpu = bias is not None and fastpath.needs_grad(bias) and q.device.type == "cpu"
+    if not fastpath.recording() and not learned_bias_cpu:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
     logits = (q * scale) @ k.transpose(-2, -1)
     if bias is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from locvit.layers.attention import eager_cpu_inference
+from locvit.layers import fastpath
 
 try:  # absent in builds without oneDNN
     _conv_pointwise = torch.ops.mkldnn._convolution_pointwise.default
@@ -16,10 +16,10 @@ except (AttributeError, RuntimeError):  # pragma: no cover
 
 
 def fusable(x: Tensor) -> bool:
-    """Whether the fused convolutions apply to ``x``: :func:`~locvit.layers.attention.eager_cpu_inference` (which
+    """Whether the fused convolutions apply to ``x``: :func:`~locvit.layers.fastpath.eager_cpu_inference` (which
     also keeps FLOP counting on plain convolutions), float32, and oneDNN present and enabled."""
     return (
-        eager_cpu_inference(x)
+        fastpath.eager_cpu_inference(x)
         and _conv_pointwise is not None
         and x.dtype == torch.float32
         and torch.backends.mkldnn.is_available()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from timm.layers import EcaModule, register_notrace_module
 from torch import Tensor, nn
 
+from locvit.layers import fastpath
 from locvit.layers.fused_conv import conv2d_act, fusable
 
 # The official models select the activation by an integer code.
@@ -155,11 +156,12 @@ class LocalityFeedForward(nn.Module):
         per-image projection weights, and the residual accumulated by the projection (float32 CPU, no autograd).
 
         A batch whose hidden maps would outgrow the last-level cache goes through in groups of images that fit
-        it (every step is per image): see ``_GROUP_BYTES``."""
+        it (every step is per image): see ``FFN_GROUP_MIN_BYTES`` and ``FFN_GROUP_BYTES`` in
+        :mod:`locvit.layers.fastpath`."""
         B, _, H, W = x.shape
         per_image = 4 * H * W * self.conv.part("expand").out_channels
-        if B > 1 and B * per_image >= _MIN_BATCH_BYTES:
-            n = max(1, _GROUP_BYTES // per_image)
+        if B > 1 and B * per_image >= fastpath.FFN_GROUP_MIN_BYTES:
+            n = max(1, fastpath.FFN_GROUP_BYTES // per_image)
             if n < B:
                 return torch.cat([self._forward_fused_group(g) for g in x.split(n)])
         return self._forward_fused_group(x)
@@ -178,11 +180,9 @@ class LocalityFeedForward(nn.Module):
         B, Ch, H, W = y.shape
         w, b = fold_batchnorm(proj, bn3)
         w = w.flatten(1)  # C x Ch
-        if isinstance(gate, SqueezeExcite) and H * W > _PER_IMAGE_WEIGHTS_RATIO * w.shape[0]:
+        if isinstance(gate, SqueezeExcite) and H * W > fastpath.FFN_SE_PER_IMAGE_RATIO * w.shape[0]:
             # per-image weights (B x C x Ch) much smaller than the map: scale them instead of the map. Where they
-            # are not, one shared-weight GEMM beats B small ones even after scaling the map (measured at batch 8:
-            # 196 tokens x 768 -> 192: 2.9 vs 3.3 ms; 49 x 3072 -> 768: 11.1 vs 19.5 ms; 784 x 1024 -> 128 and
-            # 3136 x 512 -> 64 stay per-image: 10.9 vs 12.1 and 13.8 vs 17.7 ms)
+            # are not, one shared-weight GEMM beats B small ones even after scaling the map
             w = w.unsqueeze(0) * gate.fc(y.mean((2, 3))).unsqueeze(1)
         elif isinstance(gate, SqueezeExcite):
             y = y.mul_(gate.fc(y.mean((2, 3)))[:, :, None, None])
@@ -223,16 +223,6 @@ class LocalityFeedForward(nn.Module):
             i += 1
         return y.add_(x) if inplace and y is not x else x + y
 
-
-# Fused inference in groups of images: applied when the batch's hidden maps pass 32 MB (this CPU's L3), with
-# groups of at most 8 MB of hidden maps. Measured interleaved at batch 8 on the 2-core CPU (2 threads):
-# LocalViT-PVT-tiny 1.28x (stage 1: 56x56 x 512 hidden, 6.4 MB an image), LocalViT-Swin-T 1.07-1.11x (stage 1:
-# 56x56 x 384); smaller groups (1 MB) cost LocalViT-T 0.70-0.77x: its maps are small, and per-image GEMMs slow.
-_MIN_BATCH_BYTES = 32 << 20
-_GROUP_BYTES = 8 << 20
-# SE gate folded into per-image projection weights when the map has this many times more tokens than the
-# projection has outputs (see _forward_fused_group)
-_PER_IMAGE_WEIGHTS_RATIO = 4
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:

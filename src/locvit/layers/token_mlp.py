@@ -5,10 +5,11 @@ On the high-resolution stages of the pyramid models the MLP's hidden tensor is t
 stage 1: 25,600 tokens x 256 channels; VVT/PVT: 25,088 x 512) and every step of ``LN -> fc1 -> GELU -> fc2 ->
 +`` streams it through main memory, with narrow GEMMs (64 in or out channels) that cannot hide it. The MLP is
 token-wise, so in inference the tokens are taken a block of rows at a time, sized so that the block's hidden
-activations stay in the core's cache, and the residual is accumulated by ``fc2``'s GEMM. Measured on the
-2-core CPU this suite runs on (batch 8, fp32, 2 threads; ``docs/benchmarks/README.md``): 1.6-2x on the stage-1
-MLPs, nothing lost on the small late-stage ones. Training, autograd, ``torch.compile``/export tracing and
-non-CPU devices take the plain expression (the compiler fuses on its own; a GPU has no such cache cliff).
+activations stay in the core's cache, and the residual is accumulated by ``fc2``'s GEMM (what it gains, by shape:
+``docs/benchmarks/README.md``, *CPU fast paths*). Only where
+:func:`~locvit.layers.fastpath.eager_cpu_inference` holds and the map is large (the ``MLP_*`` settings of
+:mod:`locvit.layers.fastpath`); training, autograd, ``torch.compile``/export tracing and non-CPU devices take the
+plain expression (the compiler fuses on its own; a GPU has no such cache cliff).
 """
 from __future__ import annotations
 
@@ -16,16 +17,7 @@ import torch
 from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-from locvit.layers.attention import eager_cpu_inference
-
-# Measured per MLP shape on the 2-core CPU (min of 25 runs, 2 threads): blocks of 1 MB of hidden activations
-# gave 1.6-2.3x where the whole hidden tensor is large (25,600 x 256, 25,088 x 512, 6,272 x 768: 19-51 MB) or the
-# map is (25,088 x 64: T2T's token layers), and nothing or a loss below that (6,400 x 512, 1,568 x 1,280,
-# 1,576 x 512: 3-13 MB), where the plain GEMMs already run from cache.
-_BLOCK_BYTES = 1 << 20
-_MIN_ROWS = 256
-_MIN_HIDDEN_BYTES = 16 << 20
-_MIN_TOKENS = 16384
+from locvit.layers import fastpath
 
 
 @register_notrace_function  # chooses the blocked path from the input's device and size
@@ -50,18 +42,19 @@ def _blockable(x: Tensor, norm: nn.Module, mlp: nn.Module) -> bool:
     return (
         isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
         and isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity)
-        and eager_cpu_inference(x)
+        and fastpath.eager_cpu_inference(x)
         and not mlp.training and not norm.training
         and _large(x.numel() // x.shape[-1], fc1.out_features)
     )
 
 
 def _large(rows: int, hidden: int) -> bool:
-    return rows >= 2 * _rows_per_block(hidden) and (rows >= _MIN_TOKENS or 4 * rows * hidden >= _MIN_HIDDEN_BYTES)
+    return rows >= 2 * _rows_per_block(hidden) and (
+        rows >= fastpath.MLP_MIN_TOKENS or 4 * rows * hidden >= fastpath.MLP_MIN_HIDDEN_BYTES)
 
 
 def _rows_per_block(hidden: int) -> int:
-    return max(_MIN_ROWS, _BLOCK_BYTES // (4 * hidden))
+    return max(fastpath.MLP_MIN_ROWS, fastpath.MLP_BLOCK_BYTES // (4 * hidden))
 
 
 def _blocked(x: Tensor, norm: nn.Module, mlp: nn.Module, gamma: Tensor | None) -> Tensor:

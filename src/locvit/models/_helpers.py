@@ -15,6 +15,8 @@ from timm.models import build_model_with_cfg, checkpoint
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
+from locvit.layers import fastpath
+
 
 def make_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     """A pretrained cfg in timm's format. ``url`` is the official weights' address, kept as provenance
@@ -208,9 +210,9 @@ def check_image(x: Tensor, in_chans: int, min_size: tuple[int, int] = (1, 1), mo
     """``x`` unchanged, or a ``ValueError`` naming the constraint when it is not a ``B x in_chans x H x W`` float image
     batch of at least ``min_size`` pixels. An empty batch (``B = 0``) is valid: the model returns ``0`` rows.
 
-    Skipped while compiling or tracing (the graph keeps no Python checks); a leaf call under ``torch.fx``, so that
-    the traced module still checks its inputs."""
-    if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+    Skipped while a graph is built by torch.compile/export/jit (the graph keeps no Python checks); a leaf call under
+    ``torch.fx``, so that the traced module still checks its inputs."""
+    if not fastpath.tracing():
         if x.ndim != 4:
             raise ValueError(f"{model} expects a 4-D image batch B x {in_chans} x H x W, got shape {tuple(x.shape)}"
                              + ("; add a batch dimension with x.unsqueeze(0)" if x.ndim == 3 else ""))

@@ -54,6 +54,7 @@ from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit._registry import register_family_model
+from locvit.layers import fastpath
 from locvit.layers.attention import attend
 from locvit.layers.rel_pos import relative_position_index, resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
@@ -78,7 +79,6 @@ POOL_METHODS = ("fc", "conv", "mean", "max", "none")
 # sign of the official rolls, in their order (top-left, top-right, bottom-left, bottom-right)
 _RING_ROLLS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 _MASK_VALUE = -100.0  # the official masks add -100, not -inf
-_MAX_PLANS = 8  # gather plans (index + mask) kept per attention module, one per map size/device/dtype
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ class FocalAttentionBase(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self._plans: dict[tuple, Any] = {}
+        self._plans = fastpath.ShapeCache()
 
     # --- pieces of the forward ---------------------------------------------------------------------------------
     def _pooled(self, x: Tensor) -> list[Tensor]:
@@ -252,18 +252,6 @@ class FocalAttentionBase(nn.Module):
         B, ws, nh, d = out.shape[0], self.window_size, self.num_heads, self.head_dim
         out = out.view(B, nh, H // ws, W // ws, ws, ws, d).permute(0, 2, 4, 3, 5, 1, 6)
         return out.reshape(B, H, W, self.dim)
-
-    def _cached(self, key: tuple, build: Any) -> Any:
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return build()  # traced into the graph (constant inputs); a compiled graph keeps it as a constant
-        plan = self._plans.get(key)
-        if plan is None:
-            with torch.inference_mode(False):  # a plan first built under inference_mode must serve training too
-                plan = build()
-            if len(self._plans) >= _MAX_PLANS:  # multi-scale training must not grow it without bound
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = plan
-        return plan
 
     # --- checkpoint adaptation ------------------------------------------------------------------------------------
     def adapt_state_dict(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -368,7 +356,7 @@ class FocalSelfAttention(FocalAttentionBase):
             ``mask``: ``1 x windows x (1 | ws^2) x keys`` additive mask (-100 at unfold positions outside the pooled
             map, Swin's shift mask on the own-window keys), or None when there is neither a pooled level nor a shift.
         """
-        return self._cached((Hp, Wp, device, dtype), lambda: self._build_plan(Hp, Wp, device, dtype))
+        return self._plans.get_or_build((Hp, Wp, device, dtype), lambda: self._build_plan(Hp, Wp, device, dtype))
 
     def _build_plan(self, Hp: int, Wp: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
         ws = self.window_size

@@ -36,6 +36,7 @@ from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit._registry import register_family_model
+from locvit.layers import fastpath
 from locvit.layers.windows import pad_to_multiple
 from locvit.models._helpers import build_model, check_int
 from locvit.models.focal import (
@@ -165,7 +166,7 @@ class FocalTopKAttention(FocalAttentionBase):
             concatenation of the levels' distinct displacements. When tracing/compiling (where finding the
             distinct rows is data-dependent), ``coords`` are all displacements and ``inverse`` is None.
         """
-        dedupe = not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+        dedupe = not fastpath.tracing()  # finding the distinct rows is data-dependent
 
         def build() -> tuple[Tensor, list[Tensor], Tensor | None]:
             if (H, W) == self.grid:
@@ -184,7 +185,7 @@ class FocalTopKAttention(FocalAttentionBase):
                 base += uniq.shape[0]
             return index, coords, torch.cat(inverse, 2).flatten().to(device)
 
-        return self._cached((H, W, device, dtype), build)
+        return self._plans.get_or_build((H, W, device, dtype), build)
 
     def _flat_index(self, indices: list[Tensor], H: int, W: int) -> Tensor:
         ws = self.window_size

@@ -33,7 +33,7 @@ from timm.models import swin_transformer as timm_swin
 from torch import Tensor, nn
 
 from locvit._registry import register_family_model
-from locvit.layers import LocalityFeedForward, attend
+from locvit.layers import LocalityFeedForward, attend, fastpath
 from locvit.layers.locality_ffn import act_from_code
 from locvit.layers.windows import shifted_window_mask, window_gather_index, window_partition, window_reverse
 from locvit.models._helpers import (
@@ -128,7 +128,7 @@ class LocalViTSwinBlock(nn.Module):
         self.attn = WindowAttention(dim, num_heads, self.window_size, qkv_bias, qk_scale, attn_drop, proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.conv = LocalityFeedForward(dim, mlp_ratio, act, dim // 4 if reduction is None else reduction)
-        self._masks: dict[tuple, Tensor | None] = {}
+        self._masks = fastpath.ShapeCache()
         self.register_buffer("attn_mask", self._build_mask(*self.input_resolution), persistent=False)
 
     def set_input_size(self, input_resolution: tuple[int, int], window_size: int | None = None) -> None:
@@ -156,17 +156,12 @@ class LocalViTSwinBlock(nn.Module):
         return shifted_window_mask(H, W, ws, shift, device=device or self.norm1.weight.device,
                                    dtype=dtype or self.norm1.weight.dtype)
 
-    def _cached(self, key: tuple, build: Any) -> Any:
-        if key not in self._masks:
-            with torch.inference_mode(False):  # a mask first built under inference_mode must serve training too
-                self._masks[key] = build()
-        return self._masks[key]
-
     def _mask(self, H: int, W: int, x: Tensor) -> Tensor | None:
         if (H, W) == self.input_resolution:
             mask = self.attn_mask
         else:
-            mask = self._cached(("mask", H, W, x.device, x.dtype), lambda: self._build_mask(H, W, x.device, x.dtype))
+            mask = self._masks.get_or_build(("mask", H, W, x.device, x.dtype),
+                                            lambda: self._build_mask(H, W, x.device, x.dtype))
         return None if mask is None else mask.to(device=x.device, dtype=x.dtype)
 
     def _attn(self, x: Tensor) -> Tensor:
@@ -178,8 +173,9 @@ class LocalViTSwinBlock(nn.Module):
         Hp, Wp = H + pad_b, W + pad_r
         mask = self._mask(H, W, x)
         if shift:  # cyclic shift + partition as one gather (and back), see window_gather_index
-            index, inverse = self._cached(("index", Hp, Wp, ws, shift, x.device),
-                                          lambda: [t.to(x.device) for t in window_gather_index(Hp, Wp, ws, shift)])
+            index, inverse = self._masks.get_or_build(
+                ("index", Hp, Wp, ws, shift, x.device),
+                lambda: [t.to(x.device) for t in window_gather_index(Hp, Wp, ws, shift)])
             windows = self.attn(x.reshape(B, Hp * Wp, C).index_select(1, index).view(-1, ws * ws, C), mask)
             x = windows.view(B, Hp * Wp, C).index_select(1, inverse).view(B, Hp, Wp, C)
         else:

@@ -49,6 +49,7 @@ from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit._registry import register_family_model
+from locvit.layers import fastpath
 from locvit.layers.attention import attend
 from locvit.layers.rel_pos import resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
@@ -330,7 +331,7 @@ class RegionViTStage(nn.Module):
         ])
         self.peg = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False) if peg else None
         self.det_norm = LayerNorm2d(dim, eps=LN2D_EPS) if det_norm else None
-        self._masks: dict[tuple, Tensor] = {}
+        self._masks = fastpath.ShapeCache()
 
     def window_mask(self, grid: tuple[int, int], pad: tuple[int, int], device: torch.device) -> Tensor | None:
         """The stage's attention mask for a padded input (None when nothing is padded), cached by shape."""
@@ -340,16 +341,8 @@ class RegionViTStage(nn.Module):
         if not 0 <= pad[0] <= ws or not 0 <= pad[1] <= ws:
             raise ValueError(f"window size {ws} does not fit a local map padded by {pad} for a {grid} regional "
                              "grid; use the same window size in every stage")
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return r2l_window_mask(grid, pad, ws, self.corrected_mask, device).unsqueeze(1)
-        key = (grid, pad, device)
-        mask = self._masks.get(key)
-        if mask is None:
-            if len(self._masks) >= 32:  # many input sizes (detection): keep the cache bounded
-                self._masks.clear()
-            with torch.inference_mode(False):  # a mask first built under inference_mode must serve training too
-                mask = self._masks[key] = r2l_window_mask(grid, pad, ws, self.corrected_mask, device).unsqueeze(1)
-        return mask
+        return self._masks.get_or_build(
+            (grid, pad, device), lambda: r2l_window_mask(grid, pad, ws, self.corrected_mask, device).unsqueeze(1))
 
     def _run(self, fn: Any, *args: Any) -> Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():

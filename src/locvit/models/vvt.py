@@ -57,7 +57,6 @@ features instead of storing every element-wise step.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 import torch
@@ -67,6 +66,7 @@ from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit._registry import register_family_model
+from locvit.layers import fastpath
 from locvit.models._helpers import (
     PyramidStages,
     build_model,
@@ -110,11 +110,7 @@ def _build_angle_table(grid: tuple[int, int], extent: tuple[float, float], devic
     return table.reshape(rows * cols, 4).to(device=device, dtype=dtype)
 
 
-@lru_cache(maxsize=64)
-def _cached_angle_table(grid: tuple[int, int], extent: tuple[float, float], device: torch.device | None,
-                        dtype: torch.dtype) -> Tensor:
-    with torch.inference_mode(False):  # a table first built under inference_mode must still serve training
-        return _build_angle_table(grid, extent, device, dtype)
+_ANGLE_TABLES = fastpath.ShapeCache()  # shared by every VVT model: the tables depend only on their key
 
 
 def angle_table(grid: tuple[int, int], extent: tuple[float, float] | None = None,
@@ -123,13 +119,15 @@ def angle_table(grid: tuple[int, int], extent: tuple[float, float] | None = None
 
     ``alpha = pi/2 * row / extent[0]`` and ``beta = pi/2 * col / extent[1]``; ``extent`` defaults to the grid
     (spatial reduction passes the unreduced size divided by ``sr``). The table depends only on these shapes:
-    it is cached per (shape, device, dtype) outside the state dict, and rebuilt inline while tracing or
-    compiling so exported graphs stay shape-generic.
+    it is cached per (shape, device, dtype) outside the state dict (:class:`~locvit.layers.fastpath.ShapeCache`), and
+    rebuilt inline while tracing or compiling so exported graphs stay shape-generic.
     """
     extent = grid if extent is None else extent
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if fastpath.tracing():
         return _build_angle_table(grid, extent, device, dtype)
-    return _cached_angle_table((int(grid[0]), int(grid[1])), (float(extent[0]), float(extent[1])), device, dtype)
+    grid, extent = (int(grid[0]), int(grid[1])), (float(extent[0]), float(extent[1]))
+    return _ANGLE_TABLES.get_or_build((grid, extent, device, dtype),
+                                      lambda: _build_angle_table(grid, extent, device, dtype))
 
 
 def vicinity_features(x: Tensor, table: Tensor) -> Tensor:
@@ -190,9 +188,9 @@ def vicinity_attention(q: Tensor, k: Tensor, v: Tensor, q_table: Tensor, k_table
     Returns:
         ``B x h x N x d``.
     """
-    if clamp and _eager_autograd(q, k, v):
+    if clamp and fastpath.eager_autograd(q, k, v):
         return _VicinityAttentionFn.apply(q, k, v, q_table, k_table)
-    inplace = not _needs_grad(q, k, v)
+    inplace = not fastpath.needs_grad(q, k, v)
     terms = _linear_terms(q, k, v, q_table, k_table, clamp, inplace)
     if not clamp:
         return terms.num * terms.z_raw.unsqueeze(-1)
@@ -332,15 +330,6 @@ def _in_range(t: Tensor) -> Tensor:
     return (a >= CLAMP_MIN) & (a <= CLAMP_MAX)
 
 
-def _needs_grad(*ts: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
-
-
-def _eager_autograd(*ts: Tensor) -> bool:
-    """Training in eager mode: the hand-written backward applies (compilers and exporters see plain ops)."""
-    return _needs_grad(*ts) and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------------------------------
@@ -419,10 +408,10 @@ class VicinityAttention(nn.Module):
         o = self.proj(o.transpose(1, 2).reshape(B, N, self.inner_dim))
         if not self.clamp:
             return o + o * gate
-        if _eager_autograd(o, gate):
+        if fastpath.eager_autograd(o, gate):
             return _GatedClampFn.apply(o, gate)
         # official: abs_clamp(c + c * gate) with c = abs_clamp(o); the gate is positive
-        return _clamp_scale_clamp(o, gate, gate=True, inplace=not _needs_grad(o, gate))
+        return _clamp_scale_clamp(o, gate, gate=True, inplace=not fastpath.needs_grad(o, gate))
 
     @torch.no_grad()
     def attention_weights(self, x: Tensor, hw: tuple[int, int], query_index: Tensor | list[int]) -> Tensor:
@@ -455,7 +444,7 @@ class DWConvMlp(nn.Module):
         # the token layout is channels-last, which the conv takes without a copy
         hidden = x.shape[-1]
         x = self.dwconv(x.view(B, hw[0], hw[1], hidden).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, hidden)
-        if not (torch.is_grad_enabled() and x.requires_grad):
+        if not fastpath.needs_grad(x):
             x = torch.ops.aten.gelu_(x)  # the conv output is a temporary: saves one large allocation
         else:
             x = self.act(x)
@@ -497,13 +486,13 @@ class OverlapPatchEmbed(nn.Module):
 class VicinityStage(nn.Module):
     """Optional downsampling embed, ``depth`` blocks, then the stage LayerNorm; ``B x H x W x C`` maps in/out.
 
-    CPU inference (no autograd) runs the stage on groups of images of about ``chunk_tokens`` tokens: every op in
-    VVT is per image, so the results are the same, and the 8x-wide MLP activations of the high-resolution
-    stages stay cache-sized instead of being allocated for the whole batch (about 1.2x faster at batch 8).
-    ``chunk_tokens = 0`` turns it off.
+    CPU inference (:func:`~locvit.layers.fastpath.eager_cpu_inference`) runs the stage on groups of images of about
+    ``chunk_tokens`` tokens: every op in VVT is per image, so the results are the same, and the 8x-wide MLP
+    activations of the high-resolution stages stay cache-sized instead of being allocated for the whole batch.
+    ``chunk_tokens`` (per stage) defaults to ``locvit.layers.fastpath.VVT_CHUNK_TOKENS``; 0 turns it off.
     """
 
-    chunk_tokens: int = 4096
+    chunk_tokens: int | None = None
 
     def __init__(self, in_dim: int, dim: int, depth: int, downsample: bool, num_heads: int, mlp_ratio: float,
                  fr_ratio: int, sr_ratio: int, se_ratio: int, norm_eps: float, drop: float,
@@ -526,11 +515,11 @@ class VicinityStage(nn.Module):
 
     def _images_per_chunk(self, x: Tensor) -> int:
         B, H, W, _ = x.shape
-        if (self.chunk_tokens <= 0 or x.device.type != "cpu" or torch.is_grad_enabled()
-                or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        chunk = fastpath.VVT_CHUNK_TOKENS if self.chunk_tokens is None else self.chunk_tokens
+        if not fastpath.eager_cpu_inference(x) or chunk <= 0:
             return B
         tokens = (-(-H // 2) * -(-W // 2)) if self.downsample is not None else H * W
-        return max(1, self.chunk_tokens // tokens)
+        return max(1, chunk // tokens)
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.downsample is not None:

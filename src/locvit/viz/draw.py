@@ -34,6 +34,11 @@ def weights_note(checkpoint: str | None) -> str:
     return f"weights: {Path(checkpoint).name}" if checkpoint else "random-init weights (no checkpoint given)"
 
 
+def where(stage: int, block: int) -> str:
+    """``'stage S block B'`` in the 0-based indices ``--stage``/``--block`` take."""
+    return f"stage {stage} block {block}"
+
+
 def show_image(ax: Any, image: np.ndarray, title: str = "", dim: float = 1.0) -> None:
     ax.imshow(np.clip(image * dim, 0, 1), extent=(0, image.shape[1], image.shape[0], 0))
     ax.set_xlim(0, image.shape[1])

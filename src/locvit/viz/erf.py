@@ -83,8 +83,8 @@ def _labels(model: nn.Module, indices: list[int]) -> list[str]:
     info = model.feature_info
     reductions = {i["reduction"] for i in info}
     if len(reductions) == 1:  # isotropic: name the block
-        return [f"block {i + 1}/{len(info)}" for i in indices]
-    return [f"stage {i + 1} (stride {info[i]['reduction']})" for i in indices]
+        return [f"block {i} of {len(info)}" for i in indices]
+    return [f"stage {i} (stride {info[i]['reduction']})" for i in indices]
 
 
 def effective_receptive_fields(model: nn.Module, x: Tensor, indices: list[int] | None = None,

@@ -154,7 +154,7 @@ def plot_focal(maps: FocalMaps, image: np.ndarray, path: str | Path, model_name:
         draw.box(axes[0], wy * ws * s, wx * ws * s, ws * s, ws * s)
     draw.mark(axes[0], ((maps.token[0] + 0.5) * s, (maps.token[1] + 0.5) * s), "query")
     extra = f"; {', '.join(maps.notes)}" if maps.notes else ""
-    fig.suptitle(f"{model_name}: focal attention of token {maps.token} (stage {maps.stage + 1} block {maps.block + 1},"
+    fig.suptitle(f"{model_name}: focal attention of token {maps.token} ({draw.where(maps.stage, maps.block)},"
                  f" {maps.map_size[0]}x{maps.map_size[1]} tokens, {s:g} px each; heads averaged{extra}; {note})",
                  fontsize=11)
     return draw.save(fig, path)

@@ -118,6 +118,6 @@ def plot_regionvit(maps: R2LMaps, image: np.ndarray, path: str | Path, model_nam
     draw.mark(ax, ((ty % ws + 0.5) * s, (tx % ws + 0.5) * s), "query")
     ax.set_title(f"the window enlarged: {ws * ws} local keys sum to {maps.local.sum():.3f},\n"
                  f"regional token {maps.regional_weight:.3f}", fontsize=9)
-    fig.suptitle(f"{model_name}: regional-to-local attention, stage {maps.stage + 1} block {maps.block + 1} "
+    fig.suptitle(f"{model_name}: regional-to-local attention, {draw.where(maps.stage, maps.block)} "
                  f"(heads averaged; {note})", fontsize=11)
     return draw.save(fig, path)

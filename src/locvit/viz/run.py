@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from locvit.export import load_model
+from locvit._registry import create_model
 from locvit.viz import draw
 from locvit.viz.erf import effective_receptive_fields, plot_erf_grid
 from locvit.viz.image import check_query, model_input_size, prepare, read_image
@@ -74,7 +75,9 @@ def render(
     rows = []
     for i, name in enumerate(models):
         ckpt = checkpoints[i] if checkpoints else None
-        model = load_model(name, ckpt, trust_pickle=trust_pickle, seed=seed)  # random init is seeded
+        torch.manual_seed(seed)  # random init is seeded
+        model = create_model(name, checkpoint=ckpt, trust_pickle=trust_pickle,
+                             img_size=tuple(img_size) if img_size else None).eval()
         size = model_input_size(model, img_size)
         prep = prepare(photo, model, size, label)
         q = check_query(query, size) if query is not None else (size[0] // 2, size[1] // 2)

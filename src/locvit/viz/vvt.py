@@ -92,6 +92,6 @@ def plot_vvt(maps: VicinityMaps, image: np.ndarray, path: str | Path, model_name
                  "linear attention: weights never materialised in the forward")
     for ax in axes:
         draw.mark(ax, center)
-    fig.suptitle(f"{model_name}: vicinity attention of token ({ty}, {tx}), stage {maps.stage + 1} block "
-                 f"{maps.block + 1} ({kh}x{kw} keys, {ks:g} px each; heads averaged; {note})", fontsize=11)
+    fig.suptitle(f"{model_name}: vicinity attention of token ({ty}, {tx}), {draw.where(maps.stage, maps.block)} "
+                 f"({kh}x{kw} keys, {ks:g} px each; heads averaged; {note})", fontsize=11)
     return draw.save(fig, path)
