@@ -317,9 +317,10 @@ class TimmModel:
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = check_num_classes(num_classes)
+        num_classes = check_num_classes(num_classes)
         if global_pool is not None:
             self.global_pool = check_global_pool(global_pool, self.global_pools)
+        self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
