@@ -30,7 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-DESELECTED = ("test_model_forward_torchscript", "test_model_forward_fx_torchscript", "test_model_inference",
+DESELECTED = ("test_model_forward_torchscript", "test_model_forward_fx_torchscript",
+              "test_model_forward_torchscript_with_features_fx", "test_model_inference",
               "test_model_load_pretrained", "test_model_features_pretrained")
 
 CONFTEST = f'''
