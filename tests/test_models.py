@@ -9,11 +9,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from timm.models import get_notrace_functions, get_notrace_modules
+from timm.models._features import FeatureGetterNet
 from timm.optim import create_optimizer_v2
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import locvit
-from conftest import DISTINCT, SMALL_SIZE, every_model, small_kwargs, small_model
+from conftest import DISTINCT, SMALL_SIZE, every_model, small_model
 
 MODELS = locvit.list_models()
 NUM_CLASSES = 7
@@ -145,9 +146,11 @@ def _is_pyramid(model) -> bool:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_forward_intermediates_formats_and_stop_early(name):
-    """Both map layouts, intermediates_only and stop_early give the same maps; the final features are exactly
-    forward_features' (RegionViT's last stage once differed by 1.8e-6)."""
+def test_forward_intermediates_and_pruning(name):
+    """forward_intermediates: both map layouts, intermediates_only and stop_early give the same maps, and the final
+    features are exactly forward_features' (RegionViT's last stage once differed by 1.8e-6).
+    prune_intermediate_layers keeps the maps asked for, drops what is sized for the removed layers (head, final norm,
+    num_features: Focal once kept an 8C norm on a 2C map) and leaves a model that runs; features_only builds on it."""
     model = small_model(name, num_classes=NUM_CLASSES).eval()
     x = torch.randn(2, 3, SMALL_SIZE, SMALL_SIZE)
     other = "NHWC" if _is_pyramid(model) else "NLC"
@@ -170,32 +173,21 @@ def test_forward_intermediates_formats_and_stop_early(name):
     with pytest.raises(ValueError, match="output_fmt"):
         model.forward_intermediates(x, output_fmt="NDHWC")
 
-
-@pytest.mark.parametrize("name", MODELS)
-def test_prune_intermediate_layers(name):
-    """Pruning keeps the maps it is asked for, drops what is sized for the removed layers (head, final norm,
-    num_features: Focal once kept an 8C norm on a 2C map) and leaves a model that runs; features_only builds on it."""
-    model = small_model(name, num_classes=NUM_CLASSES).eval()
-    x = torch.randn(2, 3, SMALL_SIZE, SMALL_SIZE)
-    with torch.no_grad():
-        full = model.forward_intermediates(x, intermediates_only=True)
     keep = [0, 1]
     for prune_norm in (False, True):
         pruned = copy.deepcopy(model)
         assert pruned.prune_intermediate_layers(keep, prune_norm=prune_norm) == keep
         with torch.no_grad():
-            maps = pruned.forward_intermediates(x, indices=keep, intermediates_only=True)
-            assert all(torch.equal(a, full[i]) for a, i in zip(maps, keep))
+            kept = pruned.forward_intermediates(x, indices=keep, intermediates_only=True)
+            assert all(torch.equal(a, maps[i]) for a, i in zip(kept, keep))
             if _is_pyramid(model):
                 assert pruned.num_features == pruned.head_hidden_size == model.feature_info[keep[-1]]["num_chs"]
             assert pruned.num_classes == 0 and pruned.global_pool == ""
             pruned.reset_classifier(0, "avg")  # the pooled features of what is left
             assert pruned(x).shape == (2, pruned.num_features)
-    features = timm.create_model(name, features_only=True, out_indices=keep, **small_kwargs(name))
-    features.model.load_state_dict(model.state_dict(), strict=False)
+    features = FeatureGetterNet(copy.deepcopy(model), out_indices=keep)  # what features_only=True builds
     with torch.no_grad():
-        outs = features.eval()(x)
-    assert all(torch.equal(a, full[i]) for a, i in zip(outs, keep))
+        assert all(torch.equal(a, maps[i]) for a, i in zip(features(x), keep))
 
 
 @pytest.mark.parametrize("name", MODELS)
