@@ -33,7 +33,8 @@ def odd_image_folder(root: Path) -> dict[str, Path]:
     Image.fromarray(ramp16).save(files.setdefault("gray16", d / "gray16.png"))
     Image.fromarray((rng.random((24, 24, 4)) * 255).astype(np.uint8)).convert("CMYK").save(
         files.setdefault("cmyk", d / "cmyk.jpg"))
-    Image.fromarray((rng.random((24, 24, 4)) * 255).astype(np.uint8), "RGBA").save(files.setdefault("rgba", d / "a.png"))
+    rgba = (rng.random((24, 24, 4)) * 255).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(files.setdefault("rgba", d / "a.png"))
     Image.fromarray((rng.random((24, 24)) * 255).astype(np.uint8), "L").save(files.setdefault("gray", d / "g.jpg"))
     Image.new("P", (24, 24)).save(files.setdefault("palette", d / "p.png"), transparency=0)
     Image.fromarray(np.full((24, 24), 70000, np.int32), "I").save(files.setdefault("int32", d / "i.tif"))
@@ -74,8 +75,7 @@ def test_folder_through_worker_processes_with_the_recipe_augmentation(tmp_path, 
     cfg = build_config("localvit_in1k", {"data": str(tmp_path)})
     assert cfg.workers == default_workers() and cfg.aa and cfg.reprob > 0
     ds = build_dataset(str(tmp_path), "train", seed=0)
-    aug = dict(scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
-               re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount, train_interpolation=cfg.train_interpolation)
+    aug = cfg.augmentation()
     ds.transform = build_transform(DATA_CFG, True, aug)
     loader = build_loader(ds, 4, training=True, workers=2, repeats=repeats)
     seen, bad, bad_paths = 0, {}, []
@@ -98,8 +98,7 @@ def test_shipped_recipe_augmentation_runs_at_every_magnitude(recipe):
     """Every op of each shipped recipe's RandAugment at magnitudes 0 and 10 (the extremes mstd0.5 reaches), then
     many full draws. Pillow >= 13 refuses posterize(bits=0), which RandAugment's inc1 reaches at magnitude 10."""
     cfg = build_config(recipe, {"data": "digits"})
-    aug = dict(scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
-               re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount, train_interpolation=cfg.train_interpolation)
+    aug = cfg.augmentation()
     t = build_transform(DATA_CFG, True, aug)
     img = Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8))
     ra = [x for x in t.transforms if hasattr(x, "ops")]

@@ -120,7 +120,13 @@ def test_recipes_and_non_pyramids():
     assert all(blk.attn.expand_size > 0 for blk in focal.body.model.layers[3].blocks)
     assert dense.create_backbone("focal_tiny", out_channels=16, out_norm=False, **tiny("focal_tiny")).out_norms is None
     assert dense.dense_recipe("localvit_swin_tiny_patch4_window7_224").out_norm  # official aliases resolve
-    assert dense.dense_recipe("vvt_tiny") == dense.DENSE_RECIPES["vvt"]
+    # the recipe is the one the model file declares next to its feature config
+    from locvit.models import focal, focal_v2, pvt, vvt
+
+    assert dense.dense_recipe("vvt_tiny") == vvt.VVT.dense and "Semantic FPN" in vvt.VVT.dense.source
+    assert dense.dense_recipe("focalv2_tiny_useconv") == focal_v2.FOCAL_V2.dense == focal.FOCAL.dense
+    assert dense.dense_recipe("localvit_pvt_tiny") == dense.dense_recipe("pvt_tiny") == pvt.PVT.dense
+    assert dense.dense_recipe("localvit_tiny") == dense.DenseRecipe()  # isotropic: no recipe
     with pytest.raises(ValueError, match="unknown model"):
         dense.create_backbone("regionvit_tinny")
     with pytest.raises(ValueError, match="not a feature pyramid"):
@@ -266,12 +272,15 @@ def test_smp_segmentation(name):
     out.mean().backward()
     assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
 
+    # smp_model also takes a model `depth` (RegionViT's blocks per stage), which smp reserves for itself
     any_size = dense.smp_model("FPN", name, 3, decoder_pyramid_channels=32, decoder_segmentation_channels=32,
-                               **kw).eval()
+                               **tiny(name)).eval()
     with torch.no_grad():
         assert any_size(torch.randn(1, 3, 97, 131)).shape == (1, 3, 97, 131)
     if name == "regionvit_tiny":
-        assert any_size.model.encoder.model.model.det_norm  # the dense recipe reached the encoder
+        body = any_size.model.encoder.model.model
+        assert body.det_norm  # the dense recipe reached the encoder
+        assert [len(stage.blocks) for stage in body.stages] == list(tiny(name)["depth"])
 
 
 # --- pretrained classification weights ----------------------------------------------------------------------------
@@ -431,46 +440,3 @@ def test_docs_detectron2_wrapper_runs():
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
-
-
-# --- examples -----------------------------------------------------------------------------------------------------
-def _load_example(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"locvit_example_{name}", REPO / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_example_detection(tmp_path):
-    """examples/detection.py end to end on its own synthetic COCO folder (tiny RegionViT, 2 steps)."""
-    metrics = _load_example("detection").main([
-        "--model", "regionvit_tiny", "--model-kwargs", "embed_dim=[16,32,64,128]", "depth=[1,1,1,1]",
-        "num_heads=[1,2,2,4]", "--fpn-channels", "16", "--num-images", "6", "--val-fraction", "0.34", "--steps", "2",
-        "--proposals", "50", "--rois-per-image", "32", "--min-size", "96", "--max-size", "160", "--device", "cpu",
-        "--output", str(tmp_path)])
-    assert metrics["steps"] == 2 and all(math.isfinite(h["loss"]) for h in metrics["history"])
-    assert 0.0 <= metrics["eval"]["box_AP50"] <= 1.0 and 0.0 <= metrics["eval"]["mask_AP50"] <= 1.0
-    coco = json.loads((tmp_path / "synthetic_coco" / "annotations.json").read_text())
-    assert len(coco["images"]) == 6 and coco["annotations"] and coco["categories"]
-    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "detector.safetensors").is_file()
-
-
-def test_example_segmentation(tmp_path):
-    """examples/segmentation.py end to end on its own synthetic image/mask folder (vvt_test, 2 steps)."""
-    _smp()
-    metrics = _load_example("segmentation").main([
-        "--model", "vvt_test", "--num-images", "6", "--val-fraction", "0.34", "--steps", "2", "--batch-size", "2",
-        "--device", "cpu", "--output", str(tmp_path)])
-    assert metrics["steps"] == 2 and all(math.isfinite(h["loss"]) for h in metrics["history"])
-    assert 0.0 <= metrics["eval"]["mIoU"] <= 1.0 and len(metrics["eval"]["IoU_per_class"]) == 3
-    assert (tmp_path / "segmenter.safetensors").is_file()
-
-
-def test_average_precision():
-    ap = _load_example("detection").average_precision
-    assert ap([0.9, 0.8], [True, True], 2) == pytest.approx(1.0)
-    assert ap([0.9, 0.8], [False, True], 1) == pytest.approx(0.5)
-    assert ap([0.9, 0.8], [True, False], 2) == pytest.approx(0.5)
-    assert ap([], [], 3) == 0.0 and math.isnan(ap([0.5], [False], 0))

@@ -50,7 +50,8 @@ def executed(tmp_path_factory):
         if lang == "bash":
             for cmd in shell_commands(code):
                 proc = subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True)
-                assert proc.returncode == 0, f"README command failed: {cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+                assert proc.returncode == 0, (f"README command failed: {cmd}\n{proc.stdout[-2000:]}\n"
+                                              f"{proc.stderr[-3000:]}")
                 outputs[cmd] = proc.stdout
         elif lang == "python":
             proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)

@@ -6,7 +6,7 @@ and :func:`locvit.create_model` build the same thing.
 from locvit import models as _models  # noqa: F401  (registers the model zoo)
 from locvit._registry import ALIASES, create_model, family_of, list_models, resolve_alias
 from locvit.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint, save_checkpoint
-from locvit.official import from_official, official_classes
+from locvit.official import from_official, official_classes, official_model_args
 from locvit.runtime import tune_cpu_allocator
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "official_classes",
+    "official_model_args",
     "read_checkpoint",
     "resolve_alias",
     "save_checkpoint",

@@ -1,4 +1,4 @@
-"""Atomic file writes: a temp file in the target folder, fsync, rename, fsync of the folder.
+"""Atomic file writes (a temp file in the target folder, fsync, rename, fsync of the folder) and file digests.
 
 A process killed at any moment leaves either the previous file or the complete new one. The temp file is named
 ``.<target>.<pid>-<random>.tmp``; one left behind by a killed process (its pid no longer running) is removed by the
@@ -7,6 +7,7 @@ next write to the same folder, so interrupted checkpoint writes never accumulate
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -112,3 +113,12 @@ def describe_os_error(e: OSError) -> str:
     elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         reason += " (choose a folder you can write to)"
     return f"{where}: {reason}" if where else reason
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,62 +1,24 @@
 """Model names: locvit's canonical timm-style names and the official names that alias them.
 
-Every model is registered with :func:`timm.models.register_model`, so timm and everything that
-consumes timm backbones sees it. An official name is registered as a thin entrypoint that calls the
-canonical one, which means the model it builds carries the canonical name's pretrained cfg.
+Every model is registered with :func:`timm.models.register_model` when :mod:`locvit.models` is imported (the
+tables live with the models, in :mod:`locvit.models._registry`), so timm and everything that consumes timm
+backbones sees it. An official name is registered as a thin entrypoint that calls the canonical one, which means
+the model it builds carries the canonical name's pretrained cfg.
 """
 from __future__ import annotations
 
 import fnmatch
 import os
-from typing import Any, Callable
+import re
+from typing import Any
 
 import timm
-from timm.models import register_model
-from timm.models._registry import _model_entrypoints
+from timm.models import parse_model_name
 
-# alias -> canonical name
-ALIASES: dict[str, str] = {}
-# canonical name -> family ('regionvit', 'focal', 'vvt', 'localvit', 'pvt', 't2t', ...)
-_FAMILY: dict[str, str] = {}
-# official name -> the model locvit builds for it, where timm registers the same name for another architecture
-# (e.g. the LocalViT repository's tnt_s_patch16_224 is timm's tnt_s_legacy_patch16_224). timm.create_model keeps
-# timm's meaning of such a name; locvit.create_model, whose contract is that official names build the official
-# model, follows this table.
-OFFICIAL_HOMONYMS: dict[str, str] = {}
+from locvit._io import sha256_file
+from locvit.models._registry import ALIASES, FAMILIES, OFFICIAL_HOMONYMS, spec_of
 
-
-def register_family_model(family: str, aliases: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
-    """Register ``fn`` with timm under its own name, tag it with ``family`` and add official aliases."""
-
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        register_model(fn)
-        _FAMILY[fn.__name__] = family
-        for alias in aliases:
-            _register_alias(alias, fn)
-        return fn
-
-    return wrap
-
-
-def _register_alias(alias: str, fn: Callable[..., Any]) -> None:
-    if alias in _model_entrypoints and not _model_entrypoints[alias].__module__.startswith("locvit."):
-        raise RuntimeError(f"alias {alias!r} would shadow timm's own model of that name")
-
-    def entry(pretrained: bool = False, **kwargs: Any):
-        return fn(pretrained=pretrained, **kwargs)
-
-    entry.__name__ = alias
-    entry.__qualname__ = alias
-    entry.__module__ = fn.__module__
-    entry.__doc__ = f"Official name for :func:`{fn.__name__}` (same model)."
-    register_model(entry)
-    ALIASES[alias] = fn.__name__
-
-
-def register_official_homonym(official: str, target: str) -> None:
-    """Make :func:`create_model` build ``target`` for the official name ``official``, which timm registers for a
-    different architecture (timm's own meaning of the name is left untouched)."""
-    OFFICIAL_HOMONYMS[official] = target
+__all__ = ["ALIASES", "OFFICIAL_HOMONYMS", "create_model", "family_of", "list_models", "resolve_alias"]
 
 
 def resolve_alias(name: str) -> str:
@@ -66,7 +28,7 @@ def resolve_alias(name: str) -> str:
 
 def family_of(name: str) -> str | None:
     """Family tag of a locvit model name or alias, ``None`` for names locvit does not own."""
-    return _FAMILY.get(resolve_alias(name))
+    return FAMILIES.get(resolve_alias(name))
 
 
 def list_models(pattern: str | list[str] = "*", include_aliases: bool = False, family: str | None = None) -> list[str]:
@@ -78,12 +40,12 @@ def list_models(pattern: str | list[str] = "*", include_aliases: bool = False, f
         family: keep only models of this family.
     """
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    names = list(_FAMILY)
+    names = list(FAMILIES)
     if include_aliases:
-        names += [a for a, c in ALIASES.items() if c in _FAMILY]
+        names += [a for a, c in ALIASES.items() if c in FAMILIES]
     out = []
     for name in names:
-        if family is not None and _FAMILY.get(resolve_alias(name)) != family:
+        if family is not None and FAMILIES.get(resolve_alias(name)) != family:
             continue
         if any(fnmatch.fnmatchcase(name, p) for p in patterns):
             out.append(name)
@@ -91,8 +53,6 @@ def list_models(pattern: str | list[str] = "*", include_aliases: bool = False, f
 
 
 def _natural_key(s: str) -> list:
-    import re
-
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s.lower())]
 
 
@@ -106,18 +66,20 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | Any | No
     :data:`OFFICIAL_HOMONYMS`); every other name builds what ``timm.create_model(name)`` builds.
 
     Args:
-        name: model name.
-        pretrained: load the weights named by the pretrained cfg (``pretrained_cfg_overlay=dict(file=...)``).
+        name: model name; ``hf-hub:ORG/NAME`` and ``local-dir:FOLDER`` load hub-style folders (``locvit convert``).
+        pretrained: load the weights the pretrained cfg names (downloaded and cached on first use; override with
+            ``pretrained_cfg_overlay=dict(file=...)`` or ``dict(url=...)``).
         checkpoint: a checkpoint file or state dict (official or locvit format), loaded after building; the
             report of what was loaded is kept as ``model.load_report``.
         num_classes: classifier size; with a checkpoint, defaults to the checkpoint's classifier.
         img_size: input size the model is built for (position embeddings and tables are resized on load).
         strict: with a checkpoint: every key must fit (``False``: load what fits, e.g. to fine-tune with a new head).
-        trust_pickle, use_ema: see :func:`locvit.read_checkpoint`.
+        trust_pickle, use_ema: see :func:`locvit.read_checkpoint` (``trust_pickle`` also for ``pretrained=True``).
         **kwargs: forwarded to the model (``drop_path_rate``, architecture options, ...).
     """
     name = OFFICIAL_HOMONYMS.get(name, name)
-    if not timm.is_model(name):
+    source, _ = parse_model_name(name)
+    if source is None and not timm.is_model(name):
         close = fnmatch.filter(list_models(include_aliases=True), f"*{name.split('_')[0]}*")[:8]
         hint = f" Similar: {', '.join(close)}." if close else " See `locvit models`."
         raise ValueError(f"unknown model {name!r}.{hint}")
@@ -133,10 +95,14 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | Any | No
         kwargs["num_classes"] = num_classes
     if img_size is not None:
         kwargs["img_size"] = img_size
+    if pretrained and trust_pickle and (source is not None or spec_of(name) is not None):
+        kwargs["trust_pickle"] = True  # locvit's entrypoints read the weights' file themselves
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     if state is not None:
         from locvit.checkpoint import load_checkpoint
 
-        model.load_report = load_checkpoint(model, state, strict=strict, source=str(checkpoint)
-                                            if isinstance(checkpoint, (str, os.PathLike)) else None)
+        is_file = isinstance(checkpoint, (str, os.PathLike))
+        model.load_report = load_checkpoint(model, state, strict=strict, source=str(checkpoint) if is_file else None)
+        if is_file:
+            model.load_report.sha256 = sha256_file(checkpoint)
     return model

@@ -6,16 +6,17 @@
   runs no code. Anything else that is pickled (e.g. Focal's yacs config) is refused with an error naming the
   object, unless the caller passes ``trust_pickle=True`` (CLI: ``--trust-checkpoint``), which falls back to
   full unpickling -- only for files from a source you trust.
-* Every family module defines ``checkpoint_filter_fn(state_dict, model)`` that maps official keys to ours
-  (and resizes tables/embeddings to the target model). :func:`load_checkpoint` finds it through the model's
-  module, so timm's own models (whose modules have their own filter) load their official files too.
+* Every family declares a ``checkpoint_filter_fn(state_dict, model)`` in its ``ModelSpec`` that maps official
+  keys to ours (and resizes tables/embeddings to the target model). :func:`load_checkpoint` finds it through the
+  model registry (:func:`find_filter_fn`); timm's own models use the filter of the timm module that registers
+  them, so they load their official files too.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import pickle
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from locvit._io import sha256_file
+
 StateDict = dict[str, torch.Tensor]
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 _EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
@@ -31,6 +34,10 @@ _EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
 
 class CheckpointError(ValueError):
     """A checkpoint could not be read or does not fit the model."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file is not a complete checkpoint (truncated, corrupt, a web page, or not a checkpoint at all)."""
 
 
 @dataclass
@@ -42,6 +49,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     source: str = "<state dict>"
+    sha256: str | None = None  # of the file the weights came from
 
     @property
     def exact(self) -> bool:
@@ -49,6 +57,8 @@ class LoadReport:
 
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors from {self.source}"]
+        if self.sha256:
+            lines.append(f"  file sha256 {self.sha256}")
         if self.mismatched:
             lines.append(f"  skipped {len(self.mismatched)} with another shape (left as initialised): "
                          + _fmt([f"{k} {tuple(a)}->{tuple(b)}" for k, a, b in self.mismatched]))
@@ -89,15 +99,15 @@ def read_checkpoint(
         try:
             return load_file(str(path), device=str(map_location))
         except SafetensorError as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({e}); download or export it again"
-                                  ) from e
+            raise CorruptCheckpointError(f"{path} is not a readable safetensors file ({e}); download or export it "
+                                         "again") from e
     if not zipfile.is_zipfile(path) and path.stat().st_size < 64:
-        raise CheckpointError(f"{path} is too small to be a checkpoint ({path.stat().st_size} bytes)")
+        raise CorruptCheckpointError(f"{path} is too small to be a checkpoint ({path.stat().st_size} bytes)")
     with open(path, "rb") as f:
         head = f.read(64).lstrip()
     if head[:1] == b"<":
-        raise CheckpointError(f"{path} is a web page (HTML), not a checkpoint: the download returned a page instead "
-                              "of the file; download the file itself (a direct link) and pass that")
+        raise CorruptCheckpointError(f"{path} is a web page (HTML), not a checkpoint: the download returned a page "
+                                     "instead of the file; download the file itself (a direct link) and pass that")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location=map_location, weights_only=True)
@@ -117,10 +127,10 @@ def read_checkpoint(
     return unwrap_state_dict(obj, use_ema=use_ema, source=str(path))
 
 
-def _corrupt(path: Path, e: BaseException) -> CheckpointError:
+def _corrupt(path: Path, e: BaseException) -> CorruptCheckpointError:
     detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    return CheckpointError(f"{path} is not a valid PyTorch checkpoint: the file is truncated, corrupt or of another "
-                           f"kind ({type(e).__name__}: {detail}); download or copy it again")
+    return CorruptCheckpointError(f"{path} is not a valid PyTorch checkpoint: the file is truncated, corrupt or of "
+                                  f"another kind ({type(e).__name__}: {detail}); download or copy it again")
 
 
 def _unsupported_global(msg: str) -> str | None:
@@ -164,9 +174,21 @@ def head_classes(state: Mapping[str, torch.Tensor] | None) -> int | None:
 
 
 def find_filter_fn(model: nn.Module) -> Callable[[StateDict, nn.Module], StateDict] | None:
-    """The ``checkpoint_filter_fn`` of the module that defines ``model``'s class (timm convention)."""
-    module = sys.modules.get(type(model).__module__)
-    return getattr(module, "checkpoint_filter_fn", None)
+    """The checkpoint filter of ``model``: its :class:`~locvit.models._registry.ModelSpec`'s (found by the
+    architecture its pretrained cfg names, else by its class), or, for timm's own models, the
+    ``checkpoint_filter_fn`` of the module that registers the architecture (timm's convention)."""
+    from timm.models import is_model, model_entrypoint
+
+    from locvit.models._registry import spec_for_model
+
+    spec = spec_for_model(model)
+    if spec is not None:
+        return spec.filter_fn
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if arch and is_model(arch):
+        module = importlib.import_module(model_entrypoint(arch).__module__)
+        return getattr(module, "checkpoint_filter_fn", None)
+    return None
 
 
 def _unwrap_model(model: nn.Module) -> nn.Module:
@@ -206,9 +228,11 @@ def load_checkpoint(
         A :class:`LoadReport`.
     """
     target = _unwrap_model(model)
+    sha256 = None
     if isinstance(checkpoint, (str, os.PathLike)):
         source = str(checkpoint)
         sd = read_checkpoint(checkpoint, trust_pickle=trust_pickle, use_ema=use_ema)
+        sha256 = sha256_file(checkpoint)
     else:
         source = source or "<state dict>"
         sd = unwrap_state_dict(checkpoint, use_ema=use_ema)
@@ -224,7 +248,7 @@ def load_checkpoint(
                                   "from a diverged run or is damaged, and the model would output NaN; use an "
                                   "earlier checkpoint (allow_nonfinite=True loads it anyway)")
     own = target.state_dict()
-    report = LoadReport(source=source)
+    report = LoadReport(source=source, sha256=sha256)
     report.missing = [k for k in own if k not in sd]
     report.unexpected = [k for k in sd if k not in own]
     report.mismatched = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own

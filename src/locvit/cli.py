@@ -66,39 +66,77 @@ def _parse_kv(items: list[str]) -> dict:
     return out
 
 
-# --- locvit train -----------------------------------------------------------------------------------------------
-@command("train", "train or fine-tune a model (the papers' DeiT/Swin recipe); run under torchrun for DDP")
-def _train(p: argparse.ArgumentParser):
+def _config_args(p: argparse.ArgumentParser, cls: type,
+                 resume_help: str = "continue a run (default: OUTPUT/last.pth); settings not given are the run's own"
+                 ) -> None:
+    """One flag per field of the config dataclass ``cls`` (``--batch-size`` for ``batch_size``...), default None
+    so that only what is given overrides the recipe; dict fields take KEY=VALUE items (YAML values)."""
     import dataclasses
     import typing
 
+    hints = typing.get_type_hints(cls)
+    notes = _field_comments(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        note = notes.get(f.name)
+        if "dict" in str(kind):
+            p.add_argument(flag, nargs="*", metavar="KEY=VALUE", help=note or "(YAML values)")
+        elif f.name == "resume":
+            p.add_argument(flag, nargs="?", const="auto", default=None, metavar="RUN_DIR_OR_FILE",
+                           help=resume_help)
+        elif kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=note)
+        elif "tuple" in str(kind):
+            p.add_argument(flag, nargs=2, type=float, default=None, help=note)
+        elif "list" in str(kind):
+            p.add_argument(flag, nargs="+", type=float if "float" in str(kind) else int, default=None, help=note)
+        else:
+            base = next((t for t in (int, float, str) if t in typing.get_args(kind) or kind is t), str)
+            p.add_argument(flag, type=base, default=None, help=note)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """``--help`` text: the comment after each field in the config dataclasses' source (subclasses win)."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        out.update({m[1]: m[2].strip().replace("%", "%%")
+                    for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.+)$", src, re.M)})
+    return out
+
+
+def _config_overrides(a: argparse.Namespace, cls: type) -> dict:
+    """The flags of :func:`_config_args` as config overrides (KEY=VALUE lists parsed into dicts)."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(a, f.name, None)
+        is_dict = f.default_factory is not dataclasses.MISSING and isinstance(f.default_factory(), dict)
+        out[f.name] = _parse_kv(v) if is_dict and v is not None else v
+    return out
+
+
+# --- locvit train -----------------------------------------------------------------------------------------------
+@command("train", "train or fine-tune a model (the papers' DeiT/Swin recipe); run under torchrun for DDP")
+def _train(p: argparse.ArgumentParser):
     from locvit.engine.config import TrainConfig
 
     p.add_argument("--config", help="YAML recipe (a path, or a shipped name such as regionvit_in1k)")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        if f.name == "model_kwargs":
-            p.add_argument(flag, nargs="*", metavar="KEY=VALUE", help="extra model constructor arguments")
-        elif f.name == "resume":
-            p.add_argument(flag, nargs="?", const="auto", default=None, metavar="RUN_DIR_OR_FILE",
-                           help="continue a run (default: OUTPUT/last.pth); settings not given are the run's own")
-        elif kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif "tuple" in str(kind):
-            p.add_argument(flag, nargs=2, type=float, default=None)
-        else:
-            base = next((t for t in (int, float, str) if t in typing.get_args(kind) or kind is t), str)
-            p.add_argument(flag, type=base, default=None)
+    _config_args(p, TrainConfig)
 
     def run(a: argparse.Namespace) -> int:
-        from locvit.engine.config import FIELDS, build_config
+        from locvit.engine.config import TrainConfig, build_config
         from locvit.engine.train import run_config, train
 
-        overrides = {k: getattr(a, k) for k in FIELDS if k != "model_kwargs"}
-        if a.model_kwargs is not None:
-            overrides["model_kwargs"] = _parse_kv(a.model_kwargs)
+        overrides = _config_overrides(a, TrainConfig)
         saved = None
         if a.resume:
             # the interrupted run's settings are the base: `--resume` alone, or the same command again, continues it
@@ -327,17 +365,75 @@ def _print_row(r: dict, vs: str | None) -> None:
           f"{r['images_per_s']:8.1f} img/s ({r['spread']})  {r['step_ms']:8.1f} ms/step{mem}{extra}{share}", flush=True)
 
 
-# --- locvit demo -------------------------------------------------------------------------------------------------
-@command("demo", "train a small model of each family on the embedded digits dataset and compare them")
-def _demo(p: argparse.ArgumentParser):
-    p.add_argument("--output", default="runs/demo")
-    p.add_argument("--epochs", type=int, help="override the demo's epochs (quicker, less accurate)")
-    p.add_argument("--family", nargs="*", help="only these families (RegionViT, Focal, VVT, LocalViT)")
+# --- locvit detect / segment ----------------------------------------------------------------------------------
+def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
+    """``locvit detect|segment train|eval``: the task's config flags; the runner calls locvit.tasks.<task>."""
+    import importlib
+
+    from locvit.tasks.config import DetectConfig, SegmentConfig
+
+    cls = DetectConfig if task == "detect" else SegmentConfig
+    p.add_argument("action", choices=["train", "eval"],
+                   help="train: a run directory as `locvit train` writes it; eval: score --checkpoint (a run "
+                        "directory or its weights) on the validation split")
+    p.add_argument("--config", help=f"YAML recipe (a path, or a shipped name such as {example})")
+    _config_args(p, cls)
 
     def run(a: argparse.Namespace) -> int:
-        from locvit.engine.demo import run_demo
+        from locvit.tasks.common import eval_config
+        from locvit.tasks.config import build_task_config
 
-        run_demo(a.output, epochs=a.epochs, families=a.family)
+        module = importlib.import_module(f"locvit.tasks.{task}")
+        overrides = _config_overrides(a, cls)
+        if a.action == "eval":
+            module.evaluate_run(*eval_config(cls, a.config, overrides))
+            return 0
+        saved = None
+        if a.resume:  # as `locvit train --resume`: the interrupted run's settings are the base
+            from locvit.engine.train import run_config
+
+            state_file, saved = run_config(a.resume, a.output or cls.output)
+            if a.output is None:
+                overrides["output"] = str(state_file.parent)
+        cfg = build_task_config(cls, a.config, overrides, run=saved)
+        module.train_run(cfg)
+        print(f"done -> {cfg.output}")
+        return 0
+
+    return run
+
+
+@command("detect", "object / instance / keypoint detection: Mask R-CNN, Faster R-CNN, RetinaNet, Keypoint R-CNN on "
+                   "a locvit backbone, COCO-format data, COCOeval AP")
+def _detect(p: argparse.ArgumentParser):
+    return _dense_command(p, "detect", "mask_rcnn_1x_coco")
+
+
+@command("segment", "semantic segmentation: Semantic FPN or UperNet on a locvit encoder, ADE20K-style data, mIoU")
+def _segment(p: argparse.ArgumentParser):
+    return _dense_command(p, "segment", "upernet_160k_ade20k")
+
+
+# --- locvit demo -------------------------------------------------------------------------------------------------
+@command("demo", "train a small model of each family on generated or embedded data and compare them "
+                 "(classification on digits, or --task detect / segment on generated shapes)")
+def _demo(p: argparse.ArgumentParser):
+    p.add_argument("--task", choices=["classify", "detect", "segment"], default="classify")
+    p.add_argument("--output", default=None, help="default: runs/demo (classify), runs/demo_detect, runs/demo_segment")
+    p.add_argument("--epochs", type=int, help="override the demo's epochs (quicker, less accurate)")
+    p.add_argument("--family", nargs="*", help="only these families (RegionViT, Focal, VVT, LocalViT)")
+    p.add_argument("--workers", type=int, help="DataLoader workers (dense tasks; default 2)")
+
+    def run(a: argparse.Namespace) -> int:
+        if a.task == "classify":
+            from locvit.engine.demo import run_demo
+
+            run_demo(a.output or "runs/demo", epochs=a.epochs, families=a.family)
+        else:
+            from locvit.tasks.demo import run_dense_demo
+
+            run_dense_demo(a.task, a.output or f"runs/demo_{a.task}", epochs=a.epochs, families=a.family,
+                           workers=a.workers)
         return 0
 
     return run
@@ -401,6 +497,35 @@ def _export(p: argparse.ArgumentParser):
         return 0
 
     return run
+
+# --- locvit convert ----------------------------------------------------------------------------------------------
+@command("convert", "turn the authors' weights into a hub-style folder (config.json, model.safetensors, model card)")
+def _convert(p: argparse.ArgumentParser):
+    p.add_argument("--model", required=True)
+    p.add_argument("--checkpoint", help="the authors' file (default: download what pretrained=True loads)")
+    p.add_argument("--output", required=True, help="folder to create (then timm.create_model('local-dir:FOLDER'))")
+    p.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the folder to this Hugging Face repository")
+    p.add_argument("--private", action="store_true", help="create the hub repository as private")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
+    p.add_argument("--num-classes", type=int, help="the checkpoint's class count when it is not 1000")
+    p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
+
+    def run(a: argparse.Namespace) -> int:
+        from locvit.hub import convert, push_to_hub
+
+        kwargs = _parse_kv(a.model_kwargs)
+        if a.num_classes is not None:
+            kwargs["num_classes"] = a.num_classes
+        res = convert(a.model, a.checkpoint, a.output, trust_pickle=a.trust_checkpoint, model_kwargs=kwargs, log=print)
+        print(f"wrote {res.output} ({', '.join(res.files)}); load it with "
+              f"timm.create_model('local-dir:{res.output}', pretrained=True) after `import locvit`")
+        if a.push_to_hub:
+            url = push_to_hub(res.output, a.push_to_hub, private=a.private)
+            print(f"pushed to {url}; load it with timm.create_model('hf-hub:{a.push_to_hub}', pretrained=True)")
+        return 0
+
+    return run
+
 
 def build_parser() -> argparse.ArgumentParser:
     import locvit

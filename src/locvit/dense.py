@@ -8,9 +8,9 @@ This module adds what torchvision's detectors and a fair comparison with the pap
 * :func:`dense_recipe` -- the architecture settings each family's dense-task results were obtained with
   (RegionViT's ``det_norm``; the Swin-style extra output norms of Focal and LocalViT-Swin, ...);
 * :class:`LocvitFPN` / :func:`create_backbone` -- a ``BackboneWithFPN``-style module (``out_channels``, an
-  ``OrderedDict`` of FPN maps) usable in ``torchvision.models.detection`` Mask R-CNN / Faster R-CNN / RetinaNet, and
-  :func:`mask_rcnn`, :func:`faster_rcnn`, :func:`retinanet`, which build those detectors with anchors and RoI
-  poolers matched to the backbone's levels;
+  ``OrderedDict`` of FPN maps) usable in ``torchvision.models.detection`` Mask R-CNN / Faster R-CNN / RetinaNet /
+  Keypoint R-CNN, and :func:`mask_rcnn`, :func:`faster_rcnn`, :func:`retinanet`, :func:`keypoint_rcnn`, which build
+  those detectors with anchors and RoI poolers matched to the backbone's levels;
 * :func:`load_pretrained` -- a classification checkpoint (the authors' file or ours) into a backbone, through the
   family's ``checkpoint_filter_fn`` (tables resized for the new window / size), non-strictly, with a
   :class:`PretrainedReport` of what was loaded, converted, newly initialised and dropped;
@@ -31,9 +31,9 @@ from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from locvit.checkpoint import LoadReport, find_filter_fn, load_checkpoint, read_checkpoint, unwrap_state_dict
+from locvit.models._registry import DenseRecipe, spec_of
 
 __all__ = [
-    "DENSE_RECIPES",
     "DenseRecipe",
     "LocvitFPN",
     "PadCrop",
@@ -42,6 +42,7 @@ __all__ = [
     "create_features",
     "dense_recipe",
     "faster_rcnn",
+    "keypoint_rcnn",
     "load_pretrained",
     "mask_rcnn",
     "retinanet",
@@ -50,56 +51,11 @@ __all__ = [
 
 
 # --- per-family dense settings ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DenseRecipe:
-    """Architecture settings of a family's dense-task (detection / segmentation) backbone.
-
-    Attributes:
-        model_kwargs: keyword arguments for the model (e.g. RegionViT's ``det_norm=True``).
-        out_norm: add a new LayerNorm per output level before the neck (Swin's dense-task convention).
-        source: where the setting comes from (official config, or the recipe the paper follows -- inferred).
-    """
-
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    out_norm: bool = False
-    source: str = ""
-
-
-_SWIN_STYLE = ("the Swin mmdetection/mmsegmentation pipeline the paper follows (inferred: the authors released no "
-               "dense code): stage outputs before down-sampling, each through an added LayerNorm")
-# keyed by the module that defines a model (its family file), so LocalViT's hosts get their host's settings
-DENSE_RECIPES: dict[str, DenseRecipe] = {
-    "regionvit": DenseRecipe(
-        {"det_norm": True}, False,
-        "IBM/RegionViT detection/configs (Detectron2): DET_NORM True, window 7 (Ti/S/M/B) or 14 (the '+' models, "
-        "*_w14*), drop path 0.2, FPN on res2-res5 + max-pool P6 (Mask R-CNN) or P6/P7 from res5 (RetinaNet)"),
-    # Focal fixes its block geometry at build time from img_size: at 224 the last stage's 7x7 map is one window
-    # without the ring, from 256 on every stage has both, as at every detection size. 256 (not 800x1333) because
-    # v2 also precomputes its top-k key selection for img_size, which costs seconds at detection sizes; other
-    # input sizes get theirs when first seen.
-    "focal": DenseRecipe({"img_size": (256, 256)}, True, _SWIN_STYLE),
-    "focal_v2": DenseRecipe({"img_size": (256, 256)}, True, _SWIN_STYLE),
-    "vvt": DenseRecipe({}, False, "stage outputs after each stage's LayerNorm (the PVT Semantic FPN protocol the "
-                                  "paper's ADE20K results follow; inferred: no dense code was released)"),
-    "pvt": DenseRecipe({}, False, "PVT's detection backbone: the four stage outputs (LocalViT-PVT: untested "
-                                  "upstream)"),
-    "localvit_swin": DenseRecipe({}, True, "Swin's detection backbone (LocalViT-Swin: untested upstream)"),
-}
-
-
-def _module_key(model_name: str) -> str:
-    from timm.models import is_model, model_entrypoint
-
-    from locvit._registry import OFFICIAL_HOMONYMS
-
-    name = OFFICIAL_HOMONYMS.get(model_name, model_name)
-    # unknown names get no recipe here; building them raises locvit's error with suggestions
-    return model_entrypoint(name).__module__.rsplit(".", 1)[-1] if is_model(name) else ""
-
-
 def dense_recipe(model_name: str) -> DenseRecipe:
-    """The dense-task settings of ``model_name``'s family (an empty recipe for families without one)."""
-    return DENSE_RECIPES.get(_module_key(model_name), DenseRecipe())
+    """The dense-task settings of ``model_name``'s family, as its model file declares them next to its feature
+    config (an empty recipe for models without one)."""
+    spec = spec_of(model_name)
+    return spec.dense if spec is not None else DenseRecipe()
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------
@@ -234,6 +190,7 @@ def create_features(
     out_indices: Sequence[int] = (0, 1, 2, 3),
     *,
     checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
+    pretrained: bool = False,
     recipe: bool = True,
     verbose: bool = True,
     **model_kwargs: Any,
@@ -244,14 +201,21 @@ def create_features(
         model_name: a locvit model name (or official alias).
         out_indices: stages whose maps are returned.
         checkpoint: classification weights to load (see :func:`load_pretrained`).
+        pretrained: load the official weights as ``pretrained=True`` does (downloaded and cached on first use;
+            ``pretrained_cfg_overlay`` in ``model_kwargs`` overrides the source).
         recipe: apply :func:`dense_recipe`'s model kwargs (explicit ``model_kwargs`` win).
         verbose: print the checkpoint report.
         **model_kwargs: for the model (``drop_path_rate``, ``window_size``, tiny test configurations...).
     """
     from locvit._registry import create_model
 
+    if pretrained and checkpoint is not None:
+        raise ValueError("pass pretrained=True (the published weights) or checkpoint=FILE, not both")
     kwargs = {**(dict(dense_recipe(model_name).model_kwargs) if recipe else {}), **model_kwargs}
-    model = create_model(model_name, features_only=True, out_indices=tuple(out_indices), **kwargs)
+    model = create_model(model_name, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices),
+                         **kwargs)
+    if pretrained and verbose:
+        print(model.load_report, flush=True)
     reductions = model.feature_info.reduction()
     if len(set(reductions)) < len(reductions):
         raise ValueError(f"{model_name} is not a feature pyramid (strides {reductions} at out_indices "
@@ -304,7 +268,7 @@ class LocvitFPN(nn.Module):
         #: stride of every output map, in order (the extra block's included when known)
         self.strides = strides + extra_strides
         self.pretrained_cfg = getattr(body, "pretrained_cfg", {})
-        self.load_report: PretrainedReport | None = None
+        self.load_report: PretrainedReport | LoadReport | None = getattr(body, "load_report", None)
 
     def adapter_modules(self) -> list[str]:
         """Names of the modules the adapter adds on top of the backbone (never in a classification checkpoint)."""
@@ -325,6 +289,7 @@ def create_backbone(
     extra_blocks: str | nn.Module | None = "pool",
     out_norm: bool | None = None,
     checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
+    pretrained: bool = False,
     recipe: bool = True,
     verbose: bool = True,
     **model_kwargs: Any,
@@ -338,6 +303,7 @@ def create_backbone(
         extra_blocks: see :class:`LocvitFPN`.
         out_norm: extra per-level LayerNorms; ``None``: as the family's recipe says.
         checkpoint: classification weights (report printed unless ``verbose=False``, kept as ``.load_report``).
+        pretrained: the official weights, as ``pretrained=True`` loads them (see :func:`create_features`).
         recipe: apply :func:`dense_recipe` (model kwargs and ``out_norm``).
         verbose: print the checkpoint report.
         **model_kwargs: for the model.
@@ -347,7 +313,10 @@ def create_backbone(
         >>> model = torchvision.models.detection.MaskRCNN(backbone, num_classes=91)  # doctest: +SKIP
     """
     rec = dense_recipe(model_name) if recipe else DenseRecipe()
-    body = create_features(model_name, out_indices, recipe=recipe, **model_kwargs)
+    if pretrained and checkpoint is not None:
+        raise ValueError("pass pretrained=True (the published weights) or checkpoint=FILE, not both")
+    body = create_features(model_name, out_indices, pretrained=pretrained, recipe=recipe, verbose=verbose,
+                           **model_kwargs)
     backbone = LocvitFPN(body, out_channels, extra_blocks, rec.out_norm if out_norm is None else out_norm)
     if checkpoint is not None:
         load_pretrained(backbone, checkpoint, verbose=verbose)
@@ -371,7 +340,7 @@ def _detector_defaults(backbone: LocvitFPN, kwargs: dict[str, Any]) -> dict[str,
 
 
 def _two_stage(cls_name: str, model_name: str, num_classes: int | None, backbone_kwargs: dict[str, Any],
-               detector_kwargs: dict[str, Any], mask: bool) -> nn.Module:
+               detector_kwargs: dict[str, Any], mask: bool, keypoint: bool = False) -> nn.Module:
     import torchvision.models.detection as tvd
     from torchvision.ops import MultiScaleRoIAlign
 
@@ -382,6 +351,8 @@ def _two_stage(cls_name: str, model_name: str, num_classes: int | None, backbone
     kw.setdefault("box_roi_pool", MultiScaleRoIAlign(backbone.level_names, 7, 2))
     if mask:
         kw.setdefault("mask_roi_pool", MultiScaleRoIAlign(backbone.level_names, 14, 2))
+    if keypoint:
+        kw.setdefault("keypoint_roi_pool", MultiScaleRoIAlign(backbone.level_names, 14, 2))
     if "box_predictor" in kw or "mask_predictor" in kw:
         num_classes = None  # torchvision takes the class count from the predictors then
     return getattr(tvd, cls_name)(backbone, num_classes=num_classes, **kw)
@@ -389,41 +360,61 @@ def _two_stage(cls_name: str, model_name: str, num_classes: int | None, backbone
 
 def mask_rcnn(model_name: str, num_classes: int | None, *, out_indices: Sequence[int] = (0, 1, 2, 3),
               out_channels: int = 256, checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
-              recipe: bool = True, verbose: bool = True, model_kwargs: Mapping[str, Any] | None = None,
-              **detector_kwargs: Any) -> nn.Module:
+              pretrained: bool = False, recipe: bool = True, verbose: bool = True,
+              model_kwargs: Mapping[str, Any] | None = None, **detector_kwargs: Any) -> nn.Module:
     """``torchvision.models.detection.MaskRCNN`` on a locvit backbone + FPN (+ max-pooled P6).
 
     Anchors (32-512, three ratios, one size per level) and RoI poolers follow the backbone's levels; the image
     normalisation is the model's pretrained cfg. ``detector_kwargs`` go to ``MaskRCNN`` (``min_size``,
     ``max_size``, ``size_divisible``, heads, sampling sizes, ...; with your own ``box_predictor`` /
     ``mask_predictor`` pass ``num_classes=None``, as torchvision wants); ``model_kwargs`` to the locvit model.
+    ``pretrained=True`` starts the backbone from the official ImageNet weights (see :func:`create_features`),
+    ``checkpoint=`` from a file.
     """
     backbone_kwargs = dict(out_indices=out_indices, out_channels=out_channels, checkpoint=checkpoint,
-                           recipe=recipe, verbose=verbose, **(model_kwargs or {}))
+                           pretrained=pretrained, recipe=recipe, verbose=verbose, **(model_kwargs or {}))
     return _two_stage("MaskRCNN", model_name, num_classes, backbone_kwargs, detector_kwargs, mask=True)
 
 
 def faster_rcnn(model_name: str, num_classes: int | None, *, out_indices: Sequence[int] = (0, 1, 2, 3),
                 out_channels: int = 256, checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
-                recipe: bool = True, verbose: bool = True, model_kwargs: Mapping[str, Any] | None = None,
-                **detector_kwargs: Any) -> nn.Module:
+                pretrained: bool = False, recipe: bool = True, verbose: bool = True,
+                model_kwargs: Mapping[str, Any] | None = None, **detector_kwargs: Any) -> nn.Module:
     """``torchvision.models.detection.FasterRCNN`` on a locvit backbone + FPN (see :func:`mask_rcnn`)."""
     backbone_kwargs = dict(out_indices=out_indices, out_channels=out_channels, checkpoint=checkpoint,
-                           recipe=recipe, verbose=verbose, **(model_kwargs or {}))
+                           pretrained=pretrained, recipe=recipe, verbose=verbose, **(model_kwargs or {}))
     return _two_stage("FasterRCNN", model_name, num_classes, backbone_kwargs, detector_kwargs, mask=False)
+
+
+def keypoint_rcnn(model_name: str, num_classes: int | None = 2, *, num_keypoints: int | None = 17,
+                  out_indices: Sequence[int] = (0, 1, 2, 3), out_channels: int = 256,
+                  checkpoint: str | os.PathLike | Mapping[str, Any] | None = None, pretrained: bool = False,
+                  recipe: bool = True, verbose: bool = True, model_kwargs: Mapping[str, Any] | None = None,
+                  **detector_kwargs: Any) -> nn.Module:
+    """``torchvision.models.detection.KeypointRCNN`` on a locvit backbone + FPN (RegionViT's keypoint detection):
+    anchors, RoI poolers and weights (``pretrained`` / ``checkpoint``) as :func:`mask_rcnn`, COCO's 17 person
+    keypoints by default (``num_classes=2``: background and person). With your own ``keypoint_predictor`` pass
+    ``num_keypoints=None``."""
+    backbone_kwargs = dict(out_indices=out_indices, out_channels=out_channels, checkpoint=checkpoint,
+                           pretrained=pretrained, recipe=recipe, verbose=verbose, **(model_kwargs or {}))
+    if num_keypoints is not None and "keypoint_predictor" not in detector_kwargs:
+        detector_kwargs["num_keypoints"] = num_keypoints
+    return _two_stage("KeypointRCNN", model_name, num_classes, backbone_kwargs, detector_kwargs, mask=False,
+                      keypoint=True)
 
 
 def retinanet(model_name: str, num_classes: int, *, out_indices: Sequence[int] = (1, 2, 3),
               out_channels: int = 256, checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
-              recipe: bool = True, verbose: bool = True, model_kwargs: Mapping[str, Any] | None = None,
-              **detector_kwargs: Any) -> nn.Module:
+              pretrained: bool = False, recipe: bool = True, verbose: bool = True,
+              model_kwargs: Mapping[str, Any] | None = None, **detector_kwargs: Any) -> nn.Module:
     """``torchvision.models.detection.RetinaNet`` on a locvit backbone: FPN on strides 8-32 plus P6/P7 convs
     from the last map (RegionViT's official RetinaNet; mmdet's ``add_extra_convs='on_input'``), anchors
     4 x stride at three scales and three ratios per level."""
     from torchvision.models.detection import RetinaNet
 
     backbone = create_backbone(model_name, out_indices, out_channels=out_channels, extra_blocks="p6p7",
-                               checkpoint=checkpoint, recipe=recipe, verbose=verbose, **(model_kwargs or {}))
+                               checkpoint=checkpoint, pretrained=pretrained, recipe=recipe, verbose=verbose,
+                               **(model_kwargs or {}))
     kw = _detector_defaults(backbone, dict(detector_kwargs))
     kw.setdefault("anchor_generator", _anchors(backbone.strides, 4, num_scales=3))
     return RetinaNet(backbone, num_classes=num_classes, **kw)
@@ -456,6 +447,7 @@ def smp_model(
     classes: int,
     *,
     checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
+    pretrained: bool = False,
     recipe: bool = True,
     pad_to: int | None = 32,
     verbose: bool = True,
@@ -469,10 +461,13 @@ def smp_model(
         model_name: a locvit pyramid model.
         classes: output channels.
         checkpoint: classification weights for the encoder (see :func:`load_pretrained`).
+        pretrained: the official weights for the encoder: smp's ``encoder_weights``, which for a ``tu-`` encoder is
+            timm's ``pretrained=True`` (``pretrained_cfg_overlay`` in ``kwargs`` overrides the source).
         recipe: pass :func:`dense_recipe`'s model kwargs to the encoder.
         pad_to: wrap in :class:`PadCrop` (inputs of any size); ``None`` returns the bare smp model.
         verbose: print the checkpoint report.
-        **kwargs: for ``smp.create_model`` (decoder settings) and the encoder (model kwargs), as smp splits them.
+        **kwargs: for ``smp.create_model`` (decoder settings) and the encoder (model kwargs), as smp splits them;
+            a model ``depth`` (which smp reserves for itself) included.
     """
     import locvit  # noqa: F401  (registers the names with timm before smp looks them up)
 
@@ -483,7 +478,32 @@ def smp_model(
                           "(or pip install segmentation-models-pytorch)") from e
     if recipe:
         kwargs = {**dense_recipe(model_name).model_kwargs, **kwargs}
-    model = smp.create_model(arch, encoder_name=f"tu-{model_name}", encoder_weights=None, classes=classes, **kwargs)
+    if pretrained and checkpoint is not None:
+        raise ValueError("pass pretrained=True (the published weights) or checkpoint=FILE, not both")
+    # smp hands the encoder its own `depth` (how many stages to return), so a model's `depth` (RegionViT's blocks
+    # per stage) cannot travel with the other encoder keywords: the encoder is rebuilt with it below
+    model_depth = kwargs.pop("depth", None)
+    # smp hands encoder_weights to timm as pretrained=True for tu- encoders
+    model = smp.create_model(arch, encoder_name=f"tu-{model_name}", encoder_weights=True if pretrained else None,
+                             classes=classes, **kwargs)
+    if model_depth is not None:
+        import inspect
+
+        from locvit._registry import create_model
+
+        smp_args = set(inspect.signature(type(model).__init__).parameters)
+        encoder_kwargs = {k: v for k, v in kwargs.items() if k not in smp_args}
+        built = model.encoder.model
+        model.encoder.model = create_model(model_name, features_only=True, in_chans=kwargs.get("in_channels", 3),
+                                           out_indices=tuple(built.feature_info.out_indices), depth=model_depth,
+                                           pretrained=pretrained, **encoder_kwargs)
+        if model.encoder.model.feature_info.channels() != built.feature_info.channels():
+            raise ValueError(f"{model_name} with depth={model_depth} changes its channels; smp's decoder was built "
+                             "for the others")
+    if pretrained:
+        model.load_report = model.encoder.model.load_report
+        if verbose:
+            print(model.load_report, flush=True)
     if checkpoint is not None:
         model.load_report = load_pretrained(model.encoder.model, checkpoint, verbose=verbose)
     return PadCrop(model, pad_to) if pad_to else model

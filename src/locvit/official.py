@@ -1,34 +1,24 @@
 """Build the locvit model configured like an official class, from that class's constructor arguments.
 
-Each family module registers a translator with :func:`register_official`: it receives the official
-keyword arguments (callables already decoded) and returns the equivalent locvit model. The state dict,
-in official key names, then goes through the same ``checkpoint_filter_fn`` that loads released weights.
+Each family file registers a translator (:func:`locvit.models._registry.register_official`) that turns the
+official keyword arguments (callables already decoded) into its constructor's. The state dict, in official key
+names, then goes through the family's ``checkpoint_filter_fn``, the one that loads released weights.
 """
 from __future__ import annotations
 
 import functools
 import importlib
-from typing import Any, Callable, Mapping
+import inspect
+from typing import Any, Mapping
 
 from torch import nn
 
-_TRANSLATORS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
-
-
-def register_official(*official_classes: str) -> Callable:
-    """Decorator: ``fn(kwargs) -> model`` builds our model for an official class name."""
-
-    def wrap(fn: Callable[[dict[str, Any]], nn.Module]) -> Callable[[dict[str, Any]], nn.Module]:
-        for name in official_classes:
-            _TRANSLATORS[name] = fn
-        return fn
-
-    return wrap
+from locvit.models._registry import names_of, official_translator, translated_classes
 
 
 def official_classes() -> list[str]:
     """Official class names that :func:`from_official` can translate."""
-    return sorted(_TRANSLATORS)
+    return translated_classes()
 
 
 def decode_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,18 +40,6 @@ def decode_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: decode(v) for k, v in kwargs.items()}
 
 
-def norm_eps(norm_layer: Any, default: float) -> float:
-    """The ``eps`` an official ``norm_layer`` argument (a class or a partial of one) stands for."""
-    if norm_layer is None:
-        return default
-    if isinstance(norm_layer, functools.partial):
-        return float(norm_layer.keywords.get("eps", default if norm_layer.func is not nn.LayerNorm else 1e-5))
-    if norm_layer is nn.LayerNorm:
-        return 1e-5
-    raise ValueError(f"unsupported norm_layer {norm_layer!r}: only nn.LayerNorm (optionally with eps) is used "
-                     "by the official models")
-
-
 def from_official(
     official_class: str,
     constructor_kwargs: Mapping[str, Any],
@@ -76,26 +54,36 @@ def from_official(
         state_dict: optional state dict in official key names, loaded strictly through the family's filter.
         **overrides: extra locvit-side keyword arguments (e.g. ``drop_path_rate``).
     """
-    import locvit.models  # noqa: F401  (registers the translators)
-
-    if official_class not in _TRANSLATORS:
-        raise ValueError(f"no locvit translation for official class {official_class!r}; "
-                         f"known: {', '.join(official_classes())}")
-    kwargs = decode_kwargs(constructor_kwargs)
+    spec, translate = official_translator(official_class)
+    kwargs = translate(decode_kwargs(constructor_kwargs))
     kwargs.update(overrides)
-    model = _TRANSLATORS[official_class](kwargs)
+    model = spec.model_cls(**kwargs)
     if state_dict is not None:
         from locvit.checkpoint import load_checkpoint
 
-        load_checkpoint(model, state_dict, strict=True)
+        load_checkpoint(model, state_dict, strict=True, filter_fn=spec.filter_fn)
     return model
 
 
-def pop_unused(kwargs: dict[str, Any], allowed_defaults: Mapping[str, Any]) -> None:
-    """Remove official arguments that do not change the model, refusing any that is set to a value we do not
-    implement (so a translation never silently ignores a real configuration difference)."""
-    for name, default in allowed_defaults.items():
-        if name in kwargs:
-            value = kwargs.pop(name)
-            if default is not ... and value != default and not (value is None and default is None):
-                raise ValueError(f"official argument {name}={value!r} is not supported (only {default!r})")
+def official_model_args(official_class: str, constructor_kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A registered model name and keyword arguments that build ``official_class(**constructor_kwargs)``.
+
+    ``timm.create_model(name, **kwargs)`` then builds the same model as :func:`from_official` -- through the
+    registered entrypoint, so ``pretrained=True``, ``features_only=True`` and every timm option apply to an
+    official configuration. Every constructor argument is stated (the entrypoint's own defaults never leak in),
+    except those whose value is ``None``, which timm drops. (The T2T-ViT entrypoints apply the released weights'
+    legacy ``qk_scale`` with ``pretrained=True``; add ``legacy_qk_scale=False`` for the official configuration.)
+
+    Args:
+        official_class: as for :func:`from_official`.
+        constructor_kwargs: the official constructor's keyword arguments (conformance encoding accepted).
+    """
+    spec, translate = official_translator(official_class)
+    names = names_of(spec)
+    if not names:
+        raise ValueError(f"{official_class} translates to a class no registered model builds")
+    kwargs = translate(decode_kwargs(constructor_kwargs))
+    cls = spec.classes[0] if spec.classes else spec.model_cls
+    defaults = {p.name: p.default for p in inspect.signature(cls).parameters.values()
+                if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names[0], {**defaults, **kwargs}

@@ -85,13 +85,23 @@ def model_table(patterns: list[str] | str = "*", include_aliases: bool = False, 
             family=family_of(name),
             params_m=st["params"] / 1e6,
             input_size=f"{size[1]}x{size[2]}",
-            weights=cfg.get("origin_url") or "-",
+            **weights_column(cfg),
             aliases=", ".join(sorted(a for a, c in ALIASES.items() if c == name)),
         )
         if flops:
             row["gmacs"] = st["gmacs"]
         rows.append(row)
     return rows
+
+
+def weights_column(cfg: dict) -> dict[str, str]:
+    """How a model's official weights load: ``pretrained=True`` downloads them, they are on a page to fetch
+    ``by hand`` (then ``pretrained_cfg_overlay=dict(file=...)``), or there are none (``-``); with the link."""
+    if cfg.get("url") or cfg.get("hf_hub_id"):
+        return dict(weights="pretrained=True", weights_url=cfg.get("url") or f"hf-hub:{cfg['hf_hub_id']}")
+    if cfg.get("origin_url"):
+        return dict(weights="by hand", weights_url=cfg["origin_url"])
+    return dict(weights="-", weights_url="")
 
 
 def render_table(rows: list[dict], markdown: bool = False) -> str:
@@ -106,6 +116,8 @@ def render_table(rows: list[dict], markdown: bool = False) -> str:
             return f"{v:.2f}"
         if c == "name" and markdown:
             return f"`{v}`"
+        if c == "weights" and markdown and r.get("weights_url"):
+            return f"[{v}]({r['weights_url']})"
         return str(v)
 
     table = [[heads.get(c, c) for c in cols]] + [[cell(r, c) for c in cols] for r in rows]

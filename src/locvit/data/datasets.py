@@ -59,6 +59,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def seed_sample(seed: int, epoch: int, index: int) -> None:
+    """Seed Python, NumPy and torch from ``(seed, epoch, index)`` alone, whatever the worker: the random crops,
+    RandAugment, erasing, flips... of a sample are then the same in a resumed run."""
+    seed_all(zlib.crc32(f"{seed}/{epoch}/{index}".encode()))
+
+
 class SeededDataset(Dataset):
     """Base class: samples are loaded by :meth:`load` and transformed under per-sample seeding."""
 
@@ -81,8 +87,7 @@ class SeededDataset(Dataset):
         except _DECODE_ERRORS as e:
             return Unreadable(index, self.describe(index), f"{type(e).__name__}: {e}"), self.target(index)
         if self.transform is not None:
-            # random crops, RandAugment, erasing... drawn from (seed, epoch, index) alone, whatever the worker
-            seed_all(zlib.crc32(f"{self.seed}/{self.epoch}/{index}".encode()))
+            seed_sample(self.seed, self.epoch, index)
             img = self.transform(img)
         return img, target
 

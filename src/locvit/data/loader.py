@@ -124,15 +124,17 @@ def default_workers() -> int:
 
 
 def build_loader(dataset: SeededDataset, batch_size: int, training: bool, workers: int = 0, seed: int = 0,
-                 rank: int = 0, world: int = 1, repeats: int = 1, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over an :class:`EpochSampler`; training drops the last incomplete global batch."""
+                 rank: int = 0, world: int = 1, repeats: int = 1, pin_memory: bool = False,
+                 collate_fn: Any = skip_unreadable_collate) -> DataLoader:
+    """A DataLoader over an :class:`EpochSampler`; training drops the last incomplete global batch. ``collate_fn``
+    builds a :class:`Batch` (the dense tasks pass theirs)."""
     sampler = EpochSampler(len(dataset), shuffle=training, seed=seed, rank=rank, world=world,
                            repeats=repeats if training else 1, drop_last_multiple=batch_size if training else 1)
     if training and sampler.num_samples < batch_size:
         raise ValueError(f"the training set has {len(dataset)} images: fewer than one batch of {batch_size} "
                          f"per process; lower --batch-size")
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=skip_unreadable_collate, pin_memory=pin_memory, drop_last=training,
+                      collate_fn=collate_fn, pin_memory=pin_memory, drop_last=training,
                       persistent_workers=False)
 
 

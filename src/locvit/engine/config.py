@@ -24,6 +24,7 @@ class TrainConfig:
     model: str = "localvit_tiny"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None          # initial weights (official or ours); head/tables adapted
+    pretrained: bool = False               # start from the official weights (pretrained=True: downloaded, cached)
     trust_checkpoint: bool = False         # allow checkpoints that pickle more than tensors
     data: str | None = None                # folder path, 'digits', 'cifar10[:ROOT]', 'cifar100[:ROOT]' (required)
     num_classes: int | None = None         # default: the dataset's class count
@@ -117,9 +118,17 @@ class TrainConfig:
         need(self.eval_interval >= 1, f"--eval-interval must be at least 1, got {self.eval_interval}")
         need(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}")
         need(self.clip_grad is None or self.clip_grad > 0, f"--clip-grad must be positive, got {self.clip_grad}")
+        need(not (self.pretrained and self.checkpoint),
+             "pass --pretrained (the published weights) or --checkpoint FILE, not both")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def augmentation(self) -> dict[str, Any]:
+        """The training augmentation as :func:`locvit.data.loader.build_transform` takes it (timm's names)."""
+        return dict(scale=self.scale, hflip=self.hflip, color_jitter=self.color_jitter, auto_augment=self.aa,
+                    re_prob=self.reprob, re_mode=self.remode, re_count=self.recount,
+                    train_interpolation=self.train_interpolation)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -131,29 +140,33 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 PER_INVOCATION = ("resume", "allow_config_change", "max_steps")
 
 
-def resolve_config_path(name: str) -> Path:
-    """A YAML path, or the name of a shipped recipe (``regionvit_in1k`` -> ``locvit/configs/regionvit_in1k.yaml``)."""
+def resolve_config_path(name: str, folder: Path = CONFIG_DIR) -> Path:
+    """A YAML path, or the name of a shipped recipe (``regionvit_in1k`` -> ``locvit/configs/regionvit_in1k.yaml``;
+    the dense tasks' recipes live in ``folder`` = ``locvit/configs/dense``)."""
     p = Path(name)
     if p.is_file():
         return p
-    for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml", CONFIG_DIR / p.name):
+    for cand in (folder / name, folder / f"{name}.yaml", folder / p.name):
         if cand.is_file():
             return cand
-    shipped = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
+    shipped = ", ".join(sorted(q.stem for q in folder.glob("*.yaml")))
     raise FileNotFoundError(f"config {name!r} not found (shipped recipes: {shipped})")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, fields: dict[str, Any] | None = None, folder: Path = CONFIG_DIR) -> dict[str, Any]:
+    """A recipe file as a dict (its ``base:`` recipe, a path or a name shipped in ``folder``, merged under it),
+    checked against ``fields`` (default: the :class:`TrainConfig` fields; the dense tasks pass theirs)."""
+    fields = FIELDS if fields is None else fields
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config must be a mapping of field: value")
     base = data.pop("base", None)  # recipes may inherit another recipe
     if base:
-        data = {**load_yaml(resolve_config_path(base)), **data}
-    unknown = sorted(set(data) - set(FIELDS))
+        data = {**load_yaml(resolve_config_path(base, folder), fields, folder), **data}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{path}: unknown config fields {unknown}; valid fields: {sorted(FIELDS)}")
+        raise ValueError(f"{path}: unknown config fields {unknown}; valid fields: {sorted(fields)}")
     return data
 
 
@@ -211,6 +224,20 @@ def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
         if k in saved and a != b:
             out.append(f"{k}: {a!r} -> {b!r}")
     return out
+
+
+def check_resume(path: str | Path, state: dict[str, Any], current: dict[str, Any], world: int,
+                 allow: bool) -> dict[str, Any]:
+    """Refuse to resume ``path`` (its loaded ``state``) with settings whose :func:`resume_differences` from the run
+    that wrote it would make the resumed run another one, unless ``allow`` (``--allow-config-change``). Returns the
+    run's saved settings (with its ``world_size``)."""
+    saved = dict(state.get("config") or {}, world_size=state.get("world_size", 1))
+    diffs = resume_differences(saved, dict(current, world_size=world))
+    if diffs and not allow:
+        raise ValueError(f"{path} belongs to a run with other settings ({'; '.join(diffs)}), so resuming "
+                         "would not continue it: use the run's settings, another --output for a new run, or "
+                         "--allow-config-change to resume anyway")
+    return saved
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

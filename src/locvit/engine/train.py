@@ -29,10 +29,11 @@ from locvit._registry import create_model
 from locvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from locvit.data.datasets import build_dataset, check_readable
 from locvit.data.loader import build_loader, build_transform, steps_per_epoch
-from locvit.engine.config import TrainConfig, resume_differences, save_config
+from locvit.engine.config import TrainConfig, check_resume, save_config
 from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
 from locvit.engine.evaluate import evaluate
 from locvit.engine.logger import RunLogger
+from locvit.engine.step import optimizer_step
 from locvit.runtime import seed_all
 
 
@@ -136,12 +137,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     resume_from = find_resume(cfg.resume, run_dir) if cfg.resume else None
     if resume_from is not None:  # refuse before any work when the run was another one
         head = torch.load(resume_from, map_location="cpu", weights_only=True, mmap=True)
-        saved = dict(head.get("config") or {}, world_size=head.get("world_size", 1))
-        diffs = resume_differences(saved, dict(cfg.to_dict(), world_size=dist.world))
-        if diffs and not cfg.allow_config_change:
-            raise ValueError(f"{resume_from} belongs to a run with other settings ({'; '.join(diffs)}), so resuming "
-                             "would not continue it: use the run's settings, another --output for a new run, or "
-                             "--allow-config-change to resume anyway")
+        saved = check_resume(resume_from, head, cfg.to_dict(), dist.world, cfg.allow_config_change)
         del head
     if main:
         check_writable(run_dir)
@@ -159,8 +155,15 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     kwargs = dict(cfg.model_kwargs)
     if cfg.img_size:
         kwargs["img_size"] = cfg.img_size
-    model = create_model(cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path, drop_rate=cfg.drop,
-                         **kwargs)
+    pretrained = cfg.pretrained and resume_from is None
+    if pretrained and dist.distributed and not main:
+        barrier()  # the main process downloads into the cache first; the others then read the cached file
+    model = create_model(cfg.model, pretrained=pretrained, num_classes=num_classes, drop_path_rate=cfg.drop_path,
+                         drop_rate=cfg.drop, trust_pickle=cfg.trust_checkpoint, **kwargs)
+    if pretrained and dist.distributed and main:
+        barrier()
+    if pretrained and main:
+        print(model.load_report)
     if cfg.checkpoint and resume_from is None:
         report = load_checkpoint(model, cfg.checkpoint, strict=False, trust_pickle=cfg.trust_checkpoint)
         if main:
@@ -175,10 +178,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
 
     data_cfg = resolve_data_config({"input_size": (3, cfg.img_size, cfg.img_size)} if cfg.img_size else {},
                                    model=model)
-    aug = dict(scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
-               re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount,
-               train_interpolation=cfg.train_interpolation)
-    train_set.transform = build_transform(data_cfg, True, aug)
+    train_set.transform = build_transform(data_cfg, True, cfg.augmentation())
     val_set.transform = build_transform(data_cfg, False)
     train_loader = build_loader(train_set, cfg.batch_size, True, cfg.workers, cfg.seed, dist.rank, dist.world,
                                 repeats=cfg.repeated_aug)
@@ -305,14 +305,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
                         f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step_in_epoch} (global step "
                         f"{global_step + 1}); training stopped, {kept}. Lower --lr, set --clip-grad or check the "
                         "data")
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler(loss, optimizer, clip_grad=cfg.clip_grad, parameters=model.parameters())
-                else:
-                    loss.backward()
-                    if cfg.clip_grad:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    optimizer.step()
+                optimizer_step(loss, optimizer, scaler, cfg.clip_grad, model.parameters())
                 if ema is not None:
                     ema.update(model, step=global_step)
                 tot.loss_sum += loss.item() * images.shape[0]

@@ -5,22 +5,38 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.fx
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint
+from timm.models import build_model_with_cfg, checkpoint, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
+from locvit.models._registry import ModelSpec
 
 
-def make_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    """A pretrained cfg in timm's format. ``url`` is the official weights' address, kept as provenance
-    (``origin_url``): locvit never downloads; pass the file with ``pretrained_cfg_overlay=dict(file=...)``."""
+def make_cfg(
+    url: str = "",
+    *,
+    origin_url: str = "",
+    repo: str = "",
+    top1: float | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """A pretrained cfg in timm's format.
+
+    Args:
+        url: direct download of the authors' weights, fetched by ``pretrained=True``.
+        origin_url: the page where the authors publish the weights (release page, README, file host); where there
+            is no direct link, ``pretrained=True`` fails with an error pointing here. Defaults to ``url``.
+        repo: the official repository (``'IBM/RegionViT'``), named in the description (model cards).
+        top1: the authors' reported ImageNet-1k top-1 of these weights (%).
+        **kwargs: other ``PretrainedCfg`` fields (``license``, ``paper_ids``, ``notes``, ``input_size``, ...).
+    """
     cfg = {
         "num_classes": 1000,
         "input_size": (3, 224, 224),
@@ -35,55 +51,40 @@ def make_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "license": "apache-2.0",
     }
     if url:
-        cfg["origin_url"] = url
+        cfg["url"] = url
+    if origin_url or url:
+        cfg["origin_url"] = origin_url or url
+    about = []
+    if top1 is not None:
+        about.append(f"ImageNet-1k top-1 {top1} % as reported by the authors")
+    if repo:
+        about.append(f"official code https://github.com/{repo}")
+    if about:
+        cfg["description"] = "; ".join(about) + "."
     cfg.update(kwargs)
     return cfg
 
 
-def build_model(
-    model_cls: Callable[..., nn.Module],
-    variant: str,
-    pretrained: bool = False,
-    filter_fn: Callable | None = None,
-    feature_cfg: dict[str, Any] | None = None,
-    trust_pickle: bool = False,
-    **kwargs: Any,
-) -> nn.Module:
-    """``timm.models.build_model_with_cfg`` plus locvit's checkpoint loading.
+def build_model(spec: ModelSpec, variant: str, pretrained: bool = False, trust_pickle: bool = False,
+                **kwargs: Any) -> nn.Module:
+    """``timm.models.build_model_with_cfg`` for a :class:`ModelSpec`, with locvit's pretrained loading.
 
-    ``pretrained=True`` loads the file named by the pretrained cfg (``pretrained_cfg_overlay=dict(file=...)``)
-    through :func:`locvit.load_checkpoint` -- the authors' files included -- strictly except for the classifier,
-    which is left newly initialised when ``num_classes`` differs (with ``features_only`` the keys of pruned layers
-    are dropped).
+    ``pretrained=True`` loads what the pretrained cfg names -- timm's sources and overrides (``url``, ``file``,
+    ``hf_hub_id``, ``hf-hub:``/``local-dir:`` names), downloads cached in torch hub's folder -- through the
+    spec's checkpoint filter, strictly but for a new classifier when ``num_classes`` differs
+    (:func:`locvit.pretrained.load_pretrained`). ``trust_pickle=True`` admits files that pickle more than tensors.
     """
-    from locvit.checkpoint import CheckpointError, load_checkpoint
+    if pretrained:  # no source: say where the weights are before building a model for nothing
+        from locvit.pretrained import check_source
 
-    feature_cfg = dict(feature_cls="getter", **(feature_cfg or {}))
-    model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_filter_fn=filter_fn,
-                                 feature_cfg=feature_cfg, **kwargs)
+        check_source(resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"),
+                                            kwargs.get("pretrained_cfg_overlay")).to_dict())
+    feature_cfg = dict(feature_cls="getter", **spec.feature_cfg)
+    model = build_model_with_cfg(spec.model_cls, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
     if pretrained:
-        cfg = model.pretrained_cfg
-        file = cfg.get("file")
-        if not file:
-            origin = cfg.get("origin_url") or "no official weights are published for this model"
-            raise ValueError(
-                f"{variant}: locvit downloads nothing. Get the checkpoint ({origin}) and pass "
-                "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth')"
-            )
-        report = load_checkpoint(model, file, strict=False, trust_pickle=trust_pickle)
-        head = cfg.get("classifier") or "head"
-        heads = (head,) if isinstance(head, str) else tuple(head)
+        from locvit.pretrained import load_pretrained
 
-        def is_head(k: str) -> bool:
-            return any(k == h or k.startswith(h + ".") for h in heads)
-
-        # a features_only model has pruned its head/final norm: checkpoint keys for them are expected leftovers
-        pruned = hasattr(model, "feature_info") and model is not getattr(model, "model", model)
-        leftovers = [] if pruned else report.unexpected
-        bad = [k for k in report.missing + leftovers + [m[0] for m in report.mismatched] if not is_head(k)]
-        if bad:
-            raise CheckpointError(f"{file} does not fit {variant}:\n{report}")
-        model.load_report = report
+        load_pretrained(model, spec.filter_fn, trust_pickle=trust_pickle, cache_dir=kwargs.get("cache_dir"))
     return model
 
 

@@ -53,7 +53,6 @@ from timm.layers import DropPath, Mlp, register_notrace_module, resample_abs_pos
 from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
-from locvit._registry import register_family_model
 from locvit.layers import fastpath
 from locvit.layers.attention import attend
 from locvit.layers.rel_pos import relative_position_index, resize_bias_grid
@@ -71,7 +70,14 @@ from locvit.models._helpers import (
     init_linear_layernorm,
     make_cfg,
 )
-from locvit.official import norm_eps, pop_unused, register_official
+from locvit.models._registry import (
+    DenseRecipe,
+    ModelSpec,
+    norm_eps,
+    pop_unused,
+    register_family_model,
+    register_official,
+)
 
 __all__ = ["FocalSelfAttention", "FocalBlock", "FocalStage", "FocalTransformer", "block_geometry"]
 
@@ -816,43 +822,65 @@ def translate_official_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-@register_official("focal_transformer.FocalTransformer")
-def _from_official(kw: dict[str, Any]) -> FocalTransformer:
-    return FocalTransformer(**translate_official_kwargs(kw))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # registry
 # ----------------------------------------------------------------------------------------------------------------
+FOCAL = ModelSpec(
+    FocalTransformer,
+    filter_fn=checkpoint_filter_fn,
+    feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+    # Focal fixes its block geometry at build time from img_size: at 224 the last stage's 7x7 map is one window
+    # without the ring, from 256 on every stage has both, as at every detection size. 256 (not 800x1333) because
+    # v2 also precomputes its top-k key selection for img_size, which costs seconds at detection sizes; other
+    # input sizes get theirs when first seen.
+    dense=DenseRecipe(
+        {"img_size": (256, 256)}, True,
+        "the Swin mmdetection/mmsegmentation pipeline the paper follows (inferred: the authors released no dense "
+        "code): stage outputs before down-sampling, each through an added LayerNorm"),
+)
+
+
+@register_official(FOCAL, "focal_transformer.FocalTransformer")
+def _from_official(kw: dict[str, Any]) -> dict[str, Any]:
+    return translate_official_kwargs(kw)
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> FocalTransformer:
-    return build_model(FocalTransformer, variant, pretrained, filter_fn=checkpoint_filter_fn,
-                       feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
+    return build_model(FOCAL, variant, pretrained, **kwargs)
 
 
-_URL = "https://projects4jw.blob.core.windows.net/model/focal-transformer/imagenet1k/"
+# The official links point at blob storage that was closed to the public (microsoft/Focal-Transformer#8, #20):
+# they are provenance (origin_url), never a download.
+FOCAL_WEIGHTS = "https://projects4jw.blob.core.windows.net/model/focal-transformer/imagenet1k/"
+_DEAD = ("the official download links are dead (their storage was closed to the public: "
+         "microsoft/Focal-Transformer#8, #20); the file was {}, which pickles its yacs config: load it with "
+         "trust_pickle=True (CLI: --trust-checkpoint)")
 
 
-def focal_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    """Pretrained cfg of a Focal model (ImageNet-1k, 224, bicubic, crop 0.875 as the official eval)."""
-    return make_cfg(url, **{"min_input_size": (3, 32, 32), "pool_size": (7, 7), **kwargs})
+def focal_cfg(file: str = "", config: str = "", drop_path: float | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Pretrained cfg of a Focal model (ImageNet-1k, 224, bicubic, crop 0.875 as the official eval); ``file`` is the
+    name of the official weights, ``config`` the official YAML they were trained with (and its drop path)."""
+    notes = tuple(kwargs.pop("notes", ()))
+    if config:
+        notes += (f"official config configs/{config}.yaml, drop path {drop_path}",)
+    if file:
+        notes += (_DEAD.format(file),)
+    return make_cfg(origin_url=FOCAL_WEIGHTS + file if file else "", repo="microsoft/Focal-Transformer",
+                    license="mit", paper_ids="arXiv:2107.00641",
+                    paper_name="Focal Self-attention for Local-Global Interactions in Vision Transformers",
+                    min_input_size=(3, 32, 32), notes=notes, **{"pool_size": (7, 7), **kwargs})
 
 
 default_cfgs = generate_default_cfgs({
-    "focal_tiny.in1k": focal_cfg(_URL + "focal-tiny-is224-ws7.pth",
-                                 notes=("configs/focal_tiny_patch4_window7_224.yaml; 82.2 top-1; drop path 0.2",)),
-    "focal_small.in1k": focal_cfg(_URL + "focal-small-is224-ws7.pth",
-                                  notes=("configs/focal_small_patch4_window7_224.yaml; 83.6 top-1; drop path 0.3",)),
-    "focal_base.in1k": focal_cfg(_URL + "focal-base-is224-ws7.pth",
-                                 notes=("configs/focal_base_patch4_window7_224.yaml; 84.0 top-1; drop path 0.5",)),
-    "focal_tiny_useconv.in1k": focal_cfg(
-        _URL + "focal-tiny-useconv-is224-ws7.pth",
-        notes=("configs/focal_tiny_useconv_patch4_window7_224.yaml; 82.7 top-1; drop path 0.2",)),
-    "focal_small_useconv.in1k": focal_cfg(
-        _URL + "focal-small-useconv-is224-ws7.pth",
-        notes=("configs/focal_small_useconv_patch4_window7_224.yaml; 83.8 top-1; drop path 0.3",)),
-    "focal_base_useconv.in1k": focal_cfg(
-        _URL + "focal-base-useconv-is224-ws7.pth",
-        notes=("configs/focal_base_useconv_patch4_window7_224.yaml; 84.2 top-1; drop path 0.5",)),
+    "focal_tiny.in1k": focal_cfg("focal-tiny-is224-ws7.pth", "focal_tiny_patch4_window7_224", 0.2, top1=82.2),
+    "focal_small.in1k": focal_cfg("focal-small-is224-ws7.pth", "focal_small_patch4_window7_224", 0.3, top1=83.6),
+    "focal_base.in1k": focal_cfg("focal-base-is224-ws7.pth", "focal_base_patch4_window7_224", 0.5, top1=84.0),
+    "focal_tiny_useconv.in1k": focal_cfg("focal-tiny-useconv-is224-ws7.pth",
+                                         "focal_tiny_useconv_patch4_window7_224", 0.2, top1=82.7),
+    "focal_small_useconv.in1k": focal_cfg("focal-small-useconv-is224-ws7.pth",
+                                          "focal_small_useconv_patch4_window7_224", 0.3, top1=83.8),
+    "focal_base_useconv.in1k": focal_cfg("focal-base-useconv-is224-ws7.pth",
+                                         "focal_base_useconv_patch4_window7_224", 0.5, top1=84.2),
 })
 
 _TINY = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
@@ -860,37 +888,37 @@ _SMALL = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
 _BASE = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
 
 
-@register_family_model("focal", aliases=("focal_tiny_patch4_window7_224",))
+@register_family_model("focal", FOCAL, aliases=("focal_tiny_patch4_window7_224",))
 def focal_tiny(pretrained: bool = False, **kwargs: Any) -> FocalTransformer:
     """Focal-T: C 96, depths 2-2-6-2, window 7, focal windows 7-5-3-1, ring 3, 'fc' pooling, linear patch stem."""
     return _create("focal_tiny", pretrained, **dict(_TINY, **kwargs))
 
 
-@register_family_model("focal", aliases=("focal_small_patch4_window7_224",))
+@register_family_model("focal", FOCAL, aliases=("focal_small_patch4_window7_224",))
 def focal_small(pretrained: bool = False, **kwargs: Any) -> FocalTransformer:
     """Focal-S: C 96, depths 2-2-18-2, linear patch stem."""
     return _create("focal_small", pretrained, **dict(_SMALL, **kwargs))
 
 
-@register_family_model("focal", aliases=("focal_base_patch4_window7_224",))
+@register_family_model("focal", FOCAL, aliases=("focal_base_patch4_window7_224",))
 def focal_base(pretrained: bool = False, **kwargs: Any) -> FocalTransformer:
     """Focal-B: C 128, depths 2-2-18-2, linear patch stem."""
     return _create("focal_base", pretrained, **dict(_BASE, **kwargs))
 
 
-@register_family_model("focal", aliases=("focal_tiny_useconv_patch4_window7_224",))
+@register_family_model("focal", FOCAL, aliases=("focal_tiny_useconv_patch4_window7_224",))
 def focal_tiny_useconv(pretrained: bool = False, **kwargs: Any) -> FocalTransformer:
     """Focal-T with the overlapping conv stem (7x7 s4) and 3x3 s2 conv down-sampling."""
     return _create("focal_tiny_useconv", pretrained, **dict(_TINY, use_conv_embed=True, **kwargs))
 
 
-@register_family_model("focal", aliases=("focal_small_useconv_patch4_window7_224",))
+@register_family_model("focal", FOCAL, aliases=("focal_small_useconv_patch4_window7_224",))
 def focal_small_useconv(pretrained: bool = False, **kwargs: Any) -> FocalTransformer:
     """Focal-S with the overlapping conv stem and down-sampling."""
     return _create("focal_small_useconv", pretrained, **dict(_SMALL, use_conv_embed=True, **kwargs))
 
 
-@register_family_model("focal", aliases=("focal_base_useconv_patch4_window7_224",))
+@register_family_model("focal", FOCAL, aliases=("focal_base_useconv_patch4_window7_224",))
 def focal_base_useconv(pretrained: bool = False, **kwargs: Any) -> FocalTransformer:
     """Focal-B with the overlapping conv stem and down-sampling."""
     return _create("focal_base_useconv", pretrained, **dict(_BASE, use_conv_embed=True, **kwargs))

@@ -35,20 +35,13 @@ import torch
 from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
-from locvit._registry import register_family_model
 from locvit.layers import fastpath
 from locvit.layers.windows import pad_to_multiple
 from locvit.models._helpers import build_model, check_int
-from locvit.models.focal import (
-    FocalAttentionBase,
-    FocalTransformer,
-    checkpoint_filter_fn,
-    focal_cfg,
-    translate_official_kwargs,
-)
-from locvit.official import register_official
+from locvit.models._registry import ModelSpec, register_family_model, register_official
+from locvit.models.focal import FOCAL, FocalAttentionBase, FocalTransformer, focal_cfg, translate_official_kwargs
 
-__all__ = ["FocalTopKAttention", "FocalTransformerV2", "checkpoint_filter_fn", "nearest_keys"]
+__all__ = ["FocalTopKAttention", "FocalTransformerV2", "nearest_keys"]
 
 
 def nearest_keys(q_grid: tuple[int, int], k_grid: tuple[int, int], topk: int) -> tuple[Tensor, Tensor]:
@@ -265,29 +258,31 @@ class FocalTransformerV2(FocalTransformer):
         return same and attn.grid == attn.padded(grid)
 
 
-@register_official("focal_transformer_v2.FocalTransformer")
-def _from_official(kw: dict[str, Any]) -> FocalTransformerV2:
+# v1's checkpoint filter (the two versions share every key), features and dense recipe
+FOCAL_V2 = ModelSpec(FocalTransformerV2, filter_fn=FOCAL.filter_fn, feature_cfg=FOCAL.feature_cfg, dense=FOCAL.dense)
+
+
+@register_official(FOCAL_V2, "focal_transformer_v2.FocalTransformer")
+def _from_official(kw: dict[str, Any]) -> dict[str, Any]:
     kw = translate_official_kwargs(kw)
     kw["focal_topk"] = kw.pop("focal_topK", 64)  # the official default
-    return FocalTransformerV2(**kw)
+    return kw
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> FocalTransformerV2:
-    return build_model(FocalTransformerV2, variant, pretrained, filter_fn=checkpoint_filter_fn,
-                       feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
+    return build_model(FOCAL_V2, variant, pretrained, **kwargs)
 
 
-_URL = "https://projects4jw.blob.core.windows.net/model/focal-transformer/imagenet1k/"
 default_cfgs = generate_default_cfgs({
-    "focalv2_tiny_useconv.in1k": focal_cfg(
-        _URL + "focalv2-tiny-useconv-is224-ws7.pth",
-        notes=("configs/focalv2_tiny_useconv_patch4_window7_224.yaml (Focal-fast-T); 82.4 top-1; drop path 0.2",)),
-    "focalv2_small_useconv.in1k": focal_cfg(
-        _URL + "focalv2-small-useconv-is224-ws7.pth",
-        notes=("configs/focalv2_small_useconv_patch4_window7_224.yaml (Focal-fast-S); 83.6 top-1; drop path 0.3",)),
-    "focalv2_base_useconv.in1k": focal_cfg(
-        _URL + "focalv2-base-useconv-is224-ws7.pth",
-        notes=("configs/focalv2_base_useconv_patch4_window7_224.yaml (Focal-fast-B); 84.0 top-1; drop path 0.5",)),
+    "focalv2_tiny_useconv.in1k": focal_cfg("focalv2-tiny-useconv-is224-ws7.pth",
+                                           "focalv2_tiny_useconv_patch4_window7_224", 0.2, top1=82.4,
+                                           notes=("Focal-fast-T",)),
+    "focalv2_small_useconv.in1k": focal_cfg("focalv2-small-useconv-is224-ws7.pth",
+                                            "focalv2_small_useconv_patch4_window7_224", 0.3, top1=83.6,
+                                            notes=("Focal-fast-S",)),
+    "focalv2_base_useconv.in1k": focal_cfg("focalv2-base-useconv-is224-ws7.pth",
+                                           "focalv2_base_useconv_patch4_window7_224", 0.5, top1=84.0,
+                                           notes=("Focal-fast-B",)),
 })
 
 _TINY = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), use_conv_embed=True, focal_topk=128)
@@ -295,19 +290,19 @@ _SMALL = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), use_
 _BASE = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), use_conv_embed=True, focal_topk=128)
 
 
-@register_family_model("focal", aliases=("focalv2_tiny_useconv_patch4_window7_224",))
+@register_family_model("focal", FOCAL_V2, aliases=("focalv2_tiny_useconv_patch4_window7_224",))
 def focalv2_tiny_useconv(pretrained: bool = False, **kwargs: Any) -> FocalTransformerV2:
     """Focal-fast-T: C 96, depths 2-2-6-2, top-128 keys per level, conv stem and down-sampling."""
     return _create("focalv2_tiny_useconv", pretrained, **dict(_TINY, **kwargs))
 
 
-@register_family_model("focal", aliases=("focalv2_small_useconv_patch4_window7_224",))
+@register_family_model("focal", FOCAL_V2, aliases=("focalv2_small_useconv_patch4_window7_224",))
 def focalv2_small_useconv(pretrained: bool = False, **kwargs: Any) -> FocalTransformerV2:
     """Focal-fast-S: C 96, depths 2-2-18-2, top-128 keys per level, conv stem and down-sampling."""
     return _create("focalv2_small_useconv", pretrained, **dict(_SMALL, **kwargs))
 
 
-@register_family_model("focal", aliases=("focalv2_base_useconv_patch4_window7_224",))
+@register_family_model("focal", FOCAL_V2, aliases=("focalv2_base_useconv_patch4_window7_224",))
 def focalv2_base_useconv(pretrained: bool = False, **kwargs: Any) -> FocalTransformerV2:
     """Focal-fast-B: C 128, depths 2-2-18-2, top-128 keys per level, conv stem and down-sampling."""
     return _create("focalv2_base_useconv", pretrained, **dict(_BASE, **kwargs))

@@ -21,7 +21,6 @@ from timm.layers import DropPath, PatchEmbed, resample_abs_pos_embed, trunc_norm
 from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
-from locvit._registry import register_family_model
 from locvit.layers import Attention, LocalityFeedForward, tokens_through_map
 from locvit.layers.locality_ffn import act_from_code
 from locvit.models._helpers import (
@@ -35,7 +34,7 @@ from locvit.models._helpers import (
     init_linear_layernorm,
     make_cfg,
 )
-from locvit.official import norm_eps, pop_unused, register_official
+from locvit.models._registry import ModelSpec, norm_eps, pop_unused, register_family_model, register_official
 
 __all__ = ["LocalViT", "LocalViTBlock"]
 
@@ -182,49 +181,62 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: LocalViT) -> dict
     return out
 
 
-@register_official("models.localvit.LocalVisionTransformer")
-def _from_official(kw: dict[str, Any]) -> LocalViT:
+LOCALVIT = ModelSpec(LocalViT, filter_fn=checkpoint_filter_fn, feature_cfg=dict(out_indices=3))
+
+
+@register_official(LOCALVIT, "models.localvit.LocalVisionTransformer")
+def _from_official(kw: dict[str, Any]) -> dict[str, Any]:
     norm_layer = kw.pop("norm_layer", nn.LayerNorm)
     pop_unused(kw, {"hybrid_backbone": None})
-    return LocalViT(norm_eps=norm_eps(norm_layer, 1e-5), **kw)
+    return dict(norm_eps=norm_eps(norm_layer, 1e-5), **kw)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> LocalViT:
-    return build_model(LocalViT, variant, pretrained, filter_fn=checkpoint_filter_fn,
-                       feature_cfg=dict(out_indices=3), **kwargs)
+    return build_model(LOCALVIT, variant, pretrained, **kwargs)
 
 
-_RELEASE = "https://github.com/ofsoundof/LocalViT/releases/tag/v1.0.0"
+def localvit_cfg(file: str = "", **kwargs: Any) -> dict[str, Any]:
+    """Pretrained cfg of a LocalViT model (any host); ``file`` names the asset of the authors' v1.0.0 release."""
+    release = "https://github.com/ofsoundof/LocalViT/releases/"
+    return make_cfg(release + f"download/v1.0.0/{file}" if file else "",
+                    origin_url=release + "tag/v1.0.0" if file else "", repo="ofsoundof/LocalViT", license="mit",
+                    paper_ids="arXiv:2104.05707", paper_name="LocalViT: Analyzing Locality in Vision Transformers",
+                    **kwargs)
+
+
 default_cfgs = generate_default_cfgs({
-    "localvit_tiny.in1k": make_cfg(_RELEASE, notes=("official name localvit_tiny_mlp4_act3_r192; 74.84 top-1",)),
-    "localvit_tiny_se4.in1k": make_cfg(_RELEASE, notes=("official name localvit_tiny_mlp4_act3_r4; 75.74 top-1",)),
-    "localvit_tiny_mlp6_relu6": make_cfg(notes=("official name localvit_tiny_mlp6_act1 (ablation); no weights",)),
-    "localvit_small.in1k": make_cfg(_RELEASE, notes=("official name localvit_small_mlp4_act3_r384; 80.78 top-1",)),
+    "localvit_tiny.in1k": localvit_cfg("localvit_t.pth", top1=74.84,
+                                       notes=("official name localvit_tiny_mlp4_act3_r192",)),
+    "localvit_tiny_se4.in1k": localvit_cfg("localvit_t_se4.pth", top1=75.74,
+                                           notes=("official name localvit_tiny_mlp4_act3_r4",)),
+    "localvit_tiny_mlp6_relu6": localvit_cfg(notes=("official name localvit_tiny_mlp6_act1 (ablation); no weights",)),
+    "localvit_small.in1k": localvit_cfg("localvit_s.pth", top1=80.78,
+                                        notes=("official name localvit_small_mlp4_act3_r384",)),
 })
 
 
-@register_family_model("localvit", aliases=("localvit_tiny_mlp4_act3_r192",))
+@register_family_model("localvit", LOCALVIT, aliases=("localvit_tiny_mlp4_act3_r192",))
 def localvit_tiny(pretrained: bool = False, **kwargs: Any) -> LocalViT:
     """LocalViT-T: DeiT-T with 4 heads, locality FFN (expand 4, h_swish + SE with 4 hidden units)."""
     args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=4, mlp_ratio=4, act="hs+se", reduction=192)
     return _create("localvit_tiny", pretrained, **dict(args, **kwargs))
 
 
-@register_family_model("localvit", aliases=("localvit_tiny_mlp4_act3_r4",))
+@register_family_model("localvit", LOCALVIT, aliases=("localvit_tiny_mlp4_act3_r4",))
 def localvit_tiny_se4(pretrained: bool = False, **kwargs: Any) -> LocalViT:
     """LocalViT-T-SE4: as LocalViT-T with SE reduction 4 (192 hidden units)."""
     args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=4, mlp_ratio=4, act="hs+se", reduction=4)
     return _create("localvit_tiny_se4", pretrained, **dict(args, **kwargs))
 
 
-@register_family_model("localvit", aliases=("localvit_tiny_mlp6_act1",))
+@register_family_model("localvit", LOCALVIT, aliases=("localvit_tiny_mlp6_act1",))
 def localvit_tiny_mlp6_relu6(pretrained: bool = False, **kwargs: Any) -> LocalViT:
     """Ablation: expand 6, ReLU6, no SE."""
     args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=4, mlp_ratio=6, act="relu6", reduction=4)
     return _create("localvit_tiny_mlp6_relu6", pretrained, **dict(args, **kwargs))
 
 
-@register_family_model("localvit", aliases=("localvit_small_mlp4_act3_r384",))
+@register_family_model("localvit", LOCALVIT, aliases=("localvit_small_mlp4_act3_r384",))
 def localvit_small(pretrained: bool = False, **kwargs: Any) -> LocalViT:
     """LocalViT-S: DeiT-S with 8 heads, locality FFN (expand 4, h_swish + SE with 4 hidden units)."""
     args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=8, mlp_ratio=4, act="hs+se", reduction=384)

@@ -32,7 +32,6 @@ from timm.models import checkpoint, generate_default_cfgs
 from timm.models import swin_transformer as timm_swin
 from torch import Tensor, nn
 
-from locvit._registry import register_family_model
 from locvit.layers import LocalityFeedForward, attend, fastpath
 from locvit.layers.locality_ffn import act_from_code
 from locvit.layers.windows import shifted_window_mask, window_gather_index, window_partition, window_reverse
@@ -48,9 +47,16 @@ from locvit.models._helpers import (
     check_model_args,
     check_num_classes,
     init_linear_layernorm,
-    make_cfg,
 )
-from locvit.official import norm_eps, pop_unused, register_official
+from locvit.models._registry import (
+    DenseRecipe,
+    ModelSpec,
+    norm_eps,
+    pop_unused,
+    register_family_model,
+    register_official,
+)
+from locvit.models.localvit import localvit_cfg
 
 __all__ = ["LocalViTSwin", "LocalViTSwinBlock", "WindowAttention"]
 
@@ -370,28 +376,34 @@ _OFFICIAL_DEFAULTS = dict(
 )
 
 
-@register_official("models.localvit_swin.LocalViT_swin")
-def _from_official(kw: dict[str, Any]) -> LocalViTSwin:
+LOCALVIT_SWIN = ModelSpec(
+    LocalViTSwin,
+    filter_fn=checkpoint_filter_fn,
+    feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+    dense=DenseRecipe({}, True, "Swin's detection backbone (LocalViT-Swin: untested upstream)"),
+)
+
+
+@register_official(LOCALVIT_SWIN, "models.localvit_swin.LocalViT_swin")
+def _from_official(kw: dict[str, Any]) -> dict[str, Any]:
     kw = dict(_OFFICIAL_DEFAULTS, **kw)
     norm_layer = kw.pop("norm_layer", nn.LayerNorm)
     pop_unused(kw, {"ape": False, "use_checkpoint": ...})
-    return LocalViTSwin(norm_eps=norm_eps(norm_layer, 1e-5), **kw)
+    return dict(norm_eps=norm_eps(norm_layer, 1e-5), **kw)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> LocalViTSwin:
-    return build_model(LocalViTSwin, variant, pretrained, filter_fn=checkpoint_filter_fn,
-                       feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
+    return build_model(LOCALVIT_SWIN, variant, pretrained, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
-    "localvit_swin_tiny.in1k": make_cfg(
-        "https://github.com/ofsoundof/LocalViT/releases/tag/v1.0.0", crop_pct=0.9, classifier="head.fc",
-        min_input_size=(3, 32, 32), pool_size=(7, 7),
-        notes=("official name localvit_swin_tiny_patch4_window7_224; LocalViT-Swin, 81.86 top-1",)),
+    "localvit_swin_tiny.in1k": localvit_cfg(
+        "localvit_swin.pth", top1=81.86, crop_pct=0.9, classifier="head.fc", min_input_size=(3, 32, 32),
+        pool_size=(7, 7), notes=("official name localvit_swin_tiny_patch4_window7_224",)),
 })
 
 
-@register_family_model("localvit", aliases=("localvit_swin_tiny_patch4_window7_224",))
+@register_family_model("localvit", LOCALVIT_SWIN, aliases=("localvit_swin_tiny_patch4_window7_224",))
 def localvit_swin_tiny(pretrained: bool = False, **kwargs: Any) -> LocalViTSwin:
     """LocalViT-Swin: Swin-T (96, depths 2/2/6/2, window 7) with the locality FFN (expand 4, h_swish + SE 16)."""
     args = dict(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,

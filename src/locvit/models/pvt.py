@@ -37,7 +37,6 @@ from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_
 from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
-from locvit._registry import register_family_model
 from locvit.layers import LocalityFeedForward, attend, residual_mlp, tokens_through_map
 from locvit.layers.locality_ffn import act_from_code
 from locvit.models._helpers import (
@@ -54,7 +53,8 @@ from locvit.models._helpers import (
     make_cfg,
     pos_embed_at,
 )
-from locvit.official import norm_eps, register_official
+from locvit.models._registry import DenseRecipe, ModelSpec, norm_eps, register_family_model, register_official
+from locvit.models.localvit import localvit_cfg
 
 __all__ = ["PyramidVisionTransformer", "PvtBlock", "SpatialReductionAttention"]
 
@@ -418,79 +418,92 @@ _OFFICIAL_DEFAULTS = dict(
 )
 
 
-def _translate(kw: dict[str, Any], locality: bool) -> PyramidVisionTransformer:
+PVT = ModelSpec(
+    PyramidVisionTransformer,
+    filter_fn=checkpoint_filter_fn,
+    feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+    dense=DenseRecipe({}, False, "PVT's detection backbone: the four stage outputs (LocalViT-PVT: untested upstream)"),
+)
+
+
+def _translate(kw: dict[str, Any], locality: bool) -> dict[str, Any]:
     kw = dict(_OFFICIAL_DEFAULTS, **kw)
     norm_layer = kw.pop("norm_layer", nn.LayerNorm)
-    return PyramidVisionTransformer(norm_eps=norm_eps(norm_layer, 1e-5), locality=locality, **kw)
+    return dict(norm_eps=norm_eps(norm_layer, 1e-5), locality=locality, **kw)
 
 
-@register_official("models.pvt.PyramidVisionTransformer")
-def _from_official_pvt(kw: dict[str, Any]) -> PyramidVisionTransformer:
+@register_official(PVT, "models.pvt.PyramidVisionTransformer")
+def _from_official_pvt(kw: dict[str, Any]) -> dict[str, Any]:
     return _translate(kw, locality=False)
 
 
-@register_official("models.localvit_pvt.LocalViT_PVT")
-def _from_official_localvit_pvt(kw: dict[str, Any]) -> PyramidVisionTransformer:
+@register_official(PVT, "models.localvit_pvt.LocalViT_PVT")
+def _from_official_localvit_pvt(kw: dict[str, Any]) -> dict[str, Any]:
     return _translate(kw, locality=True)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformer:
-    return build_model(PyramidVisionTransformer, variant, pretrained, filter_fn=checkpoint_filter_fn,
-                       feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
+    return build_model(PVT, variant, pretrained, **kwargs)
 
 
-def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    return make_cfg(url, first_conv="stages.0.patch_embed.proj", min_input_size=(3, 32, 32), **kwargs)
+_PVT_LAYOUT = dict(first_conv="stages.0.patch_embed.proj", min_input_size=(3, 32, 32))
 
 
-_LOCALVIT_RELEASE = "https://github.com/ofsoundof/LocalViT/releases/tag/v1.0.0"
-_PVT_RELEASE = "https://github.com/whai362/PVT/releases/download/v2/{}.pth"  # the PVT authors' v1 weights
+def _pvt_cfg(file: str = "", **kwargs: Any) -> dict[str, Any]:
+    # the PVT authors' v1 weights are assets of their "v2" release
+    return make_cfg(f"https://github.com/whai362/PVT/releases/download/v2/{file}" if file else "",
+                    origin_url="https://github.com/whai362/PVT/releases/tag/v2" if file else "",
+                    repo="whai362/PVT", license="apache-2.0", paper_ids="arXiv:2102.12122",
+                    paper_name="Pyramid Vision Transformer: A Versatile Backbone for Dense Prediction without "
+                               "Convolutions", **_PVT_LAYOUT, **kwargs)
+
+
 default_cfgs = generate_default_cfgs({
-    "pvt_tiny.in1k": _cfg(_PVT_RELEASE.format("pvt_tiny"), notes=("PVT-Tiny (v1); 75.1 top-1 (PVT paper)",)),
-    "pvt_small.in1k": _cfg(_PVT_RELEASE.format("pvt_small"), notes=("PVT-Small (v1); 79.8 top-1 (PVT paper)",)),
-    "pvt_medium.in1k": _cfg(_PVT_RELEASE.format("pvt_medium"), notes=("PVT-Medium (v1); 81.2 top-1 (PVT paper)",)),
-    "pvt_large.in1k": _cfg(_PVT_RELEASE.format("pvt_large"), notes=("PVT-Large (v1); 81.7 top-1 (PVT paper)",)),
-    "pvt_huge_v2": _cfg(notes=("PVT v1 layout with the 'huge_v2' widths registered by the LocalViT repository; "
-                               "no weights",)),
-    "localvit_pvt_tiny.in1k": _cfg(_LOCALVIT_RELEASE, notes=("LocalViT-PVT; 78.14 top-1",)),
+    "pvt_tiny.in1k": _pvt_cfg("pvt_tiny.pth", top1=75.1, notes=("PVT-Tiny (v1)",)),
+    "pvt_small.in1k": _pvt_cfg("pvt_small.pth", top1=79.8, notes=("PVT-Small (v1)",)),
+    "pvt_medium.in1k": _pvt_cfg("pvt_medium.pth", top1=81.2, notes=("PVT-Medium (v1)",)),
+    "pvt_large.in1k": _pvt_cfg("pvt_large.pth", top1=81.7, notes=("PVT-Large (v1)",)),
+    "pvt_huge_v2": _pvt_cfg(notes=("PVT v1 layout with the 'huge_v2' widths registered by the LocalViT "
+                                   "repository; no weights",)),
+    "localvit_pvt_tiny.in1k": localvit_cfg("localvit_pvt.pth", top1=78.14, notes=("LocalViT-PVT",), **_PVT_LAYOUT),
 })
 
 _PVT_TINY_LAYOUT = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
                         qkv_bias=True, sr_ratios=(8, 4, 2, 1))
 
 
-@register_family_model("pvt")
+@register_family_model("pvt", PVT)
 def pvt_tiny(pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformer:
     """PVT-Tiny: widths 64/128/320/512, depths 2/2/2/2."""
     return _create("pvt_tiny", pretrained, **{**_PVT_TINY_LAYOUT, "depths": (2, 2, 2, 2), **kwargs})
 
 
-@register_family_model("pvt")
+@register_family_model("pvt", PVT)
 def pvt_small(pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformer:
     """PVT-Small: widths 64/128/320/512, depths 3/4/6/3."""
     return _create("pvt_small", pretrained, **{**_PVT_TINY_LAYOUT, "depths": (3, 4, 6, 3), **kwargs})
 
 
-@register_family_model("pvt")
+@register_family_model("pvt", PVT)
 def pvt_medium(pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformer:
     """PVT-Medium: widths 64/128/320/512, depths 3/4/18/3."""
     return _create("pvt_medium", pretrained, **{**_PVT_TINY_LAYOUT, "depths": (3, 4, 18, 3), **kwargs})
 
 
-@register_family_model("pvt")
+@register_family_model("pvt", PVT)
 def pvt_large(pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformer:
     """PVT-Large: widths 64/128/320/512, depths 3/8/27/3."""
     return _create("pvt_large", pretrained, **{**_PVT_TINY_LAYOUT, "depths": (3, 8, 27, 3), **kwargs})
 
 
-@register_family_model("pvt")
+@register_family_model("pvt", PVT)
 def pvt_huge_v2(pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformer:
     """PVT v1 'huge_v2' (LocalViT repository): widths 128/256/512/768, heads 2/4/8/12, depths 3/10/60/3."""
     args = dict(_PVT_TINY_LAYOUT, embed_dims=(128, 256, 512, 768), num_heads=(2, 4, 8, 12), depths=(3, 10, 60, 3))
     return _create("pvt_huge_v2", pretrained, **dict(args, **kwargs))
 
 
-@register_family_model("localvit")
+@register_family_model("localvit", PVT)
 def localvit_pvt_tiny(pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformer:
     """LocalViT-PVT: PVT-Tiny with the locality feed-forward (h_swish + SE with mlp-ratio hidden units)."""
     args = dict(_PVT_TINY_LAYOUT, depths=(2, 2, 2, 2), locality=True, act="hs+se")

@@ -48,7 +48,6 @@ from timm.layers import DropPath, LayerNorm2d, Mlp, register_notrace_module, to_
 from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
-from locvit._registry import register_family_model
 from locvit.layers import fastpath
 from locvit.layers.attention import attend
 from locvit.layers.rel_pos import resize_bias_grid
@@ -67,7 +66,14 @@ from locvit.models._helpers import (
     make_cfg,
     per_stage,
 )
-from locvit.official import norm_eps, pop_unused, register_official
+from locvit.models._registry import (
+    DenseRecipe,
+    ModelSpec,
+    norm_eps,
+    pop_unused,
+    register_family_model,
+    register_official,
+)
 
 __all__ = ["R2LAttention", "R2LBlock", "RegionViT", "RegionViTStage", "r2l_window_mask", "rel_pos_index"]
 
@@ -681,12 +687,24 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RegionViT) -> dic
     return out
 
 
-@register_official("regionvit.regionvit.RegionViT")
-def _from_official(kw: dict[str, Any]) -> RegionViT:
+# --- registry --------------------------------------------------------------------------------------------------
+REGIONVIT = ModelSpec(
+    RegionViT,
+    filter_fn=checkpoint_filter_fn,
+    feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+    dense=DenseRecipe(
+        {"det_norm": True}, False,
+        "IBM/RegionViT detection/configs (Detectron2): DET_NORM True, window 7 (Ti/S/M/B) or 14 (the '+' models, "
+        "*_w14*), drop path 0.2, FPN on res2-res5 + max-pool P6 (Mask R-CNN) or P6/P7 from res5 (RetinaNet)"),
+)
+
+
+@register_official(REGIONVIT, "regionvit.regionvit.RegionViT")
+def _from_official(kw: dict[str, Any]) -> dict[str, Any]:
     embed_dim = list(kw.pop("embed_dim"))
     norm_layer = kw.pop("norm_layer", None)
     pop_unused(kw, {"computed_cls_token": True})
-    return RegionViT(
+    return dict(
         stem_dim=embed_dim[0],
         embed_dim=embed_dim[1:],
         window_size=list(kw.pop("kernel_sizes")),
@@ -695,10 +713,8 @@ def _from_official(kw: dict[str, Any]) -> RegionViT:
     )
 
 
-# --- registry --------------------------------------------------------------------------------------------------
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> RegionViT:
-    return build_model(RegionViT, variant, pretrained, filter_fn=checkpoint_filter_fn,
-                       feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
+    return build_model(REGIONVIT, variant, pretrained, **kwargs)
 
 
 _RELEASE = "https://github.com/IBM/RegionViT/releases/download/weights-v0.1/"
@@ -707,18 +723,24 @@ _DET = "detection backbone; the authors release only COCO detectors with it ({})
 
 
 def _cfg(url: str = "", stem: str = "3conv", **kwargs: Any) -> dict[str, Any]:
-    return make_cfg(url, first_conv="patch_embed.proj.0" if stem == "3conv" else "patch_embed.proj",
-                    min_input_size=(3, 32, 32), **kwargs)
+    return make_cfg(
+        url, origin_url="https://github.com/IBM/RegionViT/releases/tag/weights-v0.1" if url else "",
+        repo="IBM/RegionViT", license="apache-2.0", paper_ids="arXiv:2106.02689",
+        paper_name="RegionViT: Regional-to-Local Attention for Vision Transformers",
+        first_conv="patch_embed.proj.0" if stem == "3conv" else "patch_embed.proj", min_input_size=(3, 32, 32),
+        **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
-    "regionvit_tiny.in1k": _cfg(_RELEASE + "RegionViT-Ti.pth", notes=("official name regionvit_tiny_224; 80.4",)),
-    "regionvit_small.in1k": _cfg(_RELEASE + "RegionViT-S.pth", notes=("official name regionvit_small_224; 82.6",)),
+    "regionvit_tiny.in1k": _cfg(_RELEASE + "RegionViT-Ti.pth", top1=80.4, notes=("official name regionvit_tiny_224",)),
+    "regionvit_small.in1k": _cfg(_RELEASE + "RegionViT-S.pth", top1=82.6,
+                                 notes=("official name regionvit_small_224",)),
     "regionvit_medium.in1k": _cfg(
-        "https://github.com/IBM/RegionViT/releases/tag/weights-v0.1", stem="1conv",
-        notes=("official name regionvit_medium_224; 83.1", "the README's link points at RegionViT-S.pth (a slip)")),
-    "regionvit_base.in1k": _cfg(_RELEASE + "RegionViT-B.pth", stem="1conv",
-                                notes=("official name regionvit_base_224; 83.2",)),
+        _RELEASE + "RegionViT-M.pth", stem="1conv", top1=83.1,
+        notes=("official name regionvit_medium_224", "the README links RegionViT-S.pth for this model by mistake; "
+               "RegionViT-M.pth is the release asset (IBM/RegionViT PR #2)")),
+    "regionvit_base.in1k": _cfg(_RELEASE + "RegionViT-B.pth", stem="1conv", top1=83.2,
+                                notes=("official name regionvit_base_224",)),
     "regionvit_small_w14": _cfg(notes=(_DET.format("MaskRCNN_1x_RegionViT-S+.pth, RetinaNet_*_RegionViT-S+.pth"),)),
     "regionvit_small_w14_peg": _cfg(notes=(_DET.format("*_RegionViT-S+peg.pth"),)),
     "regionvit_base_w14": _cfg(stem="1conv", notes=(_DET.format("*_RegionViT-B+.pth"),)),
@@ -736,55 +758,55 @@ def _variant(name: str, base: dict[str, Any], pretrained: bool, kwargs: dict[str
     return _create(name, pretrained, **{**base, **extra, **kwargs})
 
 
-@register_family_model("regionvit", aliases=("regionvit_tiny_224",))
+@register_family_model("regionvit", REGIONVIT, aliases=("regionvit_tiny_224",))
 def regionvit_tiny(pretrained: bool = False, **kwargs: Any) -> RegionViT:
     """RegionViT-Ti: 3conv stem, dims 64/128/256/512, depths 2/2/8/2, window 7."""
     return _variant("regionvit_tiny", _TINY, pretrained, kwargs, window_size=7)
 
 
-@register_family_model("regionvit", aliases=("regionvit_small_224",))
+@register_family_model("regionvit", REGIONVIT, aliases=("regionvit_small_224",))
 def regionvit_small(pretrained: bool = False, **kwargs: Any) -> RegionViT:
     """RegionViT-S: 3conv stem, dims 96/192/384/768, depths 2/2/8/2, window 7."""
     return _variant("regionvit_small", _SMALL, pretrained, kwargs, window_size=7)
 
 
-@register_family_model("regionvit", aliases=("regionvit_medium_224",))
+@register_family_model("regionvit", REGIONVIT, aliases=("regionvit_medium_224",))
 def regionvit_medium(pretrained: bool = False, **kwargs: Any) -> RegionViT:
     """RegionViT-M: 1conv stem, dims 96/192/384/768, depths 2/2/14/2, window 7."""
     return _variant("regionvit_medium", _MEDIUM, pretrained, kwargs, window_size=7)
 
 
-@register_family_model("regionvit", aliases=("regionvit_base_224",))
+@register_family_model("regionvit", REGIONVIT, aliases=("regionvit_base_224",))
 def regionvit_base(pretrained: bool = False, **kwargs: Any) -> RegionViT:
     """RegionViT-B: 1conv stem, dims 128/256/512/1024, depths 2/2/14/2, window 7."""
     return _variant("regionvit_base", _BASE, pretrained, kwargs, window_size=7)
 
 
-@register_family_model("regionvit", aliases=("regionvit_tiny_w14_224",))
+@register_family_model("regionvit", REGIONVIT, aliases=("regionvit_tiny_w14_224",))
 def regionvit_tiny_w14(pretrained: bool = False, **kwargs: Any) -> RegionViT:
     """RegionViT-Ti with window 14 (registered but broken in the official code; no official weights)."""
     return _variant("regionvit_tiny_w14", _TINY, pretrained, kwargs, window_size=14)
 
 
-@register_family_model("regionvit", aliases=("regionvit_small_w14_224",))
+@register_family_model("regionvit", REGIONVIT, aliases=("regionvit_small_w14_224",))
 def regionvit_small_w14(pretrained: bool = False, **kwargs: Any) -> RegionViT:
     """RegionViT-S+ (detection README): RegionViT-S with window 14."""
     return _variant("regionvit_small_w14", _SMALL, pretrained, kwargs, window_size=14)
 
 
-@register_family_model("regionvit", aliases=("regionvit_small_w14_peg_224",))
+@register_family_model("regionvit", REGIONVIT, aliases=("regionvit_small_w14_peg_224",))
 def regionvit_small_w14_peg(pretrained: bool = False, **kwargs: Any) -> RegionViT:
     """RegionViT-S+ with PEG: window 14 and a depth-wise position conv per stage."""
     return _variant("regionvit_small_w14_peg", _SMALL, pretrained, kwargs, window_size=14, peg=True)
 
 
-@register_family_model("regionvit", aliases=("regionvit_base_w14_224",))
+@register_family_model("regionvit", REGIONVIT, aliases=("regionvit_base_w14_224",))
 def regionvit_base_w14(pretrained: bool = False, **kwargs: Any) -> RegionViT:
     """RegionViT-B+ (detection README): RegionViT-B with window 14."""
     return _variant("regionvit_base_w14", _BASE, pretrained, kwargs, window_size=14)
 
 
-@register_family_model("regionvit", aliases=("regionvit_base_w14_peg_224",))
+@register_family_model("regionvit", REGIONVIT, aliases=("regionvit_base_w14_peg_224",))
 def regionvit_base_w14_peg(pretrained: bool = False, **kwargs: Any) -> RegionViT:
     """RegionViT-B+ with PEG: window 14 and a depth-wise position conv per stage."""
     return _variant("regionvit_base_w14_peg", _BASE, pretrained, kwargs, window_size=14, peg=True)

@@ -54,7 +54,6 @@ from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_
 from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
-from locvit._registry import register_family_model
 from locvit.layers import Attention, LocalityFeedForward, residual_mlp, tokens_through_map
 from locvit.layers.attention import attend
 from locvit.layers.locality_ffn import act_from_code
@@ -69,8 +68,8 @@ from locvit.models._helpers import (
     init_linear_layernorm,
     make_cfg,
 )
-from locvit.models.localvit import LocalViTBlock
-from locvit.official import norm_eps, register_official
+from locvit.models._registry import ModelSpec, norm_eps, register_family_model, register_official
+from locvit.models.localvit import LocalViTBlock, localvit_cfg
 
 __all__ = ["T2TViT", "TokensToToken", "PerformerLayer", "TokenTransformerLayer", "t2t_grid", "sinusoid_table"]
 
@@ -387,18 +386,21 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: T2TViT) -> dict[s
     return out
 
 
-def _translate(kw: dict[str, Any], locality: bool) -> T2TViT:
+T2T = ModelSpec(T2TViT, filter_fn=checkpoint_filter_fn, feature_cfg=dict(out_indices=3))
+
+
+def _translate(kw: dict[str, Any], locality: bool) -> dict[str, Any]:
     norm_layer = kw.pop("norm_layer", nn.LayerNorm)
-    return T2TViT(norm_eps=norm_eps(norm_layer, 1e-5), locality=locality, **kw)
+    return dict(norm_eps=norm_eps(norm_layer, 1e-5), locality=locality, **kw)
 
 
-@register_official("models.t2t_vit.T2T_ViT")
-def _from_official_t2t(kw: dict[str, Any]) -> T2TViT:
+@register_official(T2T, "models.t2t_vit.T2T_ViT")
+def _from_official_t2t(kw: dict[str, Any]) -> dict[str, Any]:
     return _translate(kw, locality=False)
 
 
-@register_official("models.localvit_t2t.LocalViT_T2T")
-def _from_official_localvit_t2t(kw: dict[str, Any]) -> T2TViT:
+@register_official(T2T, "models.localvit_t2t.LocalViT_T2T")
+def _from_official_localvit_t2t(kw: dict[str, Any]) -> dict[str, Any]:
     return _translate(kw, locality=True)
 
 
@@ -406,36 +408,39 @@ def _create(variant: str, pretrained: bool = False, legacy_scale: float | None =
     # upstream's rule for the released T2T-ViT weights; legacy_qk_scale=False opts out (timm drops qk_scale=None)
     if kwargs.pop("legacy_qk_scale", pretrained) and legacy_scale is not None:
         kwargs.setdefault("qk_scale", legacy_scale)
-    return build_model(T2TViT, variant, pretrained, filter_fn=checkpoint_filter_fn,
-                       feature_cfg=dict(out_indices=3), **kwargs)
+    return build_model(T2T, variant, pretrained, **kwargs)
 
 
-_T2T_RELEASE = "https://github.com/yitu-opensource/T2T-ViT/releases"
-
-
-def _cfg(url: str = "", tokens_type: str = "performer", **kwargs: Any) -> dict[str, Any]:
+def _layout(tokens_type: str = "performer") -> dict[str, Any]:
     first = "tokens_to_token.attention1.kqv" if tokens_type == "performer" else "tokens_to_token.attention1.attn.qkv"
-    return make_cfg(url, first_conv=first, min_input_size=(3, 32, 32), **kwargs)
+    return dict(first_conv=first, min_input_size=(3, 32, 32))
 
 
-def _t2t_cfg(tokens_type: str = "performer") -> dict[str, Any]:
-    return _cfg(_T2T_RELEASE, tokens_type, crop_pct=0.9,
-                notes=("weights published by the T2T-ViT authors; pretrained=True applies the legacy qk_scale",))
+def _t2t_cfg(file: str = "", top1: float | None = None, tokens_type: str = "performer", **kwargs: Any
+             ) -> dict[str, Any]:
+    """A T2T-ViT cfg; ``file`` names the asset of the authors' "main" release."""
+    release = "https://github.com/yitu-opensource/T2T-ViT/releases/"
+    notes = ("pretrained=True applies the legacy qk_scale the released weights were trained with",) if file else ()
+    return make_cfg(release + f"download/main/{file}" if file else "", origin_url=release + "tag/main" if file else "",
+                    top1=top1, repo="yitu-opensource/T2T-ViT", license="bsd-3-clause-clear",
+                    paper_ids="arXiv:2101.11986",
+                    paper_name="Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet",
+                    crop_pct=0.9, notes=notes + tuple(kwargs.pop("notes", ())), **_layout(tokens_type), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
-    "t2t_vit_7.in1k": _t2t_cfg(),
-    "t2t_vit_10.in1k": _t2t_cfg(),
-    "t2t_vit_12.in1k": _t2t_cfg(),
-    "t2t_vit_14.in1k": _t2t_cfg(),
-    "t2t_vit_19.in1k": _t2t_cfg(),
-    "t2t_vit_24.in1k": _t2t_cfg(),
-    "t2t_vit_t_14.in1k": _t2t_cfg("transformer"),
-    "t2t_vit_t_19.in1k": _t2t_cfg("transformer"),
-    "t2t_vit_t_24.in1k": _t2t_cfg("transformer"),
-    "t2t_vit_14_resnext": _cfg(crop_pct=0.9, notes=("32 heads of width 12; no weights published",)),
-    "t2t_vit_14_wide": _cfg(crop_pct=0.9, notes=("width 768, depth 4; no weights published",)),
-    "localvit_t2t_vit_7": _cfg(notes=("official name localvit_T2t_conv7; no weights published",)),
+    "t2t_vit_7.in1k": _t2t_cfg("71.7_T2T_ViT_7.pth.tar", 71.7),
+    "t2t_vit_10.in1k": _t2t_cfg("75.2_T2T_ViT_10.pth.tar", 75.2),
+    "t2t_vit_12.in1k": _t2t_cfg("76.5_T2T_ViT_12.pth.tar", 76.5),
+    "t2t_vit_14.in1k": _t2t_cfg("81.5_T2T_ViT_14.pth.tar", 81.5),
+    "t2t_vit_19.in1k": _t2t_cfg("81.9_T2T_ViT_19.pth.tar", 81.9),
+    "t2t_vit_24.in1k": _t2t_cfg("82.3_T2T_ViT_24.pth.tar", 82.3),
+    "t2t_vit_t_14.in1k": _t2t_cfg("81.7_T2T_ViTt_14.pth.tar", 81.7, "transformer"),
+    "t2t_vit_t_19.in1k": _t2t_cfg("82.4_T2T_ViTt_19.pth.tar", 82.4, "transformer"),
+    "t2t_vit_t_24.in1k": _t2t_cfg("82.6_T2T_ViTt_24.pth.tar", 82.6, "transformer"),
+    "t2t_vit_14_resnext": _t2t_cfg(notes=("32 heads of width 12; no weights published",)),
+    "t2t_vit_14_wide": _t2t_cfg(notes=("width 768, depth 4; no weights published",)),
+    "localvit_t2t_vit_7": localvit_cfg(**_layout(), notes=("official name localvit_T2t_conv7; no weights published",)),
 })
 
 
@@ -445,73 +450,73 @@ def _t2t(name: str, tokens_type: str, embed_dim: int, depth: int, num_heads: int
     return _create(name, pretrained, legacy_scale_dim ** -0.5, **dict(args, **kwargs))
 
 
-@register_family_model("t2t", aliases=("T2t_vit_7",))
+@register_family_model("t2t", T2T, aliases=("T2t_vit_7",))
 def t2t_vit_7(pretrained: bool = False, **kwargs: Any) -> T2TViT:
     """T2T-ViT-7: performer T2T, width 256, depth 7, 4 heads, MLP ratio 2."""
     return _t2t("t2t_vit_7", "performer", 256, 7, 4, 2.0, 256, pretrained, kwargs)
 
 
-@register_family_model("t2t", aliases=("T2t_vit_10",))
+@register_family_model("t2t", T2T, aliases=("T2t_vit_10",))
 def t2t_vit_10(pretrained: bool = False, **kwargs: Any) -> T2TViT:
     """T2T-ViT-10: performer T2T, width 256, depth 10, 4 heads, MLP ratio 2."""
     return _t2t("t2t_vit_10", "performer", 256, 10, 4, 2.0, 256, pretrained, kwargs)
 
 
-@register_family_model("t2t", aliases=("T2t_vit_12",))
+@register_family_model("t2t", T2T, aliases=("T2t_vit_12",))
 def t2t_vit_12(pretrained: bool = False, **kwargs: Any) -> T2TViT:
     """T2T-ViT-12: performer T2T, width 256, depth 12, 4 heads, MLP ratio 2."""
     return _t2t("t2t_vit_12", "performer", 256, 12, 4, 2.0, 256, pretrained, kwargs)
 
 
-@register_family_model("t2t", aliases=("T2t_vit_14",))
+@register_family_model("t2t", T2T, aliases=("T2t_vit_14",))
 def t2t_vit_14(pretrained: bool = False, **kwargs: Any) -> T2TViT:
     """T2T-ViT-14: performer T2T, width 384, depth 14, 6 heads, MLP ratio 3."""
     return _t2t("t2t_vit_14", "performer", 384, 14, 6, 3.0, 384, pretrained, kwargs)
 
 
-@register_family_model("t2t", aliases=("T2t_vit_19",))
+@register_family_model("t2t", T2T, aliases=("T2t_vit_19",))
 def t2t_vit_19(pretrained: bool = False, **kwargs: Any) -> T2TViT:
     """T2T-ViT-19: performer T2T, width 448, depth 19, 7 heads, MLP ratio 3."""
     return _t2t("t2t_vit_19", "performer", 448, 19, 7, 3.0, 448, pretrained, kwargs)
 
 
-@register_family_model("t2t", aliases=("T2t_vit_24",))
+@register_family_model("t2t", T2T, aliases=("T2t_vit_24",))
 def t2t_vit_24(pretrained: bool = False, **kwargs: Any) -> T2TViT:
     """T2T-ViT-24: performer T2T, width 512, depth 24, 8 heads, MLP ratio 3."""
     return _t2t("t2t_vit_24", "performer", 512, 24, 8, 3.0, 512, pretrained, kwargs)
 
 
-@register_family_model("t2t", aliases=("T2t_vit_t_14",))
+@register_family_model("t2t", T2T, aliases=("T2t_vit_t_14",))
 def t2t_vit_t_14(pretrained: bool = False, **kwargs: Any) -> T2TViT:
     """T2T-ViT_t-14: transformer T2T, width 384, depth 14, 6 heads, MLP ratio 3."""
     return _t2t("t2t_vit_t_14", "transformer", 384, 14, 6, 3.0, 384, pretrained, kwargs)
 
 
-@register_family_model("t2t", aliases=("T2t_vit_t_19",))
+@register_family_model("t2t", T2T, aliases=("T2t_vit_t_19",))
 def t2t_vit_t_19(pretrained: bool = False, **kwargs: Any) -> T2TViT:
     """T2T-ViT_t-19: transformer T2T, width 448, depth 19, 7 heads, MLP ratio 3."""
     return _t2t("t2t_vit_t_19", "transformer", 448, 19, 7, 3.0, 448, pretrained, kwargs)
 
 
-@register_family_model("t2t", aliases=("T2t_vit_t_24",))
+@register_family_model("t2t", T2T, aliases=("T2t_vit_t_24",))
 def t2t_vit_t_24(pretrained: bool = False, **kwargs: Any) -> T2TViT:
     """T2T-ViT_t-24: transformer T2T, width 512, depth 24, 8 heads, MLP ratio 3."""
     return _t2t("t2t_vit_t_24", "transformer", 512, 24, 8, 3.0, 512, pretrained, kwargs)
 
 
-@register_family_model("t2t", aliases=("T2t_vit_14_resnext",))
+@register_family_model("t2t", T2T, aliases=("T2t_vit_14_resnext",))
 def t2t_vit_14_resnext(pretrained: bool = False, **kwargs: Any) -> T2TViT:
     """T2T-ViT-14 "ResNeXt": as T2T-ViT-14 with 32 heads."""
     return _t2t("t2t_vit_14_resnext", "performer", 384, 14, 32, 3.0, 384, pretrained, kwargs)
 
 
-@register_family_model("t2t", aliases=("T2t_vit_14_wide",))
+@register_family_model("t2t", T2T, aliases=("T2t_vit_14_wide",))
 def t2t_vit_14_wide(pretrained: bool = False, **kwargs: Any) -> T2TViT:
     """T2T-ViT-14 "wide": width 768, depth 4, 12 heads, MLP ratio 3 (legacy qk_scale 512 ** -0.5, as upstream)."""
     return _t2t("t2t_vit_14_wide", "performer", 768, 4, 12, 3.0, 512, pretrained, kwargs)
 
 
-@register_family_model("localvit", aliases=("localvit_T2t_conv7",))
+@register_family_model("localvit", T2T, aliases=("localvit_T2t_conv7",))
 def localvit_t2t_vit_7(pretrained: bool = False, **kwargs: Any) -> T2TViT:
     """LocalViT-T2T: T2T-ViT-7 with locality feed-forwards (backbone: expand 2, h_swish + SE with 4 hidden units;
     T2T layers: expand 1, h_swish)."""

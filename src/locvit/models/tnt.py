@@ -36,12 +36,10 @@ from typing import Any
 
 import torch
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import checkpoint, generate_default_cfgs, register_model
+from timm.models import checkpoint, generate_default_cfgs
 from timm.models import tnt as timm_tnt
-from timm.models._features import FeatureGetterNet
 from torch import Tensor, nn
 
-from locvit._registry import _register_alias, register_family_model, register_official_homonym
 from locvit.layers import LocalityFeedForward, tokens_through_map
 from locvit.layers.attention import attend
 from locvit.layers.locality_ffn import act_from_code
@@ -57,7 +55,14 @@ from locvit.models._helpers import (
     init_linear_layernorm,
     make_cfg,
 )
-from locvit.official import norm_eps, register_official
+from locvit.models._registry import (
+    ModelSpec,
+    norm_eps,
+    register_family_model,
+    register_official,
+    register_official_homonym,
+)
+from locvit.models.localvit import localvit_cfg
 
 __all__ = ["LocalViTTNT", "LocalViTTNTBlock", "PixelEmbed", "TNTAttention"]
 
@@ -311,27 +316,6 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: LocalViTTNT) -> d
     return out
 
 
-@register_official("models.localvit_tnt.LocalViT_TNT")
-def _from_official(kw: dict[str, Any]) -> LocalViTTNT:
-    norm_layer = kw.pop("norm_layer", nn.LayerNorm)
-    return LocalViTTNT(norm_eps=norm_eps(norm_layer, 1e-5), **kw)
-
-
-@register_official("models.tnt.TNT")
-def _from_official_host(kw: dict[str, Any]) -> timm_tnt.TNT:
-    """The LocalViT repository's TNT is timm's ``TNT`` with ``legacy=True`` (argument names differ)."""
-    drop = kw.pop("drop_rate", 0.0)
-    renames = {"in_dim": "inner_dim", "in_num_head": "num_heads_inner", "num_heads": "num_heads_outer"}
-    kw = {renames.get(k, k): v for k, v in kw.items()}
-    kw.setdefault("num_heads_outer", 12)  # both classes default to 12 outer heads; stated for clarity
-    return fuse_tnt_attention(timm_tnt.TNT(legacy=True, pos_drop_rate=drop, proj_drop_rate=drop, **kw))
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> LocalViTTNT:
-    return build_model(LocalViTTNT, variant, pretrained, filter_fn=checkpoint_filter_fn,
-                       feature_cfg=dict(out_indices=3), **kwargs)
-
-
 def fuse_tnt_attention(model: timm_tnt.TNT) -> timm_tnt.TNT:
     """Swap the attention modules of a timm ``TNT`` for :class:`TNTAttention` (same parameters and keys, fused
     SDPA instead of an explicit softmax); the model's outputs are unchanged up to rounding."""
@@ -347,21 +331,49 @@ def fuse_tnt_attention(model: timm_tnt.TNT) -> timm_tnt.TNT:
     return model
 
 
+def legacy_tnt(**kwargs: Any) -> timm_tnt.TNT:
+    """timm's ``TNT`` in the layout of the first TNT release (``legacy=True``), with fused attention."""
+    return fuse_tnt_attention(timm_tnt.TNT(**{**kwargs, "legacy": True}))
+
+
+LOCALVIT_TNT = ModelSpec(LocalViTTNT, filter_fn=checkpoint_filter_fn, feature_cfg=dict(out_indices=3))
+# the LocalViT repository's TNT hosts: timm's class, and timm's filter for the first release's files
+TNT_HOST = ModelSpec(legacy_tnt, filter_fn=timm_tnt.checkpoint_filter_fn, feature_cfg=dict(out_indices=3),
+                     classes=(timm_tnt.TNT,))
+
+
+@register_official(LOCALVIT_TNT, "models.localvit_tnt.LocalViT_TNT")
+def _from_official(kw: dict[str, Any]) -> dict[str, Any]:
+    norm_layer = kw.pop("norm_layer", nn.LayerNorm)
+    return dict(norm_eps=norm_eps(norm_layer, 1e-5), **kw)
+
+
+@register_official(TNT_HOST, "models.tnt.TNT")
+def _from_official_host(kw: dict[str, Any]) -> dict[str, Any]:
+    """The LocalViT repository's TNT is timm's ``TNT`` with ``legacy=True`` (argument names differ)."""
+    drop = kw.pop("drop_rate", 0.0)
+    renames = {"in_dim": "inner_dim", "in_num_head": "num_heads_inner", "num_heads": "num_heads_outer"}
+    kw = {renames.get(k, k): v for k, v in kw.items()}
+    kw.setdefault("num_heads_outer", 12)  # both classes default to 12 outer heads; stated for clarity
+    return dict(pos_drop_rate=drop, proj_drop_rate=drop, **kw)
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> LocalViTTNT:
+    return build_model(LOCALVIT_TNT, variant, pretrained, **kwargs)
+
+
 def _create_host(variant: str, pretrained: bool = False, **kwargs: Any) -> timm_tnt.TNT:
     heads = [("embed_dim", "num_heads_outer"), ("inner_dim", "num_heads_inner")]
     check_host_kwargs(kwargs, ("token", "avg", ""), heads, dict(patch_size=16, img_size=224))
-    model = build_model(timm_tnt.TNT, variant, pretrained, filter_fn=timm_tnt.checkpoint_filter_fn,
-                        feature_cfg=dict(out_indices=3), legacy=True, **kwargs)
-    fuse_tnt_attention(model.model if isinstance(model, FeatureGetterNet) else model)
-    return model
+    return build_model(TNT_HOST, variant, pretrained, **kwargs)
 
 
-_RELEASE = "https://github.com/ofsoundof/LocalViT/releases/tag/v1.0.0"
 _TNT = dict(first_conv="pixel_embed.proj", min_input_size=(3, 32, 32))
 default_cfgs = generate_default_cfgs({
-    "localvit_tnt_tiny.in1k": make_cfg(_RELEASE, **_TNT, notes=(
-        "official name localvit_tnt_t_patch16_224; file localvit_tnt.pth; 75.90 top-1",)),
-    "localvit_tnt_small": make_cfg(**_TNT, notes=("official name localvit_tnt_s_patch16_224; no weights published",)),
+    "localvit_tnt_tiny.in1k": localvit_cfg("localvit_tnt.pth", top1=75.90, **_TNT,
+                                           notes=("official name localvit_tnt_t_patch16_224",)),
+    "localvit_tnt_small": localvit_cfg(**_TNT, notes=(
+        "official name localvit_tnt_s_patch16_224; no weights published",)),
     # timm's TNT class (fixed input size); ImageNet mean/std as LocalViT's training script normalises
     "tnt_t_legacy_patch16_224": make_cfg(**_TNT, fixed_input_size=True, notes=(
         "official name tnt_t_patch16_224 (LocalViT repository); timm TNT, legacy layout; no weights published",)),
@@ -370,7 +382,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-@register_family_model("localvit", aliases=("localvit_tnt_t_patch16_224",))
+@register_family_model("localvit", LOCALVIT_TNT, aliases=("localvit_tnt_t_patch16_224",))
 def localvit_tnt_tiny(pretrained: bool = False, **kwargs: Any) -> LocalViTTNT:
     """LocalViT-TNT: TNT-T (192 wide, 3 heads; pixels 12 wide, 3 heads) with the locality FFN (expand 4,
     h_swish + SE with 4 hidden units)."""
@@ -378,14 +390,15 @@ def localvit_tnt_tiny(pretrained: bool = False, **kwargs: Any) -> LocalViTTNT:
     return _create("localvit_tnt_tiny", pretrained, **dict(args, **kwargs))
 
 
-@register_family_model("localvit", aliases=("localvit_tnt_s_patch16_224",))
+@register_family_model("localvit", LOCALVIT_TNT, aliases=("localvit_tnt_s_patch16_224",))
 def localvit_tnt_small(pretrained: bool = False, **kwargs: Any) -> LocalViTTNT:
     """LocalViT-TNT-S: TNT-S (384 wide, 6 heads; pixels 24 wide, 4 heads) with the locality FFN."""
     args = dict(patch_size=16, embed_dim=384, in_dim=24, depth=12, num_heads=6, in_num_head=4, qkv_bias=False)
     return _create("localvit_tnt_small", pretrained, **dict(args, **kwargs))
 
 
-@register_model  # a timm model (timm's class), outside locvit's zoo contract (list_models)
+# timm lacks tnt_t_patch16_224: the official name is registered as an alias
+@register_family_model(None, TNT_HOST, aliases=("tnt_t_patch16_224",))  # timm's class: outside locvit's zoo
 def tnt_t_legacy_patch16_224(pretrained: bool = False, **kwargs: Any) -> timm_tnt.TNT:
     """TNT-T as the LocalViT repository registers it (``tnt_t_patch16_224``): timm's TNT, legacy layout."""
     args = dict(patch_size=16, embed_dim=192, inner_dim=12, depth=12, num_heads_inner=3, num_heads_outer=3,
@@ -393,7 +406,7 @@ def tnt_t_legacy_patch16_224(pretrained: bool = False, **kwargs: Any) -> timm_tn
     return _create_host("tnt_t_legacy_patch16_224", pretrained, **dict(args, **kwargs))
 
 
-@register_model  # a timm model (timm's class), outside locvit's zoo contract (list_models)
+@register_family_model(None, TNT_HOST)  # timm's class: outside locvit's zoo
 def tnt_b_legacy_patch16_224(pretrained: bool = False, **kwargs: Any) -> timm_tnt.TNT:
     """TNT-B as the LocalViT repository registers it (``tnt_b_patch16_224``): timm's TNT, legacy layout."""
     args = dict(patch_size=16, embed_dim=640, inner_dim=40, depth=12, num_heads_inner=4, num_heads_outer=10,
@@ -401,8 +414,7 @@ def tnt_b_legacy_patch16_224(pretrained: bool = False, **kwargs: Any) -> timm_tn
     return _create_host("tnt_b_legacy_patch16_224", pretrained, **dict(args, **kwargs))
 
 
-# timm lacks tnt_t_patch16_224: the official name is registered as an alias. timm registers tnt_s/b_patch16_224
-# for its later layout; those names keep their meaning in timm, and locvit.create_model maps them.
-_register_alias("tnt_t_patch16_224", tnt_t_legacy_patch16_224)
+# timm registers tnt_s/b_patch16_224 for its later layout; those names keep their meaning in timm, and
+# locvit.create_model maps them.
 register_official_homonym("tnt_s_patch16_224", "tnt_s_legacy_patch16_224")
 register_official_homonym("tnt_b_patch16_224", "tnt_b_legacy_patch16_224")

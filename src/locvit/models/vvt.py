@@ -65,7 +65,6 @@ from timm.layers import DropPath, register_notrace_module, to_2tuple
 from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
-from locvit._registry import register_family_model
 from locvit.layers import fastpath
 from locvit.models._helpers import (
     PyramidStages,
@@ -80,7 +79,14 @@ from locvit.models._helpers import (
     init_linear_layernorm,
     make_cfg,
 )
-from locvit.official import norm_eps, pop_unused, register_official
+from locvit.models._registry import (
+    DenseRecipe,
+    ModelSpec,
+    norm_eps,
+    pop_unused,
+    register_family_model,
+    register_official,
+)
 
 __all__ = [
     "VicinityVisionTransformer", "VicinityAttention", "VicinityBlock", "abs_clamp", "angle_table",
@@ -708,8 +714,17 @@ _OFFICIAL_DEFAULTS = dict(
 )
 
 
-@register_official("vvt.VicinityVisionTransformer")
-def _from_official(kw: dict[str, Any]) -> VicinityVisionTransformer:
+VVT = ModelSpec(
+    VicinityVisionTransformer,
+    filter_fn=checkpoint_filter_fn,
+    feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+    dense=DenseRecipe({}, False, "stage outputs after each stage's LayerNorm (the PVT Semantic FPN protocol the "
+                                 "paper's ADE20K results follow; inferred: no dense code was released)"),
+)
+
+
+@register_official(VVT, "vvt.VicinityVisionTransformer")
+def _from_official(kw: dict[str, Any]) -> dict[str, Any]:
     norm_layer = kw.pop("norm_layer", nn.LayerNorm)
     # arguments the official model ignores (qkv_bias: q/k/v always have a bias; patch_size only sized an
     # unused sequence length; the attention dropout is never applied)
@@ -719,36 +734,40 @@ def _from_official(kw: dict[str, Any]) -> VicinityVisionTransformer:
     args = dict(_OFFICIAL_DEFAULTS, **kw)
     if num_stages != 4 or len(args["depths"]) != 4:
         raise ValueError(f"the official VVT has 4 stages (num_stages={num_stages}, depths={args['depths']})")
-    return VicinityVisionTransformer(norm_eps=norm_eps(norm_layer, 1e-5), **args)
+    return dict(norm_eps=norm_eps(norm_layer, 1e-5), **args)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Registered models
 # --------------------------------------------------------------------------------------------------------------
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> VicinityVisionTransformer:
-    return build_model(VicinityVisionTransformer, variant, pretrained, filter_fn=checkpoint_filter_fn,
-                       feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
+    return build_model(VVT, variant, pretrained, **kwargs)
 
 
-def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    # every size works; the zoo tests run at a small one
-    return make_cfg(url, **{"min_input_size": (3, 1, 1), "test_input_size": (3, 32, 32), "pool_size": (7, 7), **kwargs})
+_README = "https://github.com/OpenNLPLab/Vicinity-Vision-Transformer#weight"
+
+
+def _cfg(page: str = "", **kwargs: Any) -> dict[str, Any]:
+    # every size works; the zoo tests run at a small one. The authors share the weights as OneDrive pages (no
+    # direct link): provenance only.
+    return make_cfg(origin_url=page, repo="OpenNLPLab/Vicinity-Vision-Transformer", license="apache-2.0",
+                    paper_ids="arXiv:2206.10552", paper_name="Vicinity Vision Transformer",
+                    min_input_size=(3, 1, 1), test_input_size=(3, 32, 32), **{"pool_size": (7, 7), **kwargs})
 
 
 def _cfg384(**kwargs: Any) -> dict[str, Any]:
     return _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0, **kwargs)
 
 
-_README = "https://github.com/OpenNLPLab/Vicinity-Vision-Transformer#weight"
+_ONEDRIVE = "the official README links a OneDrive page (no direct download)"
 default_cfgs = generate_default_cfgs({
-    "vvt_tiny.in1k": _cfg("https://1drv.ms/u/s!Ak3sXyXVg781gtRFwwHih3Yu9G3FGg?e=yHKvuc",
-                          notes=("79.2 top-1 at 224 (README)",)),
-    "vvt_small.in1k": _cfg("https://1drv.ms/u/s!Ak3sXyXVg781gtREWfCdlLJVy1IgpA?e=l4h3Wi",
-                           notes=("82.6 top-1 at 224 (README)",)),
-    "vvt_medium.in1k": _cfg("https://1drv.ms/u/s!Ak3sXyXVg781gtRG4lD_uEVyj7cPYw?e=ihjjtO",
-                            notes=("83.8 top-1 at 224 (README)",)),
-    "vvt_large.in1k": _cfg("https://1drv.ms/u/s!Ak3sXyXVg781gtRHmfu0BybCZ8k1FQ?e=fLskgG",
-                           notes=("84.1 top-1 at 224 (README)",)),
+    "vvt_tiny.in1k": _cfg("https://1drv.ms/u/s!Ak3sXyXVg781gtRFwwHih3Yu9G3FGg?e=yHKvuc", top1=79.2, notes=(_ONEDRIVE,)),
+    "vvt_small.in1k": _cfg("https://1drv.ms/u/s!Ak3sXyXVg781gtREWfCdlLJVy1IgpA?e=l4h3Wi", top1=82.6,
+                           notes=(_ONEDRIVE,)),
+    "vvt_medium.in1k": _cfg("https://1drv.ms/u/s!Ak3sXyXVg781gtRG4lD_uEVyj7cPYw?e=ihjjtO", top1=83.8,
+                            notes=(_ONEDRIVE,)),
+    "vvt_large.in1k": _cfg("https://1drv.ms/u/s!Ak3sXyXVg781gtRHmfu0BybCZ8k1FQ?e=fLskgG", top1=84.1,
+                           notes=(_ONEDRIVE,)),
     "vvt_test": _cfg(notes=("official debug configuration; no weights",)),
     "vvt_tiny_384": _cfg384(notes=(f"80.3 top-1 at 384 (README); no weights published, see {_README}",)),
     "vvt_small_384": _cfg384(notes=(f"83.4 top-1 at 384 (README); no weights published, see {_README}",)),
@@ -764,31 +783,31 @@ _MEDIUM = dict(_BASE, mlp_ratios=(8, 8, 4, 4), depths=(3, 3, 27, 3))
 _LARGE = dict(_BASE, mlp_ratios=(4, 4, 4, 4), depths=(4, 4, 36, 4))
 
 
-@register_family_model("vvt")
+@register_family_model("vvt", VVT)
 def vvt_tiny(pretrained: bool = False, **kwargs: Any) -> VicinityVisionTransformer:
     """VVT-tiny: dims 96/160/320/512, heads 1/2/5/8, MLP 8/8/4/4, depths 2/2/2/2 (12.9M)."""
     return _create("vvt_tiny", pretrained, **dict(_TINY, **kwargs))
 
 
-@register_family_model("vvt")
+@register_family_model("vvt", VVT)
 def vvt_small(pretrained: bool = False, **kwargs: Any) -> VicinityVisionTransformer:
     """VVT-small: as tiny with depths 3/3/9/3 (25.5M)."""
     return _create("vvt_small", pretrained, **dict(_SMALL, **kwargs))
 
 
-@register_family_model("vvt")
+@register_family_model("vvt", VVT)
 def vvt_medium(pretrained: bool = False, **kwargs: Any) -> VicinityVisionTransformer:
     """VVT-medium: as tiny with depths 3/3/27/3 (47.9M)."""
     return _create("vvt_medium", pretrained, **dict(_MEDIUM, **kwargs))
 
 
-@register_family_model("vvt")
+@register_family_model("vvt", VVT)
 def vvt_large(pretrained: bool = False, **kwargs: Any) -> VicinityVisionTransformer:
     """VVT-large: MLP ratio 4 everywhere, depths 4/4/36/4 (61.8M)."""
     return _create("vvt_large", pretrained, **dict(_LARGE, **kwargs))
 
 
-@register_family_model("vvt")
+@register_family_model("vvt", VVT)
 def vvt_test(pretrained: bool = False, **kwargs: Any) -> VicinityVisionTransformer:
     """The official debug configuration: width 32 and one head and block per stage, feature reduction
     1/2/2/4 (the official class default), MLP ratio 1 (0.09M)."""
@@ -797,25 +816,25 @@ def vvt_test(pretrained: bool = False, **kwargs: Any) -> VicinityVisionTransform
     return _create("vvt_test", pretrained, **dict(args, **kwargs))
 
 
-@register_family_model("vvt")
+@register_family_model("vvt", VVT)
 def vvt_tiny_384(pretrained: bool = False, **kwargs: Any) -> VicinityVisionTransformer:
     """VVT-tiny configured for 384x384 input (the same model; only the pretrained cfg differs)."""
     return _create("vvt_tiny_384", pretrained, **dict(_TINY, img_size=384) | kwargs)
 
 
-@register_family_model("vvt")
+@register_family_model("vvt", VVT)
 def vvt_small_384(pretrained: bool = False, **kwargs: Any) -> VicinityVisionTransformer:
     """VVT-small configured for 384x384 input."""
     return _create("vvt_small_384", pretrained, **dict(_SMALL, img_size=384) | kwargs)
 
 
-@register_family_model("vvt")
+@register_family_model("vvt", VVT)
 def vvt_medium_384(pretrained: bool = False, **kwargs: Any) -> VicinityVisionTransformer:
     """VVT-medium configured for 384x384 input."""
     return _create("vvt_medium_384", pretrained, **dict(_MEDIUM, img_size=384) | kwargs)
 
 
-@register_family_model("vvt")
+@register_family_model("vvt", VVT)
 def vvt_large_384(pretrained: bool = False, **kwargs: Any) -> VicinityVisionTransformer:
     """VVT-large configured for 384x384 input."""
     return _create("vvt_large_384", pretrained, **dict(_LARGE, img_size=384) | kwargs)

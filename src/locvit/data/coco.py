@@ -1,0 +1,320 @@
+"""COCO-format detection data: instances (boxes, masks) and person-style keypoints, checked before training.
+
+A split is an images folder plus a COCO JSON file, in the layout COCO itself ships (``train2017/``, ``val2017/``,
+``annotations/instances_train2017.json``, ``annotations/person_keypoints_val2017.json``...), a generic
+``{split}/`` + ``annotations/instances_{split}.json``, or ``{split}/images/`` + ``{split}/annotations.json``
+(what ``locvit demo --task detect`` writes). Everything a file can get wrong -- a missing annotation file, an image
+listed but absent, a category id outside the category list, a negative width or height, an empty split -- is an
+error naming the file and the problem when the dataset is built, before any training step. Boxes of zero width or
+height (COCO train2017 has a few) are dropped and counted; images the decoder cannot read are skipped and counted
+per batch, as in classification.
+
+Samples are ``(image, target)``: a float ``3 x H x W`` tensor in [0, 1] and the torchvision detection target
+(``boxes`` xyxy in pixels, ``labels`` 1..K, ``masks`` ``N x H x W`` uint8, ``keypoints`` ``N x K x 3``,
+``image_id``). Resizing and normalisation happen inside the torchvision detector (``GeneralizedRCNNTransform``:
+``min_size`` / ``max_size``, a random choice among several ``min_size`` values when training); the dataset adds
+the horizontal flip, seeded by ``(seed, epoch, index)`` so that a resumed run sees the same flips.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from locvit.data.datasets import _DECODE_ERRORS, SeededDataset, Unreadable, seed_sample, to_rgb
+from locvit.data.loader import Batch
+
+__all__ = ["CocoDetection", "CocoSplit", "collate_detection", "find_coco_split", "flip_permutation"]
+
+
+@dataclass(frozen=True)
+class CocoSplit:
+    """An annotation file and the folder its ``file_name`` entries are relative to."""
+
+    ann: Path
+    images: Path
+
+
+def find_coco_split(data: str | os.PathLike, split: str, kind: str = "instances") -> CocoSplit:
+    """Locate ``split`` (``'train'`` or ``'val'``) of a COCO-format folder.
+
+    Args:
+        data: the dataset folder.
+        split: ``'train'`` or ``'val'``.
+        kind: annotation file prefix: ``'instances'`` (boxes, masks) or ``'person_keypoints'``.
+
+    Raises:
+        FileNotFoundError: naming every layout that was looked for.
+    """
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist")
+    candidates = [
+        (root / "annotations" / f"{kind}_{split}2017.json", root / f"{split}2017"),
+        (root / "annotations" / f"{kind}_{split}.json", root / split),
+        (root / split / "annotations.json", root / split / "images"),
+    ]
+    for ann, images in candidates:
+        if ann.is_file() and images.is_dir():
+            return CocoSplit(ann, images)
+    tried = "; ".join(f"{a.relative_to(root)} + {i.relative_to(root)}/" for a, i in candidates)
+    raise FileNotFoundError(f"no COCO-format '{split}' split under {root} (looked for {tried}); pass the files "
+                            f"explicitly with --{split}-ann and --{split}-images")
+
+
+def flip_permutation(names: Sequence[str]) -> list[int]:
+    """Index of each keypoint's mirror image under a horizontal flip: ``left_*`` <-> ``right_*`` (COCO's person
+    keypoints, ``top_left`` <-> ``top_right`` ...); names without a side map to themselves."""
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for n in names:
+        mirrored = n.replace("left", "\0").replace("right", "left").replace("\0", "right")
+        out.append(index.get(mirrored, index[n]))
+    return out
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} does not exist")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a COCO JSON file: {e}") from None
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ValueError(f"{path} is not a COCO instances file: no {', '.join(repr(k) for k in missing)} list")
+    return data
+
+
+def _listing(items: Sequence[Any], limit: int = 5) -> str:
+    shown = ", ".join(str(x) for x in items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+class CocoDetection(SeededDataset):
+    """One split of a COCO-format dataset, validated on construction.
+
+    Args:
+        ann_file: the COCO JSON file.
+        image_dir: the folder ``file_name`` is relative to.
+        train: training split (images without a usable annotation are left out, crowd regions are not targets).
+        masks: build instance masks (Mask R-CNN); every annotation then needs a ``segmentation``.
+        keypoints: build keypoint targets (Keypoint R-CNN); the categories name their keypoints.
+        hflip: probability of a horizontal flip (training).
+        seed: augmentation seed.
+        categories: category ids in label order (1..K); default: the file's categories sorted by id. Pass the
+            training split's to the validation split so that labels agree.
+    """
+
+    def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, train: bool = False,
+                 masks: bool = False, keypoints: bool = False, hflip: float = 0.0, seed: int = 0,
+                 categories: Sequence[int] | None = None):
+        super().__init__(None, seed)
+        self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
+        self.train, self.with_masks, self.with_keypoints, self.hflip = train, masks, keypoints, hflip
+        data = _load_json(self.ann_file)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"image folder {self.image_dir} (of {self.ann_file}) does not exist")
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        cat_ids = [c["id"] for c in cats]
+        if categories is not None:
+            unknown = sorted(set(cat_ids) - set(categories))
+            if unknown:
+                raise ValueError(f"{self.ann_file}: categories {unknown} are not among the training split's "
+                                 f"{list(categories)}")
+            cat_ids = list(categories)
+        if not cat_ids:
+            raise ValueError(f"{self.ann_file}: the categories list is empty")
+        self.cat_ids = cat_ids
+        self.cat_to_label = {c: i + 1 for i, c in enumerate(cat_ids)}
+        by_id = {c["id"]: c for c in cats}
+        self.class_names = [by_id.get(c, {}).get("name", str(c)) for c in cat_ids]
+        self.keypoint_names: list[str] = []
+        if keypoints:
+            named = [c for c in cats if c.get("keypoints")]
+            if not named:
+                raise ValueError(f"{self.ann_file}: no category names keypoints (a Keypoint R-CNN needs COCO's "
+                                 "person_keypoints format: categories with a 'keypoints' list)")
+            self.keypoint_names = list(named[0]["keypoints"])
+            if any(list(c["keypoints"]) != self.keypoint_names for c in named):
+                raise ValueError(f"{self.ann_file}: categories name different keypoints; one schema is supported")
+            self.flip_index = flip_permutation(self.keypoint_names)
+        self._check(data)
+
+    # --- validation -------------------------------------------------------------------------------------------
+    def _check(self, data: dict[str, Any]) -> None:
+        f = self.ann_file
+        images: dict[int, dict[str, Any]] = {}
+        for im in data["images"]:
+            if "id" not in im or "file_name" not in im:
+                raise ValueError(f"{f}: image entry {im} lacks 'id' or 'file_name'")
+            if im["id"] in images:
+                raise ValueError(f"{f}: image id {im['id']} is listed twice")
+            images[im["id"]] = im
+        if not images:
+            raise ValueError(f"{f} lists no images: the split is empty")
+        absent = [im["file_name"] for im in images.values() if not (self.image_dir / im["file_name"]).is_file()]
+        if absent:
+            raise FileNotFoundError(f"{f} lists {len(absent)} images that are not in {self.image_dir}: "
+                                    f"{_listing(absent)} (extract the images there, or point --*-images at them)")
+        anns: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
+        self.degenerate = 0
+        n_kpt = len(self.keypoint_names)
+        for a in data["annotations"]:
+            where = f"{f}: annotation {a.get('id')}"
+            if a.get("image_id") not in images:
+                raise ValueError(f"{where} refers to image id {a.get('image_id')}, which is not in 'images'")
+            where += f" (image {images[a['image_id']]['file_name']})"
+            if a.get("category_id") not in self.cat_to_label:
+                raise ValueError(f"{where} has category_id {a.get('category_id')}, which is not in the categories "
+                                 f"list {self.cat_ids}")
+            box = a.get("bbox")
+            if (not isinstance(box, (list, tuple)) or len(box) != 4
+                    or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
+                raise ValueError(f"{where} has bbox {box!r}; expected [x, y, width, height] in pixels")
+            if box[2] < 0 or box[3] < 0:
+                raise ValueError(f"{where} has a negative width or height: bbox {box} ([x, y, width, height], "
+                                 "not [x0, y0, x1, y1])")
+            if self.with_masks and not a.get("iscrowd") and not a.get("segmentation"):
+                raise ValueError(f"{where} has no segmentation; Mask R-CNN needs one per object (or train a "
+                                 "faster_rcnn / retinanet detector)")
+            if self.with_keypoints and "keypoints" in a and len(a["keypoints"]) != 3 * n_kpt:
+                raise ValueError(f"{where} has {len(a['keypoints'])} keypoint values; the category names {n_kpt} "
+                                 f"keypoints (expected {3 * n_kpt}: x, y, visibility each)")
+            im = images[a["image_id"]]
+            if self._xyxy(box, im) is None:
+                self.degenerate += 1
+                continue
+            anns[a["image_id"]].append(a)
+        ids = sorted(images)
+        if self.train:
+            ids = [i for i in ids if any(not a.get("iscrowd") for a in anns[i])]
+            if not ids:
+                raise ValueError(f"{f}: no image has a usable (non-crowd, non-empty) annotation; nothing to train on")
+        self.dropped_images = len(images) - len(ids)
+        self.images, self.anns, self.ids = images, anns, ids
+        self._coco_data = data
+
+    @staticmethod
+    def _xyxy(box: Sequence[float], im: dict[str, Any]) -> list[float] | None:
+        x, y, w, h = box
+        W, H = im.get("width", math.inf), im.get("height", math.inf)
+        x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, W), min(y + h, H)
+        return [x0, y0, x1, y1] if x1 > x0 and y1 > y0 else None
+
+    def summary(self) -> str:
+        """One line: images, annotations, what was dropped."""
+        n = sum(len(self.anns[i]) for i in self.ids)
+        msg = f"{self.ann_file.name}: {len(self.ids)} images, {n} objects, {len(self.cat_ids)} categories"
+        if self.dropped_images:
+            msg += f"; {self.dropped_images} images without a usable annotation left out"
+        if self.degenerate:
+            msg += f"; {self.degenerate} boxes of zero width or height dropped"
+        return msg
+
+    def coco(self):
+        """The split as a ``pycocotools.coco.COCO`` object (ground truth for ``COCOeval``)."""
+        from pycocotools.coco import COCO
+
+        gt = COCO()
+        gt.dataset = self._coco_data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            gt.createIndex()
+        return gt
+
+    # --- samples ----------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def target(self, index: int) -> int:
+        return self.ids[index]
+
+    def load(self, index: int) -> tuple[Image.Image, dict[str, torch.Tensor]]:
+        info = self.images[self.ids[index]]
+        with Image.open(self.image_dir / info["file_name"]) as im:
+            img = to_rgb(im)
+        return img, self._target(info, img.size)
+
+    def _target(self, info: dict[str, Any], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        W, H = size
+        im = dict(info, width=W, height=H)
+        boxes, labels, masks, kpts = [], [], [], []
+        for a in self.anns[info["id"]]:
+            if self.train and a.get("iscrowd"):
+                continue
+            box = self._xyxy(a["bbox"], im)
+            if box is None:
+                continue
+            boxes.append(box)
+            labels.append(self.cat_to_label[a["category_id"]])
+            if self.with_masks:
+                masks.append(self._mask(a["segmentation"], H, W))
+            if self.with_keypoints:
+                k = a.get("keypoints") or [0.0] * (3 * len(self.keypoint_names))
+                kpts.append(torch.tensor(k, dtype=torch.float32).view(-1, 3))
+        t = dict(boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                 labels=torch.tensor(labels, dtype=torch.int64), image_id=torch.tensor(info["id"]))
+        if self.with_masks:
+            t["masks"] = torch.stack(masks) if masks else torch.zeros(0, H, W, dtype=torch.uint8)
+        if self.with_keypoints:
+            t["keypoints"] = torch.stack(kpts) if kpts else torch.zeros(0, len(self.keypoint_names), 3)
+        return t
+
+    @staticmethod
+    def _mask(seg: Any, h: int, w: int) -> torch.Tensor:
+        from pycocotools import mask as mask_utils
+
+        if isinstance(seg, list):  # polygons
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(seg, h, w)
+        else:
+            rle = seg
+        return torch.from_numpy(np.ascontiguousarray(mask_utils.decode(rle))).to(torch.uint8)
+
+    def describe(self, index: int) -> str:
+        return str(self.image_dir / self.images[self.ids[index]]["file_name"])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | Unreadable, dict[str, torch.Tensor] | int]:
+        try:
+            img, t = self.load(index)
+        except _DECODE_ERRORS as e:
+            return Unreadable(index, self.describe(index), f"{type(e).__name__}: {e}"), self.target(index)
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+        if self.train and self.hflip > 0:
+            seed_sample(self.seed, self.epoch, index)
+            if torch.rand(()) < self.hflip:
+                x, t = self._flip(x, t)
+        return x, t
+
+    def _flip(self, x: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        W = x.shape[-1]
+        t = dict(t)
+        b = t["boxes"].clone()
+        b[:, [0, 2]] = W - t["boxes"][:, [2, 0]]
+        t["boxes"] = b
+        if "masks" in t:
+            t["masks"] = t["masks"].flip(-1)
+        if "keypoints" in t:
+            k = t["keypoints"][:, self.flip_index].clone()
+            k[..., 0] = W - k[..., 0]
+            k[k[..., 2] == 0] = 0  # unlabelled points stay at (0, 0, 0)
+            t["keypoints"] = k
+        return x.flip(-1), t
+
+
+def collate_detection(samples: Sequence[tuple[Any, Any]]) -> Batch:
+    """Lists of images and targets (sizes differ), unreadable images dropped and counted."""
+    good = [(x, t) for x, t in samples if not isinstance(x, Unreadable)]
+    bad = [x for x, _ in samples if isinstance(x, Unreadable)]
+    return Batch([x for x, _ in good], [t for _, t in good], bad)  # type: ignore[arg-type]

@@ -1,0 +1,231 @@
+"""The iteration-based training loop of the dense tasks (``locvit detect`` / ``locvit segment``).
+
+It runs on the classification engine's machinery -- per-step seeding, autocast and the grad scaler, resume-path
+rules and :class:`~locvit.engine.train.NonFiniteLossError` (``engine/train.py``), the deterministic resumable
+:class:`~locvit.data.loader.EpochSampler`, atomic checkpoints (:func:`locvit.save_checkpoint`), the
+:class:`~locvit.engine.logger.RunLogger`, torchrun/DDP glue -- and leaves the task to a :class:`Task` object: how a
+batch becomes a loss, and how the model is scored. The schedule is counted in optimiser steps (Detectron2's and
+mmsegmentation's iterations; an epoch schedule is converted with the loader's steps per epoch), with timm's
+multi-step or polynomial scheduler and a linear warm-up.
+
+A run directory gets the resolved ``config.yaml``, ``metrics.csv`` (a row per evaluation), ``curves.png``,
+``last.pth`` (the whole training state: model, optimiser, scheduler, scaler, position, running sums, history),
+``best.safetensors`` and ``model.safetensors``, every file written atomically. ``resume`` continues bit for bit on
+CPU: all randomness of a step (augmentation seeded per sample, the model's sampling and drop-path per step) is a
+function of the step's position.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from locvit.checkpoint import save_checkpoint
+from locvit.data.loader import steps_per_epoch
+from locvit.engine.distributed import DistInfo, all_reduce_sum, barrier
+from locvit.engine.logger import RunLogger
+from locvit.engine.step import optimizer_step
+from locvit.engine.train import NonFiniteLossError, _autocast, _seed_step, find_resume
+
+__all__ = ["Task", "build_param_groups", "build_scheduler", "fit"]
+
+
+class Task(Protocol):
+    """What :func:`fit` needs from a task."""
+
+    model: nn.Module                      # on its device
+    train_loader: Any                     # a DataLoader over an EpochSampler, batches are locvit Batch tuples
+    key_metric: str                       # the score that selects best.safetensors (higher is better)
+    panels: list                          # RunLogger panels (curves.png)
+    find_unused_parameters: bool          # for DDP
+
+    def loss(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """(total loss, its named parts, images in the batch) for one training batch."""
+        ...
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        """Scores on the validation split (called on every rank; returns the same numbers everywhere)."""
+        ...
+
+    def summary(self, scores: dict[str, Any]) -> str:
+        """One line of the scores that matter."""
+        ...
+
+    def no_weight_decay(self) -> set[str]:
+        """Full parameter names without weight decay (beyond 1-D parameters)."""
+        ...
+
+
+def build_param_groups(model: nn.Module, weight_decay: float, no_decay: set[str]) -> list[dict[str, Any]]:
+    """Two AdamW groups: decay on weights, none on norms, biases and the backbone's position tables."""
+    from timm.optim import param_groups_weight_decay
+
+    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay)
+
+
+def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total: int, steps_per_unit: int):
+    """timm's per-iteration scheduler for ``cfg.sched``: ``'step'`` (x ``lr_gamma`` at each of ``lr_steps``,
+    Detectron2/mmdetection) or ``'poly'`` (``(1 - t/total) ** poly_power`` down to ``min_lr``, mmsegmentation),
+    both after a linear warm-up from ``lr * warmup_ratio`` over ``warmup_iters`` steps."""
+    from timm.scheduler import MultiStepLRScheduler, PolyLRScheduler
+
+    warmup = dict(warmup_t=min(cfg.warmup_iters, total), warmup_lr_init=cfg.lr * cfg.warmup_ratio,
+                  warmup_prefix=False, t_in_epochs=False)
+    if cfg.sched == "poly":
+        return PolyLRScheduler(optimizer, t_initial=total, power=cfg.poly_power, lr_min=cfg.min_lr, **warmup)
+    # timm decays once t + 1 reaches a milestone: shift by one so the decay starts at the milestone's step
+    return MultiStepLRScheduler(optimizer, decay_t=[s * steps_per_unit + 1 for s in cfg.lr_steps],
+                                decay_rate=cfg.lr_gamma, **warmup)
+
+
+def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None]) -> dict[str, Any]:
+    """Train ``task.model`` as ``cfg`` says (a :class:`locvit.tasks.config.DenseConfig`); returns the last
+    evaluation's row. ``save_config(path)`` writes the resolved configuration into the run directory."""
+    from timm.optim import create_optimizer_v2
+
+    from locvit._io import check_writable, remove_stale_temp_files
+    from locvit.engine.config import check_resume
+
+    device, main = dist.device, dist.main
+    run_dir = Path(cfg.output)
+    resume_from = find_resume(cfg.resume, run_dir) if cfg.resume else None
+    state = None
+    if resume_from is not None:  # refuse before any work when the run was another one
+        state = torch.load(resume_from, map_location="cpu", weights_only=True)
+        check_resume(resume_from, state, cfg.to_dict(), dist.world, cfg.allow_config_change)
+    if main:
+        check_writable(run_dir)
+        remove_stale_temp_files(run_dir)  # temp files of writes a kill interrupted
+    model, loader = task.model, task.train_loader
+    n_steps = steps_per_epoch(loader)
+    unit = n_steps if cfg.epochs is not None else 1  # optimiser steps per schedule unit
+    total = cfg.epochs * n_steps if cfg.epochs is not None else cfg.iters
+    eval_every = (cfg.eval_interval or 1) * unit if cfg.epochs is not None or cfg.eval_interval else total
+    if cfg.max_steps:
+        total_run = min(total, cfg.max_steps)
+        eval_every = min(eval_every, total_run)
+    else:
+        total_run = total
+
+    opt_kwargs: dict[str, Any] = dict(eps=cfg.opt_eps) if cfg.opt.lower().endswith("adamw") else {}
+    if cfg.opt_betas:
+        opt_kwargs["betas"] = tuple(cfg.opt_betas)
+    optimizer = create_optimizer_v2(build_param_groups(model, cfg.weight_decay, task.no_weight_decay()), opt=cfg.opt,
+                                    lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, **opt_kwargs)
+    scheduler = build_scheduler(cfg, optimizer, total, unit)
+    autocast, scaler = _autocast(cfg, device)
+    net: nn.Module = model
+    if dist.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=task.find_unused_parameters)
+
+    global_step, history, best = 0, [], -math.inf
+    running = dict(loss=0.0, images=0, skipped=0, parts={}, t=0.0)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        global_step, history, best = state["global_step"], state.get("history", []), state.get("best", -math.inf)
+        running = state.get("running", running)
+        if main:
+            print(f"resumed from {resume_from}: iteration {global_step} of {total}", flush=True)
+    scheduler.step_update(num_updates=global_step)
+    logger = RunLogger(run_dir, cfg.tensorboard, history, x_key="iter", panels=task.panels) if main else None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir / "config.yaml")
+
+    def save_state() -> None:
+        if main:
+            save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                 scheduler=scheduler.state_dict(),
+                                 scaler=scaler.state_dict() if scaler is not None else None, global_step=global_step,
+                                 history=logger.history, best=best, running=running, config=cfg.to_dict(),
+                                 world_size=dist.world),
+                            run_dir / "last.pth")
+
+    metrics: dict[str, Any] = history[-1] if history else {}
+    bar = tqdm(total=total_run, initial=global_step, desc="train", disable=not main, dynamic_ncols=True)
+    t0 = time.time()
+    while global_step < total_run:
+        epoch, start = divmod(global_step, n_steps)
+        loader.sampler.set_epoch(epoch, start=start * loader.batch_size)
+        loader.dataset.set_epoch(epoch)
+        net.train()
+        for batch in loader:
+            _seed_step(cfg.seed, global_step, dist.rank)
+            running["skipped"] += batch.skipped
+            if len(batch[0]):
+                with autocast():
+                    loss, parts, n = task.loss(net, batch)
+                if not torch.isfinite(loss).all():
+                    last = run_dir / "last.pth"
+                    kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+                    raise NonFiniteLossError(
+                        f"non-finite loss ({loss.item()}; {({k: round(v.item(), 4) for k, v in parts.items()})}) at "
+                        f"iteration {global_step + 1}; training stopped, {kept}. Lower --lr, set --clip-grad or check "
+                        "the data")
+                optimizer_step(loss, optimizer, scaler, cfg.clip_grad, model.parameters())
+                running["loss"] += loss.item() * n
+                running["images"] += n
+                for k, v in parts.items():
+                    running["parts"][k] = running["parts"].get(k, 0.0) + v.item() * n
+            global_step += 1
+            scheduler.step_update(num_updates=global_step)
+            if main:
+                bar.update(1)
+                if global_step % max(1, cfg.log_interval) == 0:
+                    bar.set_postfix(loss=f"{running['loss'] / max(running['images'], 1):.4f}",
+                                    lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if global_step % eval_every == 0 or global_step == total_run:
+                running["t"] += time.time() - t0
+                metrics = _evaluate(task, model, optimizer, running, global_step, n_steps, dist.world)
+                t0 = time.time()
+                if main:
+                    logger.log_epoch(metrics)
+                    bar.write(f"iteration {global_step}/{total}: train loss {metrics['train_loss']:.4f}  "
+                              + task.summary(metrics)
+                              + (f"  ({metrics['skipped']} unreadable images skipped)" if metrics["skipped"] else ""))
+                    score = metrics.get(task.key_metric, -math.inf)
+                    if score > best:
+                        best = score
+                        save_checkpoint(model, run_dir / "best.safetensors",
+                                        metadata={"iter": global_step, task.key_metric: score})
+                running = dict(loss=0.0, images=0, skipped=0, parts={}, t=0.0)
+                save_state()
+                net.train()
+            elif cfg.checkpoint_interval and global_step % cfg.checkpoint_interval == 0:
+                running["t"] += time.time() - t0
+                t0 = time.time()
+                save_state()
+            if global_step >= total_run:
+                break
+        barrier()
+    bar.close()
+    if main:
+        save_checkpoint(model, run_dir / "model.safetensors", metadata=dict(model=cfg.model, iter=global_step))
+        logger.close()
+    return metrics
+
+
+def _evaluate(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, running: dict[str, Any],
+              global_step: int, n_steps: int, world: int) -> dict[str, Any]:
+    keys = sorted(running["parts"])
+    totals = all_reduce_sum(torch.tensor([running["loss"], running["images"], running["skipped"]]
+                                         + [running["parts"][k] for k in keys], dtype=torch.float64))
+    n = max(totals[1].item(), 1.0)
+    scores = task.evaluate(model)
+    row: dict[str, Any] = dict(iter=global_step, epoch=round(global_step / n_steps, 3),
+                               train_loss=totals[0].item() / n, lr=optimizer.param_groups[0]["lr"])
+    row.update({k: totals[3 + i].item() / n for i, k in enumerate(keys)})
+    row.update({k: v for k, v in scores.items() if not isinstance(v, dict)})
+    row["skipped"] = int(totals[2].item()) + int(scores.get("skipped", 0))
+    row["images_per_s"] = totals[1].item() / max(running["t"], 1e-9)
+    return row

@@ -1,0 +1,121 @@
+"""What ``locvit detect`` and ``locvit segment`` share beyond the training loop: backbone arguments, optimiser
+groups, evaluation loaders, trained-weight loading and the ``eval`` command's configuration."""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from locvit.data.loader import build_loader
+from locvit.engine.distributed import DistInfo, cleanup, init_distributed
+from locvit.tasks.config import DenseConfig, build_task_config
+
+C = TypeVar("C", bound=DenseConfig)
+
+
+@contextlib.contextmanager
+def session(cfg: DenseConfig) -> Iterator[DistInfo]:
+    """torchrun's process group (when there is one) and the device, determinism and initial seed of ``cfg``."""
+    from locvit.engine.train import _seed_step
+
+    dist = init_distributed(cfg.device)
+    try:
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        _seed_step(cfg.seed, 0, dist.rank)
+        yield dist
+    finally:
+        cleanup()
+
+
+def report_size(model: nn.Module, what: str, dist: DistInfo) -> None:
+    if dist.main:
+        print(f"{what}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+
+
+def backbone_kwargs(cfg: DenseConfig, build: Callable[..., Any]) -> dict[str, Any]:
+    """``checkpoint`` / ``pretrained`` / ``model_kwargs`` (with the recipe's drop path) for a ``locvit.dense``
+    builder; ``pretrained`` only where the builder offers it."""
+    out: dict[str, Any] = dict(model_kwargs=dict(dict(drop_path_rate=cfg.drop_path), **cfg.model_kwargs))
+    if cfg.checkpoint:
+        out["checkpoint"] = cfg.checkpoint
+    if cfg.pretrained:
+        if "pretrained" not in inspect.signature(build).parameters:
+            raise ValueError(f"this locvit has no released dense-task weights for {cfg.model} yet: pass the "
+                             "classification weights with --checkpoint FILE")
+        out["pretrained"] = True
+    return out
+
+
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Full names of the parameters the locvit backbone inside ``model`` excludes from weight decay (position
+    tables, relative-position biases...)."""
+    out: set[str] = set()
+    for prefix, module in model.named_modules():
+        names = getattr(module, "no_weight_decay", None)
+        if prefix and callable(names):
+            out |= {f"{prefix}.{n}" for n in names()}
+    return out
+
+
+def train_loader(dataset: Any, cfg: DenseConfig, dist: DistInfo, collate: Callable) -> DataLoader:
+    """The resumable, sharded training loader (:func:`locvit.data.loader.build_loader`) with the task's collate."""
+    return build_loader(dataset, cfg.batch_size, True, cfg.workers, cfg.seed, dist.rank, dist.world,
+                        collate_fn=collate)
+
+
+def eval_loader(dataset: Any, batch_size: int, workers: int, dist: DistInfo, collate: Callable) -> DataLoader:
+    """Every sample once: rank ``r`` takes samples ``r, r + world, ...`` (no padding, so nothing is scored twice)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=list(range(dist.rank, len(dataset), dist.world)),
+                      num_workers=workers, collate_fn=collate)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Trained task weights (a run's ``best.safetensors`` / ``model.safetensors`` / ``last.pth``), strictly."""
+    from locvit.checkpoint import load_checkpoint, read_checkpoint
+
+    path = Path(path)
+    if path.suffix == ".pth":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        sd = state.get("model", state) if isinstance(state, dict) else state
+    else:
+        sd = read_checkpoint(path)
+    load_checkpoint(model, sd, strict=True, filter_fn=None)
+
+
+def eval_config(cls: type[C], config: str | None, overrides: dict[str, Any]) -> tuple[C, Path | None]:
+    """The configuration of an ``eval`` command and the weights to score.
+
+    ``--checkpoint`` may name a run directory: its ``config.yaml`` is the base (flags still win) and its
+    ``best.safetensors`` (else ``model.safetensors``) the weights.
+    """
+    ckpt = overrides.get("checkpoint")
+    weights = Path(ckpt) if ckpt else None
+    base: dict[str, Any] = {}
+    if weights is not None and weights.is_dir():
+        saved = weights / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"{weights} is not a run directory (no config.yaml)")
+        base = yaml.safe_load(saved.read_text()) or {}
+        found = [weights / n for n in ("best.safetensors", "model.safetensors", "last.pth") if (weights / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{weights} holds no weights (best.safetensors, model.safetensors, last.pth)")
+        weights = found[0]
+    elif weights is not None and not weights.is_file():
+        raise FileNotFoundError(f"checkpoint {weights} does not exist")
+    if config:
+        from locvit.tasks.config import load_recipe
+
+        base.update(load_recipe(config, {f: None for f in cls.__dataclass_fields__}))
+    merged = {**base, **{k: v for k, v in overrides.items() if v is not None}}
+    # the trained weights replace the backbone's initial ones; the schedule does not matter for scoring
+    merged.update(checkpoint=None, pretrained=False, resume=None)
+    if merged.get("epochs") is None and merged.get("iters") is None:
+        merged["iters"] = 1
+    return build_task_config(cls, None, merged), weights

@@ -1,0 +1,237 @@
+"""``locvit segment train|eval``: Semantic FPN or UperNet on a locvit encoder, ADE20K-style data, mIoU/mAcc/aAcc.
+
+The decoders are segmentation_models_pytorch's (``smp.FPN``: the Semantic FPN head of PVT/VVT's ADE20K protocol --
+an FPN of 256 channels and a 128-channel segmentation branch, as mmsegmentation's ``FPNHead``; ``smp.UPerNet``:
+Swin/Focal's head) on smp's timm-universal encoder ``tu-<model>``. What smp lacks is added here and nothing else:
+the FCN auxiliary head UperNet recipes train on the stride-16 map (mmsegmentation's ``FCNHead``: one 3x3 conv,
+BN, ReLU, dropout 0.1, 1x1 classifier; loss weight 0.4), and inputs of any size (padded to the decoder's stride 32,
+output cropped back).
+
+Inference is mmsegmentation's: the image rescaled into ``test_scale``, run whole or in ``crop_size`` windows every
+``slide_stride`` pixels (logits averaged where windows overlap), logits resized bilinearly to the label map's size,
+argmax. Scores: mmsegmentation's ``IoUMetric`` (:func:`locvit.tasks.metrics.segmentation_scores`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from locvit.data.segmentation import SegmentationFolder, collate_segmentation, find_segmentation_split
+from locvit.engine.distributed import DistInfo, all_reduce_sum
+from locvit.engine.loop import fit
+from locvit.engine.train import _autocast
+from locvit.tasks.common import (
+    backbone_kwargs,
+    eval_loader,
+    load_weights,
+    no_weight_decay,
+    report_size,
+    session,
+    train_loader,
+)
+from locvit.tasks.config import SegmentConfig, save_task_config
+from locvit.tasks.metrics import confusion_matrix, segmentation_scores
+
+__all__ = ["Segmenter", "SegmentationTask", "build_segmenter", "evaluate_run", "evaluate_segmenter", "predict",
+           "train_run"]
+
+ARCH = {"fpn": "FPN", "upernet": "UPerNet"}
+
+
+class Segmenter(nn.Module):
+    """An smp encoder-decoder with an optional auxiliary FCN head, for inputs of any size.
+
+    ``forward`` returns logits at the input's size; in training mode with an auxiliary head, ``(logits,
+    aux_logits)``.
+    """
+
+    def __init__(self, smp_model: nn.Module, num_classes: int, aux_channels: int = 256, aux: bool = False,
+                 multiple: int = 32):
+        super().__init__()
+        self.smp = smp_model
+        self.multiple = multiple
+        self.aux_head = None
+        if aux:
+            c = self.smp.encoder.out_channels[-2]
+            self.aux_head = nn.Sequential(nn.Conv2d(c, aux_channels, 3, padding=1, bias=False),
+                                          nn.BatchNorm2d(aux_channels), nn.ReLU(inplace=True), nn.Dropout2d(0.1),
+                                          nn.Conv2d(aux_channels, num_classes, 1))
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        H, W = x.shape[-2:]
+        m = self.multiple
+        ph, pw = (m - H % m) % m, (m - W % m) % m
+        if ph or pw:  # after normalisation: zero is the mean colour
+            x = F.pad(x, (0, pw, 0, ph))
+        features = self.smp.encoder(x)
+        logits = self.smp.segmentation_head(self.smp.decoder(features))[..., :H, :W]
+        if self.aux_head is not None and self.training:
+            aux = F.interpolate(self.aux_head(features[-2]), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            return logits, aux[..., :H, :W]
+        return logits
+
+
+def build_segmenter(cfg: SegmentConfig, num_classes: int, verbose: bool = True) -> Segmenter:
+    """The configured head on ``cfg.model`` (smp decoder + optional auxiliary head)."""
+    from locvit import dense
+
+    kw: dict[str, Any] = {}
+    if cfg.head == "fpn" and cfg.decoder_channels:
+        kw["decoder_pyramid_channels"] = cfg.decoder_channels
+    elif cfg.head == "upernet" and cfg.decoder_channels:
+        kw["decoder_channels"] = cfg.decoder_channels
+    bk = backbone_kwargs(cfg, dense.smp_model)
+    model = dense.smp_model(ARCH[cfg.head], cfg.model, num_classes, pad_to=None, verbose=verbose,
+                            checkpoint=bk.get("checkpoint"), **kw, **bk["model_kwargs"],
+                            **({"pretrained": True} if "pretrained" in bk else {}))
+    return Segmenter(model, num_classes, aux=cfg.aux_weight > 0)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, cfg: SegmentConfig, out_size: tuple[int, int]) -> Tensor:
+    """Class logits ``1 x C x out_size`` for one normalised image ``1 x 3 x h x w`` (whole image or sliding
+    windows, then resized to ``out_size``)."""
+    if cfg.inference == "whole":
+        logits = model(x)
+    else:
+        ch, cw = cfg.crop_size
+        sh, sw = cfg.slide_stride
+        H, W = x.shape[-2:]
+        rows = max(H - ch + sh - 1, 0) // sh + 1
+        cols = max(W - cw + sw - 1, 0) // sw + 1
+        logits, count = None, x.new_zeros(1, 1, H, W)
+        for r in range(rows):
+            for c in range(cols):
+                y1, x1 = max(min(r * sh, H - ch), 0), max(min(c * sw, W - cw), 0)
+                y2, x2 = min(y1 + ch, H), min(x1 + cw, W)
+                out = model(x[..., y1:y2, x1:x2])
+                if logits is None:
+                    logits = x.new_zeros(1, out.shape[1], H, W)
+                logits[..., y1:y2, x1:x2] += out
+                count[..., y1:y2, x1:x2] += 1
+        logits = logits / count
+    return F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def evaluate_segmenter(model: nn.Module, dataset: SegmentationFolder, cfg: SegmentConfig, dist: DistInfo,
+                       num_classes: int, verbose: bool = True) -> dict[str, Any]:
+    """mIoU / mAcc / aAcc (percent) and per-class IoU/Acc of ``model`` on ``dataset``, all ranks summed."""
+    from tqdm import tqdm
+
+    autocast, _ = _autocast(cfg, dist.device)
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    skipped = 0
+    model.eval()
+    loader = eval_loader(dataset, 1, cfg.workers, dist, collate_segmentation)
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not (verbose and dist.main), dynamic_ncols=True):
+        xs, ys = batch
+        skipped += batch.skipped
+        for x, y in zip(xs, ys):
+            with autocast():
+                logits = predict(model, x[None].to(dist.device), cfg, tuple(y.shape[-2:]))
+            conf += confusion_matrix(logits.argmax(1)[0].cpu(), y, num_classes, cfg.ignore_index).double()
+    totals = all_reduce_sum(torch.cat([conf.flatten(), torch.tensor([float(skipped)], dtype=torch.float64)]))
+    conf = totals[:-1].view(num_classes, num_classes)
+    scores = segmentation_scores(conf)
+    scores["skipped"] = int(totals[-1].item())
+    if verbose and dist.main:
+        print(f"mIoU {scores['mIoU']:.2f}  mAcc {scores['mAcc']:.2f}  aAcc {scores['aAcc']:.2f}  "
+              f"({cfg.inference} inference, {len(dataset)} images)", flush=True)
+    return scores
+
+
+class SegmentationTask:
+    """The :class:`locvit.engine.loop.Task` of ``locvit segment train``."""
+
+    key_metric = "mIoU"
+    panels = [("loss", "loss", [("train_loss", "train")]),
+              ("validation", "%", [("mIoU", "mIoU"), ("mAcc", "mAcc"), ("aAcc", "aAcc")])]
+
+    def __init__(self, cfg: SegmentConfig, model: Segmenter, train_set: SegmentationFolder,
+                 val_set: SegmentationFolder, num_classes: int, dist: DistInfo):
+        self.cfg, self.model, self.val_set, self.num_classes, self.dist = cfg, model, val_set, num_classes, dist
+        self.train_loader = train_loader(train_set, cfg, dist, collate_segmentation)
+        # RegionViT's last stage leaves regional parameters unused; a frozen encoder part would too
+        self.find_unused_parameters = bool(getattr(_encoder_body(model), "unused_parameters", ()))
+
+    def loss(self, net: nn.Module, batch: Any) -> tuple[Tensor, dict[str, Tensor], int]:
+        x, y = batch
+        x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
+        out = net(x)
+        ignore = self.cfg.ignore_index
+        if isinstance(out, tuple):
+            seg, aux = (F.cross_entropy(o.float(), y, ignore_index=ignore) for o in out)
+            aux = self.cfg.aux_weight * aux
+            return seg + aux, dict(loss_seg=seg, loss_aux=aux), x.shape[0]
+        seg = F.cross_entropy(out.float(), y, ignore_index=ignore)
+        return seg, dict(loss_seg=seg), x.shape[0]
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        return evaluate_segmenter(model, self.val_set, self.cfg, self.dist, self.num_classes)
+
+    def summary(self, scores: dict[str, Any]) -> str:
+        return f"mIoU {scores['mIoU']:.2f}  mAcc {scores['mAcc']:.2f}  aAcc {scores['aAcc']:.2f}"
+
+    def no_weight_decay(self) -> set[str]:
+        return no_weight_decay(self.model)
+
+
+def _encoder_body(model: Segmenter) -> nn.Module:
+    enc = model.smp.encoder.model
+    return getattr(enc, "model", enc)
+
+
+def load_split(cfg: SegmentConfig, split: str, num_classes: int, mean: Any, std: Any) -> SegmentationFolder:
+    """The validated ``split`` of ``cfg.data`` with the configured pipeline."""
+    if not cfg.data:
+        raise ValueError("no data: pass --data DIR (ADE20K layout: images/{training,validation}, "
+                         "annotations/{training,validation})")
+    images, labels = find_segmentation_split(cfg.data, split)
+    ds = SegmentationFolder(images, labels, num_classes, train=split == "train", mean=mean, std=std,
+                            reduce_zero_label=cfg.reduce_zero_label, ignore_index=cfg.ignore_index,
+                            crop_size=tuple(cfg.crop_size), scale=tuple(cfg.scale),
+                            ratio_range=tuple(cfg.ratio_range), cat_max_ratio=cfg.cat_max_ratio, hflip=cfg.hflip,
+                            photometric=cfg.photometric,
+                            test_scale=tuple(cfg.test_scale) if cfg.test_scale else None, seed=cfg.seed)
+    ds.check_labels()
+    return ds
+
+
+def _norm(cfg: SegmentConfig) -> tuple[Any, Any]:
+    from timm.models import get_pretrained_cfg
+
+    from locvit._registry import resolve_alias
+
+    pc = get_pretrained_cfg(resolve_alias(cfg.model))
+    pc = pc.to_dict() if pc is not None else {}
+    return pc.get("mean", (0.485, 0.456, 0.406)), pc.get("std", (0.229, 0.224, 0.225))
+
+
+def train_run(cfg: SegmentConfig) -> dict[str, Any]:
+    """``locvit segment train``: train as configured (under ``torchrun`` for DDP); returns the last evaluation."""
+    with session(cfg) as dist:
+        num_classes = cfg.num_classes or 150
+        mean, std = _norm(cfg)
+        train_set = load_split(cfg, "train", num_classes, mean, std)  # data errors surface before the model
+        val_set = load_split(cfg, "val", num_classes, mean, std)
+        if dist.main:
+            print(f"{len(train_set)} training / {len(val_set)} validation images, {num_classes} classes", flush=True)
+        model = build_segmenter(cfg, num_classes, verbose=dist.main)
+        report_size(model.to(dist.device), f"{cfg.head} on {cfg.model}", dist)
+        task = SegmentationTask(cfg, model, train_set, val_set, num_classes, dist)
+        return fit(cfg, task, dist, lambda path: save_task_config(cfg, path))
+
+
+def evaluate_run(cfg: SegmentConfig, weights: str | None) -> dict[str, Any]:
+    """``locvit segment eval``: score trained weights on the validation split."""
+    with session(cfg) as dist:
+        num_classes = cfg.num_classes or 150
+        val_set = load_split(cfg, "val", num_classes, *_norm(cfg))
+        model = build_segmenter(cfg, num_classes, verbose=False)
+        if weights:
+            load_weights(model, weights)
+        return evaluate_segmenter(model.to(dist.device), val_set, cfg, dist, num_classes)
