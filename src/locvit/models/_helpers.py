@@ -177,6 +177,16 @@ def check_model_args(*, num_classes: Any, in_chans: Any, global_pool: str, pools
             check_rate(rate, name)
 
 
+def check_transformer_args(*, embed_dim: Any, depth: Any, num_heads: Any, mlp_ratio: Any, **common: Any) -> None:
+    """:func:`check_model_args` (``common``; token, mean or no pooling) and the width, depth, heads and MLP ratio of
+    an isotropic transformer."""
+    check_model_args(pools=GLOBAL_POOLS, **common)
+    check_int(embed_dim, "embed_dim")
+    check_int(depth, "depth")
+    check_heads(embed_dim, num_heads)
+    check_hidden(embed_dim, mlp_ratio)
+
+
 def check_num_classes(num_classes: Any) -> int:
     return check_int(num_classes, "num_classes (0 builds no classifier)", 0)
 

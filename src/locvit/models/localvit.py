@@ -26,11 +26,9 @@ from locvit.layers.locality_ffn import act_from_code
 from locvit.models._helpers import (
     ClassTokenBlocks,
     build_model,
-    check_heads,
-    check_hidden,
     check_img_size,
     check_int,
-    check_model_args,
+    check_transformer_args,
     init_linear_layernorm,
     make_cfg,
 )
@@ -112,15 +110,12 @@ class LocalViT(ClassTokenBlocks, nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
-                         pools=("token", "avg", ""), drop_rate=drop_rate, pos_drop_rate=pos_drop_rate,
-                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        check_transformer_args(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                               num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                               pos_drop_rate=pos_drop_rate, attn_drop_rate=attn_drop_rate,
+                               drop_path_rate=drop_path_rate)
         patch_size = check_int(patch_size, "patch_size")
         check_img_size(img_size, (patch_size, patch_size), f"patch_size={patch_size}")
-        check_int(embed_dim, "embed_dim")
-        check_int(depth, "depth")
-        check_heads(embed_dim, num_heads)
-        check_hidden(embed_dim, mlp_ratio)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.num_classes = num_classes
         self.global_pool = global_pool

@@ -60,11 +60,9 @@ from locvit.layers.locality_ffn import act_from_code
 from locvit.models._helpers import (
     ClassTokenBlocks,
     build_model,
-    check_heads,
-    check_hidden,
     check_img_size,
     check_int,
-    check_model_args,
+    check_transformer_args,
     init_linear_layernorm,
     make_cfg,
 )
@@ -295,14 +293,11 @@ class T2TViT(ClassTokenBlocks, nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
-                         pools=("token", "avg", ""), drop_rate=drop_rate, pos_drop_rate=pos_drop_rate,
-                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        check_transformer_args(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                               num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                               pos_drop_rate=pos_drop_rate, attn_drop_rate=attn_drop_rate,
+                               drop_path_rate=drop_path_rate)
         check_img_size(img_size, (MIN_SIZE, MIN_SIZE), "the first soft split (7x7, stride 4, padding 2)")
-        check_int(embed_dim, "embed_dim")
-        check_int(depth, "depth")
-        check_heads(embed_dim, num_heads)
-        check_hidden(embed_dim, mlp_ratio)
         # the performer draws int(token_dim / 2) random features
         check_int(token_dim, "token_dim", 2 if tokens_type == "performer" else 1)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)

@@ -47,11 +47,10 @@ from locvit.models._helpers import (
     ClassTokenBlocks,
     build_model,
     check_heads,
-    check_hidden,
     check_host_kwargs,
     check_img_size,
     check_int,
-    check_model_args,
+    check_transformer_args,
     init_linear_layernorm,
     make_cfg,
 )
@@ -214,17 +213,14 @@ class LocalViTTNT(ClassTokenBlocks, nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
-                         pools=("token", "avg", ""), drop_rate=drop_rate, pos_drop_rate=pos_drop_rate,
-                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        check_transformer_args(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                               num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                               pos_drop_rate=pos_drop_rate, attn_drop_rate=attn_drop_rate,
+                               drop_path_rate=drop_path_rate)
         check_int(patch_size, "patch_size")
         check_int(first_stride, "first_stride")
-        check_int(embed_dim, "embed_dim")
         check_int(in_dim, "in_dim")
-        check_int(depth, "depth")
-        check_heads(embed_dim, num_heads)
         check_heads(in_dim, in_num_head, "in_dim", "in_num_head")
-        check_hidden(embed_dim, mlp_ratio)
 
         def norm_layer(d: int) -> nn.LayerNorm:
             return nn.LayerNorm(d, eps=norm_eps)
