@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import locvit
+
 # Two cores: one intra-op thread per pytest worker keeps parallel workers from fighting.
 torch.set_num_threads(int(os.environ.get("LOCVIT_TEST_THREADS", "1")))
 # The suite runs with the library's default process settings: the allocator tuning the locvit command applies
@@ -37,3 +39,38 @@ def _default_allocator(monkeypatch):
     from locvit import runtime
 
     monkeypatch.setattr(runtime, "_mallopt", lambda: None)
+
+
+# --- small models: each registered model's own widths, heads, windows, stems and options, at most two blocks per
+# stage (what is tested does not depend on how many identical blocks follow each other), a 64x64 input --------------
+SMALL_SIZE = 64
+
+# one model per distinct forward: every stem, attention kind, token-to-token module and feed-forward variant
+DISTINCT = [
+    "localvit_tiny", "localvit_tiny_mlp6_relu6", "regionvit_tiny", "regionvit_base_w14_peg", "focal_tiny",
+    "focal_tiny_useconv", "focalv2_tiny_useconv", "vvt_tiny", "pvt_tiny", "localvit_pvt_tiny", "localvit_swin_tiny",
+    "t2t_vit_7", "t2t_vit_t_14", "localvit_t2t_vit_7", "localvit_tnt_tiny",
+]
+
+
+def small_kwargs(name: str) -> dict:
+    """Constructor overrides that keep ``name``'s architecture and cut its depth (every block kind stays: shifted
+    Swin windows need two blocks a stage)."""
+    if name.startswith("regionvit"):
+        return dict(depth=(1, 1, 2, 1), img_size=SMALL_SIZE)
+    if name.startswith("localvit_swin"):
+        return dict(depths=(2, 2, 2, 2), img_size=SMALL_SIZE)
+    if locvit.family_of(name) in ("focal", "vvt", "pvt") or name.startswith("localvit_pvt"):
+        return dict(depths=(1, 1, 2, 1), img_size=SMALL_SIZE)
+    return dict(depth=2, img_size=SMALL_SIZE)  # isotropic: DeiT, T2T, TNT hosts
+
+
+def small_model(name: str, **kwargs) -> torch.nn.Module:
+    """``name`` built by :func:`small_kwargs` from seed 0."""
+    torch.manual_seed(0)
+    return locvit.create_model(name, **small_kwargs(name), **kwargs)
+
+
+def every_model(default: list[str]) -> list:
+    """All registered models; those not in ``default`` are marked heavy (``make test-heavy``)."""
+    return [n if n in default else pytest.param(n, marks=pytest.mark.heavy) for n in locvit.list_models()]

@@ -15,44 +15,20 @@ import pytest
 import torch
 
 import locvit
+from conftest import DISTINCT, SMALL_SIZE, every_model
+from conftest import small_model as _small_model
 from locvit.export import ExportError, check_compile, export, export_program, max_abs_diff
 
-SIZE = 64
+SIZE = SMALL_SIZE
 ATOL = 1e-4
 
 
-def small_kwargs(name: str) -> dict:
-    """Constructor overrides that keep ``name``'s architecture and cut its depth (every block kind stays: shifted
-    Swin windows need two blocks a stage)."""
-    if name.startswith("regionvit"):
-        return dict(depth=(1, 1, 2, 1), img_size=SIZE)
-    if name.startswith("localvit_swin"):
-        return dict(depths=(2, 2, 2, 2), img_size=SIZE)
-    if locvit.family_of(name) in ("focal", "vvt", "pvt") or name.startswith("localvit_pvt"):
-        return dict(depths=(1, 1, 2, 1), img_size=SIZE)
-    return dict(depth=2, img_size=SIZE)  # isotropic: DeiT, T2T, TNT hosts
-
-
 def small_model(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return locvit.create_model(name, num_classes=10, **small_kwargs(name)).eval()
+    return _small_model(name, num_classes=10).eval()
 
 
 def batch(n: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
-
-
-# one model per distinct forward: every stem, attention kind, token-to-token module and feed-forward variant
-DISTINCT = [
-    "localvit_tiny", "localvit_tiny_mlp6_relu6", "regionvit_tiny", "regionvit_base_w14_peg", "focal_tiny",
-    "focal_tiny_useconv", "focalv2_tiny_useconv", "vvt_tiny", "pvt_tiny", "localvit_pvt_tiny", "localvit_swin_tiny",
-    "t2t_vit_7", "t2t_vit_t_14", "localvit_t2t_vit_7", "localvit_tnt_tiny",
-]
-
-
-def every_model(default: list[str]) -> list:
-    """All registered models; those not in ``default`` are marked heavy (``make test-heavy``)."""
-    return [n if n in default else pytest.param(n, marks=pytest.mark.heavy) for n in locvit.list_models()]
 
 
 # ONNX translation is the slow step (10-40 s a model here): one model per family in make test

@@ -182,7 +182,7 @@ def test_features_are_taken_before_downsampling():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         final, feats = model.forward_intermediates(x)
-        stage1 = model.layers[0](model._embed(x))
+        stage1 = model.layers[0](model._stem(x))
         torch.testing.assert_close(feats[0], stage1.permute(0, 3, 1, 2))
         torch.testing.assert_close(model.forward_intermediates(x, norm=True)[1][-1], final.permute(0, 3, 1, 2))
 

@@ -99,10 +99,10 @@ def test_t2t_quirks_and_scales():
     assert m.tokens_to_token.attention2.attn.scale == (16 * 9) ** -0.5
     assert m.blocks[0].attn.scale == 16 ** -0.5
     local = _t2t(locality=True, reduction=8)
-    assert set(local.unused_parameters) == {f"tokens_to_token.attention{i}.norm2.{p}" for i in (1, 2)
-                                            for p in ("weight", "bias")}
+    unused = {f"tokens_to_token.attention{i}.norm2.{p}" for i in (1, 2) for p in ("weight", "bias")}
+    assert unused <= set(local.official_parameter_buffers) and unused <= set(local.state_dict())
     blk = local.blocks[0]
-    assert not hasattr(blk, "norm2") and blk.conv.conv[6].fc[0].out_features == 64 // 8  # hidden 2 * 32
+    assert not hasattr(blk, "norm2") and blk.conv.conv.part("gate").fc[0].out_features == 64 // 8  # hidden 2 * 32
     perf = local.tokens_to_token.attention1.conv.conv
     assert len(perf) == 8 and isinstance(perf[2], nn.Hardswish)  # expand 1, h_swish, no SE
 
@@ -182,7 +182,7 @@ def test_pixel_embed_matches_unfold_layout(size):
 def test_tnt_structure():
     m = locvit.create_model("localvit_tnt_tiny")
     blk = m.blocks[0]
-    assert blk.conv.conv[6].fc[0].out_features == 4  # reduction = embed_dim: 4 SE units
+    assert blk.conv.conv.part("gate").fc[0].out_features == 4  # reduction = embed_dim: 4 SE units
     assert blk.mlp_in.fc1.out_features == 48 and isinstance(blk.mlp_in.act, nn.GELU)  # inner MLP unchanged
     assert not hasattr(blk, "mlp") and not hasattr(blk, "norm_mlp")
     assert all(mod.eps == 1e-5 for mod in m.modules() if isinstance(mod, nn.LayerNorm))
@@ -196,7 +196,7 @@ def test_tnt_class_token_bypasses_locality_ffn():
     seen = []
     blk.conv.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
     with torch.no_grad():
-        pixel, patch, grid = m._embed(torch.randn(2, 3, 64, 64))
+        (pixel, patch), grid = m._embed(torch.randn(2, 3, 64, 64))
         _, out = blk(pixel, patch, grid)
     assert seen == [(2, 24, 4, 4)]  # only the 4x4 patch map goes through the locality FFN
     with torch.no_grad():  # class token after the block = class token after the outer attention

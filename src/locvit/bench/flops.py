@@ -35,8 +35,12 @@ class FlopCount:
 
 
 def count_params(model: nn.Module) -> int:
-    """Parameters counted once each (shared modules are not double counted)."""
-    return sum(p.numel() for p in model.parameters())
+    """Parameters counted once each (shared modules are not double counted), as the official model counts them: the
+    official parameters that are never trained and are buffers here (``official_parameter_buffers``, e.g. T2T's
+    fixed position table) count too."""
+    buffers = dict(model.named_buffers())
+    frozen = sum(buffers[k].numel() for k in getattr(model, "official_parameter_buffers", ()))
+    return sum(p.numel() for p in model.parameters()) + frozen
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import contextlib
 from typing import Iterator
 
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
@@ -38,6 +39,7 @@ def record_attention() -> Iterator[dict[nn.Module | None, list[Tensor]]]:
         _recorders.remove(store)
 
 
+@register_notrace_function  # chooses its kernel from the inputs' autograd state and device
 def attend(
     q: Tensor,
     k: Tensor,

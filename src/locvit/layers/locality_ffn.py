@@ -19,7 +19,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import EcaModule
+from timm.layers import EcaModule, register_notrace_module
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
@@ -30,10 +30,17 @@ ACT_CODES = {1: "relu6", 2: "hs", 3: "hs+se", 4: "hs+eca", 5: "hs+ecah"}
 
 
 def act_from_code(code: int | str) -> str:
-    """Official ``act`` argument -> activation string (any code above 4 means ``'hs+ecah'``, as upstream)."""
+    """Official ``act`` argument -> activation string (any other code means ``'hs+ecah'``, as upstream's
+    if/elif chain). Strings are ``'relu6'`` or ``'hs'``, optionally with a ``'+se'``, ``'+eca'`` or ``'+ecah'``
+    gate."""
     if isinstance(code, str):
+        base, _, gate = code.partition("+")
+        if base not in ("relu6", "hs") or gate not in ("", "se", "eca", "ecah"):
+            raise ValueError(f"act must be one of {sorted(ACT_CODES.values())} (or an official code 1-5), got {code!r}")
         return code
-    return ACT_CODES.get(int(code), "hs+ecah")
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise ValueError(f"act must be an activation name or an official integer code, got {code!r}")
+    return ACT_CODES.get(code, "hs+ecah")
 
 
 class SqueezeExcite(nn.Module):
@@ -44,13 +51,24 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 4):
         super().__init__()
+        if reduction < 1 or channels // reduction < 1:
+            raise ValueError(f"SE reduction {reduction} leaves no hidden unit for {channels} channels; use a reduction "
+                             f"between 1 and {channels}")
         hidden = channels // reduction
-        if hidden < 1:
-            raise ValueError(f"SE reduction {reduction} leaves no hidden unit for {channels} channels")
         self.fc = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels), nn.Hardsigmoid())
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.fc(x.mean((2, 3)))[:, :, None, None]
+
+
+class EfficientChannelAttention(EcaModule):
+    """ECA gate (timm's ``EcaModule`` parameters and keys: a 1-D conv across the pooled channels, then the gate),
+    with explicit shapes, so an empty batch passes."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C = x.shape[:2]
+        y = self.gate(self.conv(x.mean((2, 3)).view(B, 1, C)))
+        return x * y.view(B, C, 1, 1)
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
@@ -59,6 +77,22 @@ def eca_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
     return t if t % 2 else t + 1
 
 
+class InvertedResidualLayers(nn.Sequential):
+    """The layers of a :class:`LocalityFeedForward` in the official order (state-dict keys ``conv.N.*``), each also
+    named by its role: ``expand``, ``expand_norm``, ``expand_act``, ``depthwise``, ``depthwise_norm``,
+    ``depthwise_act``, ``gate``, ``project``, ``project_norm`` (:meth:`part`)."""
+
+    def __init__(self, parts: list[tuple[str, nn.Module]]):
+        super().__init__(*(m for _, m in parts))
+        self.roles = {role: i for i, (role, _) in enumerate(parts)}
+
+    def part(self, role: str) -> nn.Module | None:
+        """The layer playing ``role``, or None when this layout has none (no gate, no depth-wise conv)."""
+        i = self.roles.get(role)
+        return None if i is None else self[i]
+
+
+@register_notrace_module  # its inference shortcuts depend on the input's device, dtype and size
 class LocalityFeedForward(nn.Module):
     """``x + BN(1x1(attn(act(BN(dw3x3(act(BN(1x1(x)))))))))`` on a ``B x C x H x W`` map.
 
@@ -86,26 +120,27 @@ class LocalityFeedForward(nn.Module):
         super().__init__()
         act = act_from_code(act)
         hidden = int(dim * expand_ratio)
+        if dim < 1 or hidden < 1:
+            raise ValueError(f"the locality feed-forward needs at least one channel (dim={dim}, expand_ratio="
+                             f"{expand_ratio})")
         if dp_first and hidden != dim:
             raise ValueError("dp_first=True needs expand_ratio=1 (the depth-wise conv would see the unexpanded "
                              f"{dim} channels but is declared for {hidden})")
         act_layer = nn.Hardswish if "hs" in act else nn.ReLU6
-        layers: list[nn.Module] = [nn.Conv2d(dim, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act_layer()]
+        parts = [("expand", nn.Conv2d(dim, hidden, 1, bias=False)), ("expand_norm", nn.BatchNorm2d(hidden)),
+                 ("expand_act", act_layer())]
         if not wo_dp_conv:
-            dw = [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
-                  act_layer()]
-            layers = dw + layers if dp_first else layers + dw
-        if "+" in act:
-            gate = act.split("+", 1)[1]
-            if gate == "se":
-                layers.append(SqueezeExcite(hidden, reduction))
-            elif gate in ("eca", "ecah"):
-                layers.append(EcaModule(hidden, kernel_size=eca_kernel_size(hidden),
-                                        gate_layer="sigmoid" if gate == "eca" else "hard_sigmoid"))
-            else:
-                raise ValueError(f"unknown locality FFN gate {gate!r} in act={act!r}; use se, eca or ecah")
-        layers += [nn.Conv2d(hidden, dim, 1, bias=False), nn.BatchNorm2d(dim)]
-        self.conv = nn.Sequential(*layers)
+            dw = [("depthwise", nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)),
+                  ("depthwise_norm", nn.BatchNorm2d(hidden)), ("depthwise_act", act_layer())]
+            parts = dw + parts if dp_first else parts + dw
+        gate = act.partition("+")[2]
+        if gate == "se":
+            parts.append(("gate", SqueezeExcite(hidden, reduction)))
+        elif gate:
+            parts.append(("gate", EfficientChannelAttention(kernel_size=eca_kernel_size(hidden),
+                                                            gate_layer="sigmoid" if gate == "eca" else "hard_sigmoid")))
+        parts += [("project", nn.Conv2d(hidden, dim, 1, bias=False)), ("project_norm", nn.BatchNorm2d(dim))]
+        self.conv = InvertedResidualLayers(parts)
 
         self._standard = not (dp_first or wo_dp_conv) and stride == 1  # the layout the fused path expects
 
@@ -124,7 +159,7 @@ class LocalityFeedForward(nn.Module):
         it (every step is per image): see ``FFN_GROUP_MIN_BYTES`` and ``FFN_GROUP_BYTES`` in
         :mod:`locvit.layers.fastpath`."""
         B, _, H, W = x.shape
-        per_image = 4 * H * W * self.conv[0].out_channels
+        per_image = 4 * H * W * self.conv.part("expand").out_channels
         if B > 1 and B * per_image >= fastpath.FFN_GROUP_MIN_BYTES:
             n = max(1, fastpath.FFN_GROUP_BYTES // per_image)
             if n < B:
@@ -132,11 +167,10 @@ class LocalityFeedForward(nn.Module):
         return self._forward_fused_group(x)
 
     def _forward_fused_group(self, x: Tensor) -> Tensor:
-        layers = self.conv
-        expand, bn1, act, dw, bn2 = layers[0], layers[1], layers[2], layers[3], layers[4]
-        gate = layers[6] if len(layers) == 9 else None
-        proj, bn3 = layers[-2], layers[-1]
-        act = "hardswish" if isinstance(act, nn.Hardswish) else "relu6"
+        part = self.conv.part
+        expand, bn1, dw, bn2 = part("expand"), part("expand_norm"), part("depthwise"), part("depthwise_norm")
+        gate, proj, bn3 = part("gate"), part("project"), part("project_norm")
+        act = "hardswish" if isinstance(part("expand_act"), nn.Hardswish) else "relu6"
         if not (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()):
             x = x.contiguous(memory_format=torch.channels_last)
         w, b = fold_batchnorm(expand, bn1)
@@ -157,11 +191,12 @@ class LocalityFeedForward(nn.Module):
         y = y.permute(0, 2, 3, 1)  # B x H x W x Ch, a plain view of the channels-last maps the convs return
         out = x.permute(0, 2, 3, 1) + b  # the residual plus the projection's bias, accumulated into below
         w = w.transpose(-1, -2)
+        C = out.shape[-1]
         if w.ndim == 3:
-            out = out.reshape(B, H * W, -1).baddbmm_(y.reshape(B, H * W, Ch), w)
+            out = out.reshape(B, H * W, C).baddbmm_(y.reshape(B, H * W, Ch), w)
         else:
-            out = out.reshape(B * H * W, -1).addmm_(y.reshape(B * H * W, Ch), w)
-        return out.reshape(B, H, W, -1).permute(0, 3, 1, 2)
+            out = out.reshape(B * H * W, C).addmm_(y.reshape(B * H * W, Ch), w)
+        return out.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
     def _forward_eval(self, x: Tensor) -> Tensor:
         inplace = not torch.is_grad_enabled()
@@ -208,8 +243,7 @@ def tokens_through_map(fn: nn.Module, x: Tensor, grid: tuple[int, int], num_pref
     (class/distillation) tokens bypass it unchanged, as in every LocalViT host."""
     B, N, C = x.shape
     H, W = grid
-    if N != num_prefix + H * W:
-        raise ValueError(f"expected {num_prefix} prefix tokens plus a {H}x{W} grid, got {N} tokens")
+    torch._assert(N == num_prefix + H * W, "the tokens are not the prefix tokens plus the grid")
     prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
     tokens = fn(tokens.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
     return torch.cat([prefix, tokens], dim=1) if num_prefix else tokens

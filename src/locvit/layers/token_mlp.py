@@ -14,11 +14,13 @@ plain expression (the compiler fuses on its own; a GPU has no such cache cliff).
 from __future__ import annotations
 
 import torch
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
 
 
+@register_notrace_function  # chooses the blocked path from the input's device and size
 def residual_mlp(x: Tensor, norm: nn.Module, mlp: nn.Module, drop_path: nn.Module | None = None,
                  gamma: Tensor | None = None) -> Tensor:
     """``x + drop_path(gamma * mlp(norm(x)))`` over the last dim of ``x`` (``gamma``: optional layer scale).

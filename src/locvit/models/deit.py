@@ -7,7 +7,7 @@ from typing import Any
 from timm.models import generate_default_cfgs
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from locvit.models._helpers import build_model, make_cfg
+from locvit.models._helpers import build_model, check_host_kwargs, make_cfg
 from locvit.models._registry import ModelSpec, register_family_model
 
 # timm's ViT class, filter and feature layout (the last block)
@@ -22,4 +22,5 @@ default_cfgs = generate_default_cfgs({
 def deit_tiny_patch16_224_ex6(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """DeiT-Ti with MLP expansion 6 (LocalViT's parameter-matched baseline); timm's VisionTransformer."""
     args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=6)
+    check_host_kwargs(kwargs, ("token", "avg", "avgmax", "max", "map", ""), [("embed_dim", "num_heads")], args)
     return build_model(DEIT_HOST, "deit_tiny_patch16_224_ex6", pretrained, **dict(args, **kwargs))

@@ -49,9 +49,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_module, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs
-from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
@@ -59,7 +58,18 @@ from locvit.layers.attention import attend
 from locvit.layers.rel_pos import relative_position_index, resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
 from locvit.layers.windows import pad_to_multiple, shifted_window_mask
-from locvit.models._helpers import build_model, check_image, make_cfg
+from locvit.models._helpers import (
+    PyramidStages,
+    build_model,
+    check_heads,
+    check_hidden,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_model_args,
+    init_linear_layernorm,
+    make_cfg,
+)
 from locvit.models._registry import (
     DenseRecipe,
     ModelSpec,
@@ -154,6 +164,7 @@ def pool_level(x: Tensor, level: int, window_size: int, method: str, layer: nn.M
     raise ValueError(f"unknown pool method {method!r}; expected one of {POOL_METHODS}")
 
 
+@register_notrace_module  # gather plans cached per map size: a leaf for torch.fx
 class FocalAttentionBase(nn.Module):
     """What the two Focal attentions share: ``qkv``/``proj``, the sub-window pooling layers, queries per window,
     the gathered key/value source, and the way back from windows to the map.
@@ -218,25 +229,27 @@ class FocalAttentionBase(nn.Module):
         B, H, W, _ = qkv.shape
         ws, nh, d = self.window_size, self.num_heads, self.head_dim
         q = qkv.view(B, H // ws, ws, W // ws, ws, 3, nh, d)[:, :, :, :, :, 0]
-        return q.permute(0, 5, 1, 3, 2, 4, 6).reshape(B, -1, ws * ws, d)
+        return q.permute(0, 5, 1, 3, 2, 4, 6).reshape(B, nh * (H // ws) * (W // ws), ws * ws, d)
 
     def _kv_source(self, qkv: Tensor, pooled: list[Tensor], zero_row: bool) -> Tensor:
         """Keys and values of the map, then of every pooled map (``qkv`` applied to the pooled tokens, as the official
         code does), then optionally one all-zero token: ``2 x B x heads x tokens x d``."""
-        B = qkv.shape[0]
+        B, H, W, _ = qkv.shape
         nh, d, C = self.num_heads, self.head_dim, self.dim
-        parts = [qkv.reshape(B, -1, 3, nh, d)[:, :, 1:].permute(2, 0, 3, 1, 4)]
+        parts = [qkv.reshape(B, H * W, 3, nh, d)[:, :, 1:].permute(2, 0, 3, 1, 4)]
         bias = self.qkv.bias[C:] if self.qkv.bias is not None else None
         for xp in pooled:
-            kv = F.linear(xp.reshape(B, -1, C), self.qkv.weight[C:], bias)
-            parts.append(kv.view(B, -1, 2, nh, d).permute(2, 0, 3, 1, 4))
+            n = xp.shape[1] * xp.shape[2]
+            kv = F.linear(xp.reshape(B, n, C), self.qkv.weight[C:], bias)
+            parts.append(kv.view(B, n, 2, nh, d).permute(2, 0, 3, 1, 4))
         if zero_row:
             parts.append(qkv.new_zeros(2, B, nh, 1, d))
         return torch.cat(parts, dim=3)
 
     def _attend(self, q: Tensor, src: Tensor, index: Tensor, bias: Tensor) -> Tensor:
         """Gather every window's keys/values with one flat ``index`` (windows x keys) and attend."""
-        kv = src.index_select(3, index).view(2, q.shape[0], q.shape[1], -1, self.head_dim)
+        keys = index.shape[0] // (q.shape[1] // self.num_heads)  # index: windows x keys, flat
+        kv = src.index_select(3, index).view(2, q.shape[0], q.shape[1], keys, self.head_dim)
         dropout = self.attn_drop if self.training else 0.0
         return attend(q, kv[0], kv[1], bias, self.scale, dropout, owner=self)
 
@@ -533,7 +546,7 @@ class FocalStage(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # model
 # ----------------------------------------------------------------------------------------------------------------
-class FocalTransformer(nn.Module):
+class FocalTransformer(PyramidStages, nn.Module):
     """Focal Transformer v1 (the paper's model), a timm model.
 
     Args:
@@ -558,6 +571,12 @@ class FocalTransformer(nn.Module):
         use_layerscale, layerscale_value: CaiT layerscale.
         use_pre_norm: GroupNorm(1) before each embedding conv.
     """
+
+    output_fmt = "NHWC"  # forward_features: the final normed map, timm's Swin convention
+    stages_attr = "layers"
+    group_stem = r"^absolute_pos_embed|patch_embed"
+    # the official no_weight_decay_keywords
+    no_weight_decay_keys = ("absolute_pos_embed", "relative_position_bias_table")
 
     def __init__(
         self,
@@ -592,15 +611,27 @@ class FocalTransformer(nn.Module):
         use_pre_norm: bool = False,
     ):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         if expand_layer not in ("all", "even", "odd"):
             raise ValueError(f"expand_layer must be 'all', 'even' or 'odd', got {expand_layer!r}")
-        n = len(depths)
-        for name, seq in (("num_heads", num_heads), ("focal_levels", focal_levels),
-                          ("focal_windows", focal_windows), ("expand_sizes", expand_sizes)):
+        if focal_pool not in POOL_METHODS:
+            raise ValueError(f"focal_pool must be one of {POOL_METHODS}, got {focal_pool!r}")
+        n = len(check_ints(depths, "depths"))
+        check_int(patch_size, "patch_size")
+        check_int(embed_dim, "embed_dim")
+        check_int(window_size, "window_size")
+        check_img_size(img_size)
+        # the official code reads the first n entries of these (longer lists are accepted)
+        for name, seq, minimum in (("num_heads", num_heads, 1), ("focal_levels", focal_levels, 0),
+                                   ("focal_windows", focal_windows, 1), ("expand_sizes", expand_sizes, 0)):
             if len(seq) < n:
                 raise ValueError(f"{name} needs one entry per stage ({n}), got {list(seq)}")
+            check_ints(seq, name, minimum=minimum)
+        for i in range(n):
+            dim = embed_dim * 2 ** i
+            check_heads(dim, num_heads[i], f"the stage-{i} width embed_dim * 2^{i}", f"num_heads[{i}]")
+            check_hidden(dim, mlp_ratio)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -609,7 +640,6 @@ class FocalTransformer(nn.Module):
         self.embed_dim = embed_dim
         self.num_features = self.head_hidden_size = int(embed_dim * 2 ** (n - 1))
         self.ape = ape
-        self.grad_checkpointing = False
         self.img_size = to_2tuple(img_size)
         self._attn_cfg = dict(window_size=window_size, use_shift=use_shift, focal_stages=tuple(focal_stages),
                               focal_levels=tuple(focal_levels), focal_windows=tuple(focal_windows),
@@ -626,7 +656,7 @@ class FocalTransformer(nn.Module):
         n_min = 1
         while min(min(g) for g in self._stage_grids((n_min, n_min))) < 1:
             n_min += 1
-        self.min_img_size = (n_min, n_min)  # the smallest input for which every stage has a token
+        self.min_img_size = self.min_input_size = (n_min, n_min)  # the smallest input with a token in every stage
         if ape:
             gh, gw = self.grid_sizes[0]
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, gh * gw, embed_dim))
@@ -649,10 +679,11 @@ class FocalTransformer(nn.Module):
             dim, start = out_dim, start + depths[i]
         self.layers = nn.Sequential(*layers)
         self.norm = norm_layer(self.num_features)
+        self.head_drop = nn.Identity()
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [dict(num_chs=int(embed_dim * 2 ** i), reduction=4 * 2 ** i, module=f"layers.{i}")
                              for i in range(n)]
-        self.apply(_init_weights)
+        self.apply(init_linear_layernorm)  # the official model re-initialises every Linear, 'fc' pooling included
 
     # --- construction helpers -------------------------------------------------------------------------------------
     def _stage_grids(self, img_size: tuple[int, int]) -> list[tuple[int, int]]:
@@ -687,41 +718,6 @@ class FocalTransformer(nn.Module):
             kw["window_size"], kw["expand_size"], kw["shift_size"])
 
     # --- timm contract ----------------------------------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """``absolute_pos_embed`` and every relative-position table (the official ``no_weight_decay_keywords``)."""
-        names = {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
-        return names | ({"absolute_pos_embed"} if self.ape else set())
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^absolute_pos_embed|patch_embed",
-            blocks=r"^layers\.(\d+)" if coarse else [
-                (r"^layers\.(\d+)\.downsample", (0,)),
-                (r"^layers\.(\d+)\.\w+\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.layers:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     @torch.no_grad()
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Rebuild the size-dependent parts as the official model would be built for ``img_size``.
@@ -750,84 +746,21 @@ class FocalTransformer(nn.Module):
         self.img_size, self.grid_sizes = img_size, grids
 
     # --- forward ---------------------------------------------------------------------------------------------------
-    def _check_input(self, x: Tensor) -> None:
-        check_image(x, self.in_chans, self.min_img_size, type(self).__name__)
-
-    def _embed(self, x: Tensor) -> Tensor:
-        self._check_input(x)
+    def _stem(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x)
         if self.ape:
-            pos = self.absolute_pos_embed
-            H, W = x.shape[1], x.shape[2]
-            if (H, W) != self.grid_sizes[0]:
-                pos = resample_abs_pos_embed(pos, [H, W], list(self.grid_sizes[0]), num_prefix_tokens=0)
-            x = x + pos.view(1, H, W, -1)
+            x = x + self._position_embedding(x)
         return self.pos_drop(x)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Final normed ``B x H x W x C`` map (timm's Swin convention)."""
-        x = self.layers(self._embed(x))
-        return self.norm(x)
+    def _position_embedding(self, x: Tensor) -> Tensor:
+        H, W = x.shape[1], x.shape[2]
+        pos = self._pos_embed_at(self.absolute_pos_embed, (H, W), self.grid_sizes[0])
+        return pos.view(1, H, W, pos.shape[-1])
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs as ``B x C x H x W`` maps, each taken *before* the next stage's down-sampling (strides
-        4/8/16/32, channels C/2C/4C/8C: Swin's dense-task convention). ``norm`` applies the final norm to the last
-        stage's map only (the only norm the classifier has)."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        x = self._embed(x)
-        last = len(self.layers) - 1
-        stages = self.layers[: max_index + 1] if stop_early else self.layers
-        intermediates = []
-        i = 0
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                y = self.norm(x) if norm and i == last else x
-                intermediates.append(y.permute(0, 3, 1, 2).contiguous())
-        if intermediates_only:
-            return intermediates
-        if i == last:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        self.layers = self.layers[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-
-def _init_weights(m: nn.Module) -> None:
-    # the official model re-initialises every Linear this way, the 'fc' pooling layers included
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
+    def _stage_map(self, i: int, x: Tensor, norm: bool) -> Tensor:
+        """Stage ``i``'s output, taken *before* the next stage's down-sampling (strides 4/8/16/32, channels
+        C/2C/4C/8C: Swin's dense-task convention); the final norm (``norm``) exists for the last stage only."""
+        return self.norm(x) if norm else x
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -935,7 +868,7 @@ def focal_cfg(file: str = "", config: str = "", drop_path: float | None = None, 
     return make_cfg(origin_url=FOCAL_WEIGHTS + file if file else "", repo="microsoft/Focal-Transformer",
                     license="mit", paper_ids="arXiv:2107.00641",
                     paper_name="Focal Self-attention for Local-Global Interactions in Vision Transformers",
-                    min_input_size=(3, 32, 32), notes=notes, **kwargs)
+                    min_input_size=(3, 32, 32), notes=notes, **{"pool_size": (7, 7), **kwargs})
 
 
 default_cfgs = generate_default_cfgs({

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from locvit.layers import fastpath
 from locvit.layers.windows import pad_to_multiple
-from locvit.models._helpers import build_model
+from locvit.models._helpers import build_model, check_int
 from locvit.models._registry import ModelSpec, register_family_model, register_official
 from locvit.models.focal import FOCAL, FocalAttentionBase, FocalTransformer, focal_cfg, translate_official_kwargs
 
@@ -240,8 +240,10 @@ class FocalTransformerV2(FocalTransformer):
             effect in v2, as in the official code).
     """
 
+    no_weight_decay_keys = ("absolute_pos_embed",)  # v2's official no_weight_decay_keywords is empty
+
     def __init__(self, *args: Any, focal_topk: int = 128, **kwargs: Any):
-        self.focal_topk = focal_topk
+        self.focal_topk = check_int(focal_topk, "focal_topk")
         super().__init__(*args, **kwargs)
 
     def _make_attention(self, stage: int, index: int, grid: tuple[int, int], dim: int) -> nn.Module:
@@ -254,11 +256,6 @@ class FocalTransformerV2(FocalTransformer):
         kw = self._attention_kwargs(stage, index, grid)
         same = (attn.window_size, attn.shift_size) == (kw["window_size"], kw["shift_size"])
         return same and attn.grid == attn.padded(grid)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """Only ``absolute_pos_embed`` (v2's official ``no_weight_decay_keywords`` is empty)."""
-        return {"absolute_pos_embed"} if self.ape else set()
 
 
 # v1's checkpoint filter (the two versions share every key), features and dense recipe

@@ -26,8 +26,9 @@ from locvit.layers.locality_ffn import act_from_code
 from locvit.models._helpers import (
     ClassTokenBlocks,
     build_model,
-    check_global_pool,
-    check_image,
+    check_img_size,
+    check_int,
+    check_transformer_args,
     init_linear_layernorm,
     make_cfg,
 )
@@ -83,6 +84,8 @@ class LocalViT(ClassTokenBlocks, nn.Module):
         drop_rate, pos_drop_rate, attn_drop_rate, drop_path_rate: regularisation.
     """
 
+    no_weight_decay_keys = ("pos_embed", "cls_token")
+
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
@@ -107,7 +110,12 @@ class LocalViT(ClassTokenBlocks, nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        check_global_pool(global_pool)
+        check_transformer_args(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                               num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                               pos_drop_rate=pos_drop_rate, attn_drop_rate=attn_drop_rate,
+                               drop_path_rate=drop_path_rate)
+        patch_size = check_int(patch_size, "patch_size")
+        check_img_size(img_size, (patch_size, patch_size), f"patch_size={patch_size}")
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -115,6 +123,7 @@ class LocalViT(ClassTokenBlocks, nn.Module):
         self.num_prefix_tokens = 1
         self.in_chans = in_chans
         self.patch_size = patch_size
+        self.min_input_size = (patch_size, patch_size)
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -138,14 +147,6 @@ class LocalViT(ClassTokenBlocks, nn.Module):
         self.apply(init_linear_layernorm)
 
     # --- timm contract -------------------------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Resample the position embedding for a new default input size (e.g. before fine-tuning at 384)."""
         old = self.patch_embed.grid_size
@@ -158,12 +159,9 @@ class LocalViT(ClassTokenBlocks, nn.Module):
 
     # --- forward -----------------------------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        check_image(x, self.in_chans, (self.patch_size, self.patch_size), type(self).__name__)
         x = self.patch_embed.proj(x).permute(0, 2, 3, 1)  # floors sizes that are not multiples of the patch
         B, H, W, C = x.shape
-        pos = self.pos_embed
-        if (H, W) != tuple(self.patch_embed.grid_size):
-            pos = resample_abs_pos_embed(pos, [H, W], list(self.patch_embed.grid_size), num_prefix_tokens=1)
+        pos = self._pos_embed_at(self.pos_embed, (H, W), self.patch_embed.grid_size)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], dim=1) + pos
         return self.pos_drop(x), (H, W)
 

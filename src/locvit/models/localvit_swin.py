@@ -27,16 +27,27 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import ClassifierHead, DropPath, PatchEmbed
+from timm.layers import ClassifierHead, DropPath, PatchEmbed, register_notrace_module
 from timm.models import checkpoint, generate_default_cfgs
 from timm.models import swin_transformer as timm_swin
-from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit.layers import LocalityFeedForward, attend, fastpath
 from locvit.layers.locality_ffn import act_from_code
 from locvit.layers.windows import shifted_window_mask, window_gather_index, window_partition, window_reverse
-from locvit.models._helpers import build_model, check_image, init_linear_layernorm
+from locvit.models._helpers import (
+    PyramidStages,
+    build_model,
+    check_global_pool,
+    check_heads,
+    check_hidden,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_model_args,
+    check_num_classes,
+    init_linear_layernorm,
+)
 from locvit.models._registry import (
     DenseRecipe,
     ModelSpec,
@@ -93,6 +104,7 @@ def official_window(resolution: tuple[int, int], window_size: int, shift: bool) 
     return window_size, window_size // 2 if shift else 0
 
 
+@register_notrace_module  # padding, shift and masks follow the map size: a leaf for torch.fx
 class LocalViTSwinBlock(nn.Module):
     """``x + DP(W-MSA(LN(x)))`` on a ``B x H x W x C`` map, then the locality feed-forward on the map."""
 
@@ -214,7 +226,7 @@ class LocalViTSwinStage(nn.Module):
         return x
 
 
-class LocalViTSwin(nn.Module):
+class LocalViTSwin(PyramidStages, nn.Module):
     """Swin Transformer with the locality feed-forward in every block.
 
     Args:
@@ -236,6 +248,11 @@ class LocalViTSwin(nn.Module):
         drop_rate, attn_drop_rate, drop_path_rate: regularisation (``drop_rate``: after the patch embedding and
             on the attention projections, as upstream).
     """
+
+    output_fmt = "NHWC"  # forward_features: the final normed map, timm's Swin convention
+    stages_attr = "layers"
+    global_pools = ("avg", "")
+    no_weight_decay_keys = ("relative_position_bias_table",)
 
     def __init__(
         self,
@@ -260,16 +277,27 @@ class LocalViTSwin(nn.Module):
         drop_path_rate: float = 0.1,
     ):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        if len(depths) != len(num_heads):
-            raise ValueError("depths and num_heads need one entry per stage")
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, pools=self.global_pools,
+                         drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        patch_size = check_int(patch_size, "patch_size")
+        check_img_size(img_size, (patch_size, patch_size), f"patch_size={patch_size}")
+        check_int(embed_dim, "embed_dim")
+        check_int(window_size, "window_size")
+        num_heads = check_ints(num_heads, "num_heads", len(check_ints(depths, "depths")))
+        for i, heads in enumerate(num_heads):
+            dim = embed_dim * 2 ** i
+            check_heads(dim, heads, f"the stage-{i} width embed_dim * 2^{i}", f"num_heads[{i}]")
+            check_hidden(dim, mlp_ratio)
+            if reduction is None and dim < 4:
+                raise ValueError(f"the default SE reduction (width // 4) leaves no hidden unit at width {dim}; use "
+                                 "embed_dim >= 4 or pass reduction")
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         num_stages = len(depths)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans
         self.patch_size = patch_size
+        self.min_input_size = (patch_size, patch_size)
         self.window_size = window_size
         self.embed_dim = embed_dim
         self.num_features = self.head_hidden_size = embed_dim * 2 ** (num_stages - 1)
@@ -300,37 +328,21 @@ class LocalViTSwin(nn.Module):
         self.apply(init_linear_layernorm)
 
     # --- timm contract -------------------------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^layers\.(\d+)" if coarse else [
-                (r"^layers\.(\d+)\.downsample", (0,)),
-                (r"^layers\.(\d+)\.\w+\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.layers:
-            stage.grad_checkpointing = enable
-
+    # the classifier is timm's ClassifierHead (keys head.fc.*, as timm's Swin)
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None and global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        self.num_classes = num_classes
+        if global_pool is not None:
+            check_global_pool(global_pool, self.global_pools)
+        self.num_classes = check_num_classes(num_classes)
         self.head.reset(num_classes, pool_type=global_pool)
         if global_pool is not None:
             self.global_pool = global_pool
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.head(x, pre_logits=pre_logits)
 
     def set_input_size(self, img_size: int | tuple[int, int], window_size: int | None = None) -> None:
         """New construction size: masks prepared for it, and upstream's single-window rule re-applied per stage.
@@ -343,61 +355,9 @@ class LocalViTSwin(nn.Module):
             stage.set_input_size(tuple(-(-g // 2 ** max(i - 1, 0)) for g in grid), window_size)
 
     # --- forward -----------------------------------------------------------------------------------------------
-    def _embed(self, x: Tensor) -> Tensor:
-        check_image(x, self.in_chans, (self.patch_size, self.patch_size), type(self).__name__)
+    def _stem(self, x: Tensor) -> Tensor:
         x = self.patch_embed.proj(x).permute(0, 2, 3, 1)  # floors sizes that are not multiples of the patch
         return self.pos_drop(self.patch_embed.norm(x))
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Final-normed ``B x H x W x C`` map of the last stage."""
-        return self.norm(self.layers(self._embed(x)))
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs as ``B x C x H x W`` maps (strides 4-32), timm's interface; ``norm=True`` applies the
-        final norm to the last stage's output (the only one it is sized for)."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        x = self._embed(x)
-        last = len(self.layers) - 1
-        stages = self.layers[: max_index + 1] if stop_early else self.layers
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                y = self.norm(x) if norm and i == last else x
-                intermediates.append(y.permute(0, 3, 1, 2).contiguous())
-        if intermediates_only:
-            return intermediates
-        return self.norm(x) if len(stages) == len(self.layers) else x, intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        prune_end = max_index < len(self.layers) - 1
-        self.layers = self.layers[: max_index + 1]
-        self.feature_info = self.feature_info[: max_index + 1]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()  # sized for the last stage only
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: LocalViTSwin) -> dict[str, Tensor]:
@@ -439,7 +399,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> LocalViTSw
 default_cfgs = generate_default_cfgs({
     "localvit_swin_tiny.in1k": localvit_cfg(
         "localvit_swin.pth", top1=81.86, crop_pct=0.9, classifier="head.fc", min_input_size=(3, 32, 32),
-        notes=("official name localvit_swin_tiny_patch4_window7_224",)),
+        pool_size=(7, 7), notes=("official name localvit_swin_tiny_patch4_window7_224",)),
 })
 
 

@@ -35,12 +35,24 @@ from typing import Any
 import torch
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs
-from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit.layers import LocalityFeedForward, attend, residual_mlp, tokens_through_map
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import build_model, check_image, make_cfg
+from locvit.models._helpers import (
+    GLOBAL_POOLS,
+    PyramidStages,
+    build_model,
+    check_heads,
+    check_hidden,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_length,
+    check_model_args,
+    make_cfg,
+    pos_embed_at,
+)
 from locvit.models._registry import DenseRecipe, ModelSpec, norm_eps, register_family_model, register_official
 from locvit.models.localvit import localvit_cfg
 
@@ -89,7 +101,7 @@ class SpatialReductionAttention(nn.Module):
             kv_in = self.norm(kv_in)
         else:
             kv_in = x
-        k, v = self.kv(kv_in).reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)
+        k, v = self.kv(kv_in).reshape(B, kv_in.shape[1], 2, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)
         x = attend(q, k, v, None, self.scale, self.attn_drop if self.training else 0.0, owner=self)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
@@ -182,10 +194,7 @@ class PvtStage(nn.Module):
     def forward(self, x: Tensor, prefix: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
         """``x``: ``B x C x H x W`` map; ``prefix``: ``B x P x C`` tokens to prepend. Returns tokens and grid."""
         x, grid = self.patch_embed(x)
-        pos = self.pos_embed
-        if grid != self.grid_size:
-            pos = resample_abs_pos_embed(pos, list(grid), list(self.grid_size),
-                                         num_prefix_tokens=self.num_prefix_tokens)
+        pos = pos_embed_at(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
         if prefix is not None:
             x = torch.cat([prefix, x], dim=1)
         x = self.pos_drop(x + pos)
@@ -197,7 +206,7 @@ class PvtStage(nn.Module):
         return x, grid
 
 
-class PyramidVisionTransformer(nn.Module):
+class PyramidVisionTransformer(PyramidStages, nn.Module):
     """PVT v1, optionally with the locality feed-forward in every block (LocalViT-PVT).
 
     Args:
@@ -217,6 +226,13 @@ class PyramidVisionTransformer(nn.Module):
         drop_rate, attn_drop_rate, drop_path_rate: regularisation (``drop_rate`` as upstream: position-embedding,
             projection and MLP dropout).
     """
+
+    global_pools = GLOBAL_POOLS
+    num_prefix_tokens = 1  # the class token, carried by the last stage
+    stage_fmt = "NCHW"
+    group_stem = r"^stages\.0\.(?:patch_embed|pos_embed)"
+    group_stage_start = "patch_embed|pos_embed"
+    no_weight_decay_keys = ("cls_token",)  # upstream decays the position embeddings
 
     def __init__(
         self,
@@ -242,11 +258,18 @@ class PyramidVisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        if global_pool not in ("token", "avg", ""):
-            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-        num_stages = len(depths)
-        if not len(embed_dims) == len(num_heads) == len(mlp_ratios) == len(sr_ratios) == num_stages:
-            raise ValueError("embed_dims, num_heads, mlp_ratios, depths and sr_ratios need one entry per stage")
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
+                         pools=self.global_pools, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                         drop_path_rate=drop_path_rate)
+        patch_size = check_int(patch_size, "patch_size")
+        num_stages = len(check_ints(depths, "depths"))
+        embed_dims = check_ints(embed_dims, "embed_dims", num_stages)
+        sr_ratios = check_ints(sr_ratios, "sr_ratios", num_stages)
+        check_ints(num_heads, "num_heads", num_stages)
+        check_length(mlp_ratios, "mlp_ratios", num_stages)
+        for i in range(num_stages):
+            check_heads(embed_dims[i], num_heads[i], f"embed_dims[{i}]", f"num_heads[{i}]")
+            check_hidden(embed_dims[i], mlp_ratios[i], f"mlp_ratios[{i}]")
         if sr_ratios[-1] != 1:
             raise ValueError(f"the last stage carries the class token, so its sr_ratio must be 1 (got "
                              f"{sr_ratios[-1]}); the official code cannot run such a model either")
@@ -255,17 +278,19 @@ class PyramidVisionTransformer(nn.Module):
                              f"only the last stage has one (sr_ratios={list(sr_ratios)}); pass "
                              "official_cls_split=False to split it where it is")
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
-        img_size = to_2tuple(img_size)
+        strides = [patch_size * 2 ** i for i in range(num_stages)]
+        # every stage's map must be at least sr x sr for its reduction conv (and non-empty)
+        min_img_size = max(s * r for s, r in zip(strides, sr_ratios))
+        img_size = check_img_size(img_size, (min_img_size, min_img_size), f"a {num_stages}-stage pyramid with "
+                                  f"patch_size={patch_size} and sr_ratios={sr_ratios}")
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans
         self.img_size = tuple(img_size)
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dims[-1]
-        self.num_prefix_tokens = 1
         self.patch_sizes = [patch_size] + [2] * (num_stages - 1)
-        strides = [patch_size * 2 ** i for i in range(num_stages)]
-        # every stage's map must be at least sr x sr for its reduction conv (and non-empty)
-        self.min_img_size = max(s * r for s, r in zip(strides, sr_ratios))
+        self.min_img_size = min_img_size
+        self.min_input_size = (min_img_size, min_img_size)
         act = act_from_code(act)
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -285,6 +310,7 @@ class PyramidVisionTransformer(nn.Module):
             prev = embed_dims[i]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[-1]))
         self.norm = norm_layer(embed_dims[-1])
+        self.head_drop = nn.Identity()
         self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
 
         for stage in self.stages:
@@ -293,39 +319,9 @@ class PyramidVisionTransformer(nn.Module):
         self.apply(_init_weights)
 
     # --- timm contract -------------------------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        # upstream decays the position embeddings (only the class token is excluded)
-        return {"cls_token"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^stages\.0\.(?:patch_embed|pos_embed)",
-            blocks=[(r"^stages\.(\d+)", None), (r"^cls_token", (len(self.stages) - 1,))] if coarse else [
-                (r"^stages\.(\d+)\.(?:patch_embed|pos_embed)", (0,)),
-                (r"^cls_token", (len(self.stages) - 1, 0)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("token", "avg", ""):
-                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+    def _group_extra(self, coarse: bool) -> list[tuple[str, tuple[int, ...]]]:
+        last = len(self.stages) - 1  # the class token joins the stage that carries it
+        return [(r"^cls_token", (last,) if coarse else (last, 0))]
 
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Resample every stage's position embedding for a new default input size (e.g. before fine-tuning)."""
@@ -338,86 +334,35 @@ class PyramidVisionTransformer(nn.Module):
             stage.set_grid_size((img_size[0] // stride, img_size[1] // stride))
 
     # --- forward -----------------------------------------------------------------------------------------------
-    def _check(self, x: Tensor) -> None:
-        check_image(x, self.in_chans, (self.min_img_size, self.min_img_size), type(self).__name__)
+    # the state between stages is a B x C x H x W map; the last stage's is (tokens, grid), its class token first
+    def _stem(self, x: Tensor) -> Tensor:
+        return x
 
-    def _run_stage(self, i: int, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    def _stage(self, i: int, x: Tensor, need_map: bool) -> Tensor | tuple[Tensor, tuple[int, int]]:
         stage = self.stages[i]
         prefix = self.cls_token.expand(x.shape[0], -1, -1) if stage.num_prefix_tokens else None
-        return stage(x, prefix)
+        x, grid = stage(x, prefix)
+        if i == len(self.stages) - 1:
+            return x, grid
+        return tokens_to_map(x, grid, stage.num_prefix_tokens)
 
-    @staticmethod
-    def _to_map(x: Tensor, grid: tuple[int, int], num_prefix: int) -> Tensor:
-        B, _, C = x.shape
-        return x[:, num_prefix:].transpose(1, 2).reshape(B, C, grid[0], grid[1])
+    def _stage_map(self, i: int, x: Tensor | tuple[Tensor, tuple[int, int]], norm: bool) -> Tensor:
+        """Stage ``i``'s image tokens as a map (the class token dropped; ``norm``: the final norm first)."""
+        if i < len(self.stages) - 1:
+            return x
+        tokens, grid = x
+        return tokens_to_map(self.norm(tokens) if norm else tokens, grid, self.stages[i].num_prefix_tokens)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Final-normed tokens of the last stage, ``B x (1 + H*W) x C`` (class token first)."""
-        self._check(x)
-        last = len(self.stages) - 1
-        for i in range(len(self.stages)):
-            x, grid = self._run_stage(i, x)
-            if i < last:
-                x = self._to_map(x, grid, self.stages[i].num_prefix_tokens)
-        return self.norm(x)
+    def _features(self, x: Tensor | tuple[Tensor, tuple[int, int]], final: bool) -> Tensor:
+        """The final-normed tokens of the last stage, ``B x (1 + H*W) x C`` (class token first); a stage map when
+        the last stages did not run."""
+        return self.norm(x[0]) if final else x
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        elif self.global_pool == "token":
-            x = x[:, 0]
-        return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs as ``B x C x H x W`` maps (strides 4-32; the class token is dropped), timm's interface.
-
-        ``norm=True`` applies the final norm to the last stage's output (the only one it is sized for).
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        self._check(x)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        num_run = max_index + 1 if stop_early else len(self.stages)
-        intermediates = []
-        for i in range(num_run):
-            x, grid = self._run_stage(i, x)
-            num_prefix = self.stages[i].num_prefix_tokens
-            if i == last:
-                if i in take_indices:
-                    intermediates.append(self._to_map(self.norm(x) if norm else x, grid, num_prefix).contiguous())
-            else:
-                x = self._to_map(x, grid, num_prefix)
-                if i in take_indices:
-                    intermediates.append(x.contiguous())
-        if intermediates_only:
-            return intermediates
-        return self.norm(x) if num_run == len(self.stages) else x, intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[: max_index + 1]
-        self.feature_info = self.feature_info[: max_index + 1]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()  # sized for the last stage only
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
+def tokens_to_map(x: Tensor, grid: tuple[int, int], num_prefix: int) -> Tensor:
+    """``B x (P + H*W) x C`` tokens -> ``B x C x H x W`` map of the image tokens."""
+    B, _, C = x.shape
+    return x[:, num_prefix:].transpose(1, 2).reshape(B, C, grid[0], grid[1])
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -44,16 +44,28 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, Mlp, to_2tuple, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, Mlp, register_notrace_module, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs
-from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
 from locvit.layers.attention import attend
 from locvit.layers.rel_pos import resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
-from locvit.models._helpers import build_model, check_image, init_linear_layernorm, make_cfg
+from locvit.models._helpers import (
+    PyramidStages,
+    build_model,
+    check_heads,
+    check_hidden,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_length,
+    check_model_args,
+    init_linear_layernorm,
+    make_cfg,
+    per_stage,
+)
 from locvit.models._registry import (
     DenseRecipe,
     ModelSpec,
@@ -163,13 +175,20 @@ class R2LAttention(nn.Module):
         q, k, v = self._heads(r)
         return self._merge(attend(q, k, v, None, self.scale, self.attn_drop if self.training else 0.0, owner=self))
 
-    def local(self, x: Tensor, mask: Tensor | None = None, regional_only: bool = False) -> Tensor:
-        """``mask``: bool ``nW x 1 x N x N`` (True = attend) for padded maps, else None. ``regional_only``: only
-        the regional token of each window queries (output ``(B*nW) x 1 x C``)."""
+    def local(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Every token of every ``(B*nW) x (1+ws²) x C`` window attends inside its window. ``mask``: bool
+        ``nW x 1 x N x N`` (True = attend) for padded maps, else None."""
         q, k, v = self._heads(x)
-        bias = self.relative_position_bias().to(q.dtype)
-        if regional_only:
-            q, bias, mask = q[:, :, :1], bias[:, :1], None if mask is None else mask[..., :1, :]
+        return self._local(q, k, v, self.relative_position_bias().to(q.dtype), mask)
+
+    def local_regional_queries(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """:meth:`local` for the regional token of each window only (output ``(B*nW) x 1 x C``): the local tokens
+        serve as keys and values, the result is the regional row of :meth:`local`."""
+        q, k, v = self._heads(x)
+        bias = self.relative_position_bias().to(q.dtype)[:, :1]
+        return self._local(q[:, :, :1], k, v, bias, None if mask is None else mask[..., :1, :])
+
+    def _local(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None) -> Tensor:
         p = self.attn_drop if self.training else 0.0
         if mask is None:
             return self._merge(attend(q, k, v, bias.unsqueeze(0), self.scale, p, owner=self))  # 4-D: fused kernel
@@ -179,15 +198,11 @@ class R2LAttention(nn.Module):
         bias = torch.where(mask, bias, torch.finfo(q.dtype).min / 2)  # nW x heads x Nq x N
         nW, h, Nq, N = bias.shape
         B = q.shape[0] // nW
-        if not fastpath.recording():
-            # windows folded into the head axis: the per-window bias broadcasts over the batch without a copy
-            q, k, v = (t.reshape(B, nW * h, -1, t.shape[-1]) for t in (q, k, v))
-            out = attend(q, k, v, bias.reshape(1, nW * h, Nq, N), self.scale, p, owner=self)
-            out = out.view(B * nW, h, Nq, -1)
-        else:
-            bias = bias.expand(B, -1, -1, -1, -1).reshape(B * nW, h, Nq, N)
-            out = attend(q, k, v, bias, self.scale, p, owner=self)
-        return self._merge(out)
+        # windows folded into the head axis (the same memory order as B*nW x heads): the per-window bias broadcasts
+        # over the batch without a copy
+        q, k, v = (t.reshape(B, nW * h, t.shape[-2], t.shape[-1]) for t in (q, k, v))
+        out = attend(q, k, v, bias.reshape(1, nW * h, Nq, N), self.scale, p, owner=self)
+        return self._merge(out.view(B * nW, h, Nq, out.shape[-1]))
 
 
 # --- block, layout, stage --------------------------------------------------------------------------------------
@@ -215,17 +230,29 @@ class R2LBlock(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
 
-    def forward(self, x: Tensor, num_windows: int, mask: Tensor | None = None, regional_only: bool = False) -> Tensor:
-        """``x``: ``(B*nW) x (1+ws²) x C`` windows; ``mask`` as in :meth:`R2LAttention.local`. ``regional_only``
-        returns just the regional tokens (``(B*nW) x 1 x C``), for a last block whose local tokens nobody reads
-        (classification): the local tokens still serve as keys and values, the result is the same."""
+    def mix_regional(self, x: Tensor, num_windows: int) -> Tensor:
+        """Step 1: the regional tokens of each image attend to each other; ``x``: ``(B*nW) x (1+ws²) x C``."""
         BW, N, C = x.shape
         r = x[:, 0].reshape(BW // num_windows, num_windows, C)
         r = r + self.drop_path(self.attn.regional(self.norm0(r)))
-        x = torch.cat([r.reshape(BW, 1, C), x[:, 1:]], dim=1)
-        attn = self.attn.local(self.norm1(x), mask, regional_only)
-        x = (x[:, :1] if regional_only else x) + self.drop_path(attn)
+        return torch.cat([r.reshape(BW, 1, C), x[:, 1:]], dim=1)
+
+    def mix_local(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Steps 2-3: windowed attention (``mask`` as in :meth:`R2LAttention.local`) and the MLP, every token."""
+        x = x + self.drop_path(self.attn.local(self.norm1(x), mask))
         return residual_mlp(x, self.norm2, self.mlp, self.drop_path)
+
+    def mix_local_regional(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Steps 2-3 for the regional tokens only (``(B*nW) x 1 x C``), for a last block whose local tokens nobody
+        reads (classification)."""
+        x = x[:, :1] + self.drop_path(self.attn.local_regional_queries(self.norm1(x), mask))
+        return residual_mlp(x, self.norm2, self.mlp, self.drop_path)
+
+    def forward(self, x: Tensor, num_windows: int, mask: Tensor | None = None, **regional_kwargs: Any) -> Tensor:
+        """``x``: ``(B*nW) x (1+ws²) x C`` windows; ``mask`` as in :meth:`R2LAttention.local`;
+        ``regional_kwargs`` go to :meth:`mix_regional` (a subclass's extra inputs, e.g. the video block's
+        ``num_frames``)."""
+        return self.mix_local(self.mix_regional(x, num_windows, **regional_kwargs), mask)
 
 
 def to_windows(region: Tensor, local: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
@@ -275,6 +302,7 @@ class Projection(nn.Module):
         return self.conv(self.act(self.norm(x)))
 
 
+@register_notrace_module  # windows, padding and masks follow the map size: a leaf for torch.fx
 class RegionViTStage(nn.Module):
     """Projection, then R2L blocks on the windowed layout (PEG after the first), then back to maps."""
 
@@ -325,34 +353,43 @@ class RegionViTStage(nn.Module):
         return self._masks.get_or_build(
             (grid, pad, device), lambda: r2l_window_mask(grid, pad, ws, self.corrected_mask, device).unsqueeze(1))
 
-    def _run(self, blk: nn.Module, x: Tensor, num_windows: int, mask: Tensor | None, regional_only: bool,
-             block_kwargs: dict[str, Any]) -> Tensor:
+    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x, num_windows, mask, regional_only, **block_kwargs)
-        return blk(x, num_windows, mask, regional_only, **block_kwargs)
+            return checkpoint(partial(fn, **kwargs) if kwargs else fn, *args)
+        return fn(*args, **kwargs)
 
-    def forward(self, region: Tensor, local: Tensor, need_local: bool = True, **block_kwargs: Any
-                ) -> tuple[Tensor, Tensor | None]:
-        """``B x C x H x W`` maps in and out. ``need_local=False`` skips what only the output local map needs
-        (it is returned as None). ``block_kwargs`` go to every block (e.g. ``num_frames`` for video blocks)."""
+    def forward(self, region: Tensor, local: Tensor, final: bool = False,
+                need_local: bool = True, **block_kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        """``B x C x H x W`` regional and local maps in and out; ``block_kwargs`` go to every block's regional step
+        (e.g. ``num_frames`` for the video blocks).
+
+        ``final``: the model's last stage, whose regional tokens are all that classification reads: its last block
+        runs the regional queries alone for them (the same numbers up to rounding, a fraction of the work), and the
+        local map is computed only when ``need_local`` (else None). The official code runs every token.
+        """
         region, local = self.downsample(region), self.downsample(local)
         grid, size, ws = tuple(region.shape[-2:]), tuple(local.shape[-2:]), self.window_size
         x, pad = to_windows(region, local, ws)
         mask = self.window_mask(grid, pad, x.device)
         num_windows = grid[0] * grid[1]
+        last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
             pegged = i == 0 and self.peg is not None
-            if i == len(self.blocks) - 1 and not need_local and not pegged:
-                r = self._run(blk, x, num_windows, mask, True, block_kwargs)
-                return r.reshape(-1, grid[0], grid[1], r.shape[-1]).permute(0, 3, 1, 2), None
-            x = self._run(blk, x, num_windows, mask, False, block_kwargs)
+            if i == last and final and not pegged:
+                x = self._run(blk.mix_regional, x, num_windows, **block_kwargs)
+                r = self._run(blk.mix_local_regional, x, mask)
+                region = r.reshape(-1, grid[0], grid[1], r.shape[-1]).permute(0, 3, 1, 2)
+                local = to_maps(self._run(blk.mix_local, x, mask), grid, size, ws)[1] if need_local else None
+                return region, self._det_norm(local)
+            x = self._run(blk, x, num_windows, mask, **block_kwargs)
             if pegged:
                 region, local = to_maps(x, grid, size, ws)
                 x, _ = to_windows(region + self.peg(region), local + self.peg(local), ws)
         region, local = to_maps(x, grid, size, ws)
-        if self.det_norm is not None:
-            local = self.det_norm(local)
-        return region, local
+        return region, self._det_norm(local)
+
+    def _det_norm(self, local: Tensor | None) -> Tensor | None:
+        return local if self.det_norm is None or local is None else self.det_norm(local)
 
 
 # --- stems and the model ---------------------------------------------------------------------------------------
@@ -379,11 +416,21 @@ class LocalStem(nn.Module):
             self.min_size = patch_size
         else:
             raise ValueError(f"patch_conv_type must be '3conv', '1conv' or 'linear', got {conv_type!r}")
+        self.conv_type, self.patch_size = conv_type, patch_size
+
+    def out_size(self, n: int) -> int:
+        """Local tokens along a side of ``n`` pixels."""
+        if self.conv_type == "3conv":
+            return ((n - 1) // 2) // 2 + 1
+        if self.conv_type == "1conv":
+            return (n - 2) // self.patch_size + 1
+        return n // self.patch_size
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)
 
 
+@register_notrace_module  # pads by the input size: a leaf for torch.fx
 class RegionalStem(nn.Module):
     """Regional-token stem: a conv with kernel = stride = P on the image, zero-padded centred to multiples of P
     (official rule: when either side needs it, both sides get ``P - size % P``, see the module docstring)."""
@@ -392,6 +439,13 @@ class RegionalStem(nn.Module):
         super().__init__()
         self.patch = patch
         self.proj = nn.Conv2d(in_chans, dim, patch, patch)
+
+    def grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Regional tokens of an ``H x W`` image (the official padding rule)."""
+        (H, W), P = size, self.patch
+        if H % P or W % P:
+            H, W = H + P - H % P, W + P - W % P
+        return H // P, W // P
 
     def forward(self, x: Tensor) -> Tensor:
         H, W = x.shape[-2:]
@@ -402,7 +456,7 @@ class RegionalStem(nn.Module):
         return self.proj(x)
 
 
-class RegionViT(nn.Module):
+class RegionViT(PyramidStages, nn.Module):
     """RegionViT: regional-to-local attention on a 4-stage pyramid.
 
     Args:
@@ -432,6 +486,10 @@ class RegionViT(nn.Module):
             (the video model's temporal attention).
     """
 
+    stage_fmt = "NCHW"
+    group_stem = r"^patch_embed|^region_embed"
+    group_stage_start = "downsample|peg|det_norm"
+
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
@@ -460,14 +518,23 @@ class RegionViT(nn.Module):
         block_fn: Callable[..., nn.Module] = R2LBlock,
     ):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        num_stages = len(depth)
-        if not (len(embed_dim) == len(num_heads) == len(downsampling) == num_stages):
-            raise ValueError("embed_dim, depth, num_heads and downsampling need one entry per stage")
-        window_size = [window_size] * num_stages if isinstance(window_size, int) else list(window_size)
-        mlp_ratio = [mlp_ratio] * num_stages if isinstance(mlp_ratio, (int, float)) else list(mlp_ratio)
-        stem_dim = stem_dim or embed_dim[0]
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, pools=self.global_pools,
+                         drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+                         head_drop_rate=head_drop_rate)
+        num_stages = len(check_ints(depth, "depth"))
+        embed_dim = check_ints(embed_dim, "embed_dim", num_stages)
+        num_heads = check_ints(num_heads, "num_heads", num_stages)
+        for i, mode in enumerate(check_length(downsampling, "downsampling", num_stages)):
+            if mode not in ("c", "sc"):
+                raise ValueError(f"downsampling[{i}] must be 'c' or 'sc', got {mode!r}")
+        window_size = check_ints(per_stage(window_size, num_stages), "window_size", num_stages)
+        mlp_ratio = check_length(per_stage(mlp_ratio, num_stages), "mlp_ratio", num_stages)
+        for i in range(num_stages):
+            check_heads(embed_dim[i], num_heads[i], f"embed_dim[{i}]", f"num_heads[{i}]")
+            check_hidden(embed_dim[i], mlp_ratio[i], f"mlp_ratio[{i}]")
+        patch_size = check_int(patch_size, "patch_size")
+        stem_dim = check_int(embed_dim[0] if stem_dim is None else stem_dim, "stem_dim",
+                             4 if patch_conv_type == "3conv" else 1)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
 
         self.num_classes = num_classes
@@ -482,7 +549,9 @@ class RegionViT(nn.Module):
         self.patch_embed = LocalStem(in_chans, stem_dim, patch_size, patch_conv_type)
         self.region_embed = RegionalStem(in_chans, stem_dim, patch_size * window_size[0])
         self.pos_drop = nn.Dropout(drop_rate)
-        self._min_size = (self.patch_embed.min_size, self.patch_embed.min_size)
+        self.min_input_size = (self.patch_embed.min_size, self.patch_embed.min_size)
+        self._check_geometry(check_img_size(img_size, self.min_input_size, f"the {patch_conv_type!r} stem"),
+                             downsampling)
 
         dpr = torch.linspace(0, drop_path_rate, sum(depth)).tolist()
         self.stages = nn.ModuleList()
@@ -505,105 +574,45 @@ class RegionViT(nn.Module):
                                   f"stages.{num_stages - 1}.det_norm.bias") if det_norm else ()
         self.apply(init_linear_layernorm)
 
-    # --- timm contract ---------------------------------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
+    def _check_geometry(self, img_size: tuple[int, int], downsampling: Sequence[str]) -> None:
+        """Refuse windows that do not fit the maps of an ``img_size`` input: a window larger than the stage-1
+        local map (it would be mostly padding, and its attention grows with the window's fourth power), or
+        per-stage windows whose padding the regional grid cannot hold."""
+        grid = self.region_embed.grid(img_size)
+        size = tuple(self.patch_embed.out_size(n) for n in img_size)
+        ws = self.window_size[0]
+        if ws > min(size):
+            raise ValueError(f"window_size {ws} is larger than the {size[0]}x{size[1]} local-token map of a "
+                             f"{img_size[0]}x{img_size[1]} img_size; use window_size <= {min(size)} (the published "
+                             "models use 7 and 14) or a larger img_size")
+        for i, (mode, ws) in enumerate(zip(downsampling, self.window_size)):
+            if mode == "sc":
+                grid, size = tuple((n - 1) // 2 + 1 for n in grid), tuple((n - 1) // 2 + 1 for n in size)
+            pad = (grid[0] * ws - size[0], grid[1] * ws - size[1])
+            if not (0 <= pad[0] <= ws and 0 <= pad[1] <= ws):
+                raise ValueError(f"window_size[{i}]={ws} does not fit stage {i}: its {size[0]}x{size[1]} local map "
+                                 f"on a {grid[0]}x{grid[1]} regional grid; use the same window size in every stage")
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^patch_embed|^region_embed",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^stages\.(\d+)\.(?:downsample|peg|det_norm)", (0,)),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    # --- forward ---------------------------------------------------------------------------------------------------
-    def _stems(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_image(x, self.in_chans, self._min_size, type(self).__name__)
+    # --- forward: the state between stages is the (regional, local) pair of maps -----------------------------------
+    def _stem(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.region_embed(x), self.pos_drop(self.patch_embed(x))
 
-    def _final_tokens(self, region: Tensor) -> Tensor:
-        return self.norm(region.flatten(2).transpose(1, 2))
+    def _stage(self, i: int, x: tuple[Tensor, Tensor], need_map: bool, **block_kwargs: Any
+               ) -> tuple[Tensor, Tensor | None]:
+        final = i == len(self.stages) - 1
+        region, local = x
+        return self.stages[i](region, local, final=final, need_local=not final or need_map, **block_kwargs)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Normalised final regional tokens, ``B x (Hr*Wr) x C``."""
-        region, local = self._stems(x)
-        for i, stage in enumerate(self.stages):
-            region, local = stage(region, local, need_local=i < len(self.stages) - 1)
-        return self._final_tokens(region)
+    def _stage_map(self, i: int, x: tuple[Tensor, Tensor], norm: bool) -> Tensor:
+        """The stage's local-token map (strides 4/8/16/32), cropped to the input's true size; with ``det_norm=True``
+        the normalised map, which the model also feeds to the next stage. ``norm`` does not apply: the final norm
+        acts on regional tokens."""
+        return x[1]
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=1)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """The local-token maps of the stages (strides 4/8/16/32), cropped to the input's true size.
-
-        With ``det_norm=True`` they are the normalised maps, which the model also feeds to the next stage.
-        ``norm`` is accepted for timm's interface; the final norm acts on regional tokens, so it does not apply.
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        region, local = self._stems(x)
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
-        intermediates = []
-        for i, stage in enumerate(stages):
-            region, local = stage(region, local, need_local=i < len(self.stages) - 1 or i in take_indices)
-            if i in take_indices:
-                intermediates.append(local.contiguous() if output_fmt == "NCHW" else local.permute(0, 2, 3, 1))
-        if intermediates_only:
-            return intermediates
-        if len(stages) < len(self.stages):
-            return region.flatten(2).transpose(1, 2), intermediates
-        return self._final_tokens(region), intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        if max_index < len(self.stages) - 1:
-            self.stages = self.stages[: max_index + 1]
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-            prune_norm = prune_head = True
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
+    def _features(self, x: tuple[Tensor, Tensor], final: bool) -> Tensor:
+        """The final regional tokens, ``B x (Hr*Wr) x C``, normalised when every stage ran."""
+        tokens = x[0].flatten(2).transpose(1, 2)
+        return self.norm(tokens) if final else tokens
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------

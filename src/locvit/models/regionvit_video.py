@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
@@ -74,15 +75,36 @@ class VideoR2LBlock(R2LBlock):
         return r + self.drop_path(self.temporal_fc(self.temporal_attn(self.temporal_norm(
             r + resample_time(self.temporal_embed, r.shape[1]).to(r.dtype)))))
 
-    def forward(self, x: Tensor, num_windows: int, mask: Tensor | None = None, regional_only: bool = False,
-                num_frames: int = 1) -> Tensor:
-        """``x``: ``(B*T*nW) x (1+ws²) x C`` windows, frames major to windows (``num_frames`` = T)."""
+    def mix_regional(self, x: Tensor, num_windows: int, num_frames: int = 1) -> Tensor:
+        """The temporal step, then the image block's regional step; ``x``: ``(B*T*nW) x (1+ws²) x C`` windows,
+        frames major to windows (``num_frames`` = T)."""
         BW, N, C = x.shape
         T, nW = num_frames, num_windows
         # the regional token of one place across the frames: (B*nW) x T x C
         r = self.temporal(x[:, 0].reshape(BW // (T * nW), T, nW, C).transpose(1, 2).reshape(-1, T, C))
         r = r.reshape(-1, nW, T, C).transpose(1, 2).reshape(BW, 1, C)
-        return super().forward(torch.cat([r, x[:, 1:]], dim=1), num_windows, mask, regional_only)
+        return super().mix_regional(torch.cat([r, x[:, 1:]], dim=1), num_windows)
+
+
+@register_notrace_function  # the input's rank decides the layout: a leaf call for torch.fx
+def fold_frames(x: Tensor, in_chans: int, model: str) -> tuple[Tensor, int]:
+    """``B x C x T x H x W`` clips -> ``(B*T) x C x H x W`` frames and ``T``; a ``B x C x H x W`` batch is one-frame
+    clips (returned as is, ``T = 1``). Anything else is a ``ValueError`` naming the expected layout."""
+    if x.ndim == 4:
+        return x, 1
+    if x.ndim != 5:
+        raise ValueError(f"{model} expects a clip batch B x {in_chans} x T x H x W (or an image batch "
+                         f"B x {in_chans} x H x W), got shape {tuple(x.shape)}")
+    B, C, T = x.shape[:3]
+    if C != in_chans:
+        raise ValueError(f"{model} expects {in_chans} input channels, got {C} (clip shape {tuple(x.shape)}, expected "
+                         f"B x C x T x H x W); build it with in_chans={C} or convert the frames")
+    if T < 1:
+        raise ValueError(f"a clip needs at least one frame, got shape {tuple(x.shape)}")
+    return x.transpose(1, 2).reshape(B * T, C, *x.shape[-2:]), T
+
+
+torch.fx.wrap("fold_frames")
 
 
 def resample_time(embed: Tensor, num_frames: int) -> Tensor:
@@ -116,39 +138,27 @@ class VideoRegionViT(RegionViT):
                 m.init_temporal()  # after RegionViT's initialisation of every Linear
 
     # --- forward ---------------------------------------------------------------------------------------------------
-    def _clip_stems(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
+    def _clip_stems(self, x: Tensor) -> tuple[tuple[Tensor, Tensor], int]:
         """Clips (or images) -> per-frame regional and local maps ``(B*T) x C x h x w`` and ``T``."""
-        if x.ndim == 4:
-            T = 1
-        elif x.ndim == 5:
-            B, C, T = x.shape[:3]
-            if C != self.in_chans:
-                raise ValueError(f"{type(self).__name__} expects {self.in_chans} input channels, got {C} (clip shape "
-                                 f"{tuple(x.shape)}, expected B x C x T x H x W); build it with in_chans={C} or "
-                                 "convert the frames")
-            if T < 1:
-                raise ValueError(f"a clip needs at least one frame, got shape {tuple(x.shape)}")
-            x = x.transpose(1, 2).reshape(B * T, C, *x.shape[-2:])
-        else:
-            raise ValueError(f"{type(self).__name__} expects a clip batch B x {self.in_chans} x T x H x W (or an "
-                             f"image batch B x {self.in_chans} x H x W), got shape {tuple(x.shape)}")
-        region, local = self._stems(x)
-        return region, local, T
+        frames, T = fold_frames(x, self.in_chans, type(self).__name__)
+        return self._stem(self._check_input(frames)), T
 
-    def _frames_to_clips(self, tokens: Tensor, T: int, clip: bool) -> Tensor:
-        """``(B*T) x N x C`` per-frame tokens -> ``B x (T*N) x C`` (frame-major); unchanged for image input."""
-        return tokens.reshape(-1, T * tokens.shape[1], tokens.shape[2]) if clip else tokens
+    @staticmethod
+    def _frames_to_clips(tokens: Tensor, T: int) -> Tensor:
+        """``(B*T) x N x C`` per-frame tokens -> ``B x (T*N) x C`` (frame-major; unchanged for images, T = 1)."""
+        return tokens.reshape(-1, T * tokens.shape[1], tokens.shape[2])
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Normalised final regional tokens of every frame, ``B x (T*Hr*Wr) x C`` (frame-major); for an image batch
         ``B x (Hr*Wr) x C`` as the image model."""
-        region, local, T = self._clip_stems(x)
-        for i, stage in enumerate(self.stages):
-            region, local = stage(region, local, need_local=i < len(self.stages) - 1, **self._block_kwargs(T))
-        return self._frames_to_clips(self._final_tokens(region), T, x.ndim == 5)
+        state, T = self._clip_stems(x)
+        for i in range(len(self.stages)):
+            state = self._clip_stage(i, state, T, False)
+        return self._frames_to_clips(self._features(state, True), T)
 
-    def _block_kwargs(self, T: int) -> dict[str, int]:
-        return {"num_frames": T} if self.temporal else {}
+    def _clip_stage(self, i: int, state: tuple[Tensor, Tensor], T: int, need_map: bool) -> tuple[Tensor, Tensor]:
+        """:meth:`RegionViT._stage` on the frames of ``T``-frame clips (the temporal blocks get ``num_frames``)."""
+        return self._stage(i, state, need_map, **({"num_frames": T} if self.temporal else {}))
 
     def forward_intermediates(
         self,
@@ -165,14 +175,14 @@ class VideoRegionViT(RegionViT):
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        region, local, T = self._clip_stems(x)
+        state, T = self._clip_stems(x)
         clip = x.ndim == 5
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        num_run = max_index + 1 if stop_early else len(self.stages)
         intermediates = []
-        for i, stage in enumerate(stages):
-            region, local = stage(region, local, need_local=i < len(self.stages) - 1 or i in take_indices,
-                                  **self._block_kwargs(T))
+        for i in range(num_run):
+            state = self._clip_stage(i, state, T, i in take_indices)
             if i in take_indices:
+                local = state[1]
                 y = local.unflatten(0, (-1, T)) if clip else local  # B x T x C x h x w
                 if output_fmt == "NCHW":
                     intermediates.append(y.transpose(1, 2).contiguous() if clip else y.contiguous())
@@ -180,9 +190,7 @@ class VideoRegionViT(RegionViT):
                     intermediates.append(y.permute(0, 1, 3, 4, 2) if clip else y.permute(0, 2, 3, 1))
         if intermediates_only:
             return intermediates
-        if len(stages) < len(self.stages):
-            return self._frames_to_clips(region.flatten(2).transpose(1, 2), T, clip), intermediates
-        return self._frames_to_clips(self._final_tokens(region), T, clip), intermediates
+        return self._frames_to_clips(self._features(state, num_run == len(self.stages)), T), intermediates
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------

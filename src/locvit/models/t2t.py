@@ -20,12 +20,14 @@ token bypasses it) and the T2T layers' ``norm2 + MLP`` by a locality feed-forwar
 
 Official details reproduced (see OFFICIAL_QUIRKS.md §4.8):
 
-* the performer's ``w`` is a frozen parameter drawn at construction: it is part of every checkpoint and must be
-  loaded, never regenerated; the position table is a frozen sinusoid parameter;
+* the performer's ``w`` is a frozen random matrix drawn at construction: it is part of every checkpoint and must
+  be loaded, never regenerated; the position table is a fixed sinusoid (both frozen ``nn.Parameter`` upstream,
+  persistent buffers here: the same state-dict keys, no gradient expected);
 * the performer's order is ``k, q, v`` in the ``kqv`` projection; its dropouts are fixed at 0.1 (training only);
 * the transformer T2T layer scales its logits by ``dim ** -0.5`` of its *input* width (147 / 576), not of its
   head width;
-* in LocalViT-T2T the T2T layers keep an unused ``norm2`` (listed in ``unused_parameters``);
+* in LocalViT-T2T the T2T layers keep an unused ``norm2`` (its weight and bias are buffers here:
+  :class:`UnusedLayerNorm`);
 * ``qkv_bias=False``, plain LayerNorm (eps 1e-5) everywhere;
 * the ``T2t_vit_*`` factories set ``qk_scale = C ** -0.5`` (a T2T-ViT legacy, C the width, 512 for the wide
   model) when ``pretrained=True`` unless the caller passes ``qk_scale`` (or ``legacy_qk_scale=False``).
@@ -58,8 +60,9 @@ from locvit.layers.locality_ffn import act_from_code
 from locvit.models._helpers import (
     ClassTokenBlocks,
     build_model,
-    check_global_pool,
-    check_image,
+    check_img_size,
+    check_int,
+    check_transformer_args,
     init_linear_layernorm,
     make_cfg,
 )
@@ -92,6 +95,16 @@ def sinusoid_table(n_position: int, dim: int) -> Tensor:
     return table.float().unsqueeze(0)
 
 
+class UnusedLayerNorm(nn.Module):
+    """A LayerNorm the official layer holds but never applies: its ``weight`` and ``bias`` as persistent buffers
+    (the checkpoint keys, loaded and saved), not parameters that could never receive a gradient."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(dim))
+        self.register_buffer("bias", torch.zeros(dim))
+
+
 class PerformerLayer(nn.Module):
     """T2T layer with Performer (FAVOR+, positive random features) attention; skip through ``v``.
 
@@ -113,7 +126,7 @@ class PerformerLayer(nn.Module):
         self.dp = nn.Dropout(drop)
         self.proj = nn.Linear(out_dim, out_dim)
         self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(out_dim)  # unused by the LocalViT variant, kept for the checkpoint keys
+        self.norm2 = UnusedLayerNorm(out_dim) if locality else nn.LayerNorm(out_dim)
         self.epsilon = 1e-8
         self.locality = locality
         if locality:
@@ -123,7 +136,7 @@ class PerformerLayer(nn.Module):
                                      nn.Dropout(drop))
         self.m = int(out_dim * kernel_ratio)
         w = nn.init.orthogonal_(torch.empty(self.m, out_dim)) * math.sqrt(self.m)
-        self.w = nn.Parameter(w, requires_grad=False)
+        self.register_buffer("w", w)  # frozen: a persistent buffer (the official frozen parameter's key)
 
     def _features(self, x: Tensor, w: Tensor) -> Tensor:
         # positive random features of the softmax kernel, exp(w.x - |x|^2/2) / sqrt(m); upstream draws w as
@@ -213,8 +226,8 @@ class TokensToToken(nn.Module):
         B = x.shape[0]
         g1, g2, g3 = t2t_grid((x.shape[2], x.shape[3]))
         x = self.attention1(self.soft_split0(x).transpose(1, 2), g1)
-        x = self.attention2(self.soft_split1(x.transpose(1, 2).reshape(B, -1, *g1)).transpose(1, 2), g2)
-        x = self.soft_split2(x.transpose(1, 2).reshape(B, -1, *g2)).transpose(1, 2)
+        x = self.attention2(self.soft_split1(x.transpose(1, 2).reshape(B, x.shape[-1], *g1)).transpose(1, 2), g2)
+        x = self.soft_split2(x.transpose(1, 2).reshape(B, x.shape[-1], *g2)).transpose(1, 2)
         return self.project(x), g3
 
 
@@ -253,6 +266,9 @@ class T2TViT(ClassTokenBlocks, nn.Module):
         drop_rate, pos_drop_rate, attn_drop_rate, drop_path_rate: regularisation.
     """
 
+    no_weight_decay_keys = ("cls_token",)
+    group_stem = r"^cls_token|pos_embed|tokens_to_token"
+
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
@@ -277,7 +293,13 @@ class T2TViT(ClassTokenBlocks, nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        check_global_pool(global_pool)
+        check_transformer_args(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                               num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                               pos_drop_rate=pos_drop_rate, attn_drop_rate=attn_drop_rate,
+                               drop_path_rate=drop_path_rate)
+        check_img_size(img_size, (MIN_SIZE, MIN_SIZE), "the first soft split (7x7, stride 4, padding 2)")
+        # the performer draws int(token_dim / 2) random features
+        check_int(token_dim, "token_dim", 2 if tokens_type == "performer" else 1)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -285,6 +307,7 @@ class T2TViT(ClassTokenBlocks, nn.Module):
         self.num_prefix_tokens = 1
         self.in_chans = in_chans
         self.locality = locality
+        self.min_input_size = (MIN_SIZE, MIN_SIZE)
         self.grad_checkpointing = False
         self.img_size = to_2tuple(img_size)
         self.grid_size = t2t_grid(self.img_size)[-1]
@@ -292,7 +315,8 @@ class T2TViT(ClassTokenBlocks, nn.Module):
         self.tokens_to_token = TokensToToken(tokens_type, in_chans, embed_dim, token_dim, locality)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         num_patches = self.grid_size[0] * self.grid_size[1]
-        self.pos_embed = nn.Parameter(sinusoid_table(num_patches + 1, embed_dim), requires_grad=False)
+        # the fixed sinusoid table: a persistent buffer (the official frozen parameter's key, never trained)
+        self.register_buffer("pos_embed", sinusoid_table(num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate if pos_drop_rate is None else pos_drop_rate)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         if locality:
@@ -312,24 +336,16 @@ class T2TViT(ClassTokenBlocks, nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=16) for i in range(depth)]
-        if locality and tokens_type == "performer":
-            # upstream keeps the performer layers' norm2 although the locality FFN replaced what it fed
-            self.unused_parameters = tuple(f"tokens_to_token.attention{i}.norm2.{p}"
-                                           for i in (1, 2) for p in ("weight", "bias"))
+        # parameters of the official model that are buffers here (never trained): the frozen position table and
+        # performer projections, and the norm2 that LocalViT's performer layers keep unused
+        frozen = (".w", ".norm2.weight", ".norm2.bias")
+        self.official_parameter_buffers = tuple(n for n, _ in self.named_buffers()
+                                                if n == "pos_embed" or n.endswith(frozen))
 
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(init_linear_layernorm)
 
     # --- timm contract -------------------------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"cls_token"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(stem=r"^cls_token|pos_embed|tokens_to_token",
-                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Make ``img_size`` the default size: the position table is resampled to its token grid once, instead
         of on every forward (e.g. before fine-tuning at 384)."""
@@ -341,15 +357,12 @@ class T2TViT(ClassTokenBlocks, nn.Module):
         if new != old:
             with torch.no_grad():
                 pe = resample_abs_pos_embed(self.pos_embed, list(new), list(old), num_prefix_tokens=1)
-            self.pos_embed = nn.Parameter(pe, requires_grad=False)
+            self.pos_embed = pe
 
     # --- forward -----------------------------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        check_image(x, self.in_chans, (MIN_SIZE, MIN_SIZE), type(self).__name__)
         x, grid = self.tokens_to_token(x)
-        pos = self.pos_embed
-        if grid != self.grid_size:
-            pos = resample_abs_pos_embed(pos, list(grid), list(self.grid_size), num_prefix_tokens=1)
+        pos = self._pos_embed_at(self.pos_embed, grid, self.grid_size)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
         return self.pos_drop(x), grid
 

@@ -38,17 +38,19 @@ import torch
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs
 from timm.models import tnt as timm_tnt
-from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit.layers import LocalityFeedForward, tokens_through_map
 from locvit.layers.attention import attend
 from locvit.layers.locality_ffn import act_from_code
 from locvit.models._helpers import (
-    PrunableBlocks,
+    ClassTokenBlocks,
     build_model,
-    check_global_pool,
-    check_image,
+    check_heads,
+    check_host_kwargs,
+    check_img_size,
+    check_int,
+    check_transformer_args,
     init_linear_layernorm,
     make_cfg,
 )
@@ -160,13 +162,13 @@ class LocalViTTNTBlock(nn.Module):
         pixel = pixel + self.drop_path(self.attn_in(self.norm_in(pixel)))
         pixel = pixel + self.drop_path(self.mlp_in(self.norm_mlp_in(pixel)))
         B, N, _ = patch.shape
-        update = self.proj(self.norm1_proj(pixel).reshape(B, N - 1, -1))
+        update = self.proj(self.norm1_proj(pixel).reshape(B, N - 1, self.proj.in_features))
         patch = torch.cat([patch[:, :1], patch[:, 1:] + update], dim=1)
         patch = patch + self.drop_path(self.attn_out(self.norm_out(patch)))
         return pixel, tokens_through_map(self.conv, patch, grid, 1)
 
 
-class LocalViTTNT(PrunableBlocks, nn.Module):
+class LocalViTTNT(ClassTokenBlocks, nn.Module):
     """TNT with the locality feed-forward as the outer (patch-level) feed-forward.
 
     Args:
@@ -183,6 +185,9 @@ class LocalViTTNT(PrunableBlocks, nn.Module):
         norm_eps: LayerNorm epsilon (1e-5 upstream).
         drop_rate, pos_drop_rate, attn_drop_rate, drop_path_rate: regularisation.
     """
+
+    no_weight_decay_keys = ("patch_pos", "pixel_pos", "cls_token")
+    group_stem = r"^cls_token|patch_pos|pixel_pos|pixel_embed|norm[12]_proj|proj"
 
     def __init__(
         self,
@@ -208,7 +213,14 @@ class LocalViTTNT(PrunableBlocks, nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        check_global_pool(global_pool)
+        check_transformer_args(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                               num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+                               pos_drop_rate=pos_drop_rate, attn_drop_rate=attn_drop_rate,
+                               drop_path_rate=drop_path_rate)
+        check_int(patch_size, "patch_size")
+        check_int(first_stride, "first_stride")
+        check_int(in_dim, "in_dim")
+        check_heads(in_dim, in_num_head, "in_dim", "in_num_head")
 
         def norm_layer(d: int) -> nn.LayerNorm:
             return nn.LayerNorm(d, eps=norm_eps)
@@ -221,7 +233,9 @@ class LocalViTTNT(PrunableBlocks, nn.Module):
         self.grad_checkpointing = False
 
         self.pixel_embed = PixelEmbed(patch_size, in_chans, in_dim, first_stride)
-        self.img_size = to_2tuple(img_size)
+        m = self.pixel_embed.min_size
+        self.min_input_size = (m, m)
+        self.img_size = check_img_size(img_size, (m, m), f"one {patch_size}x{patch_size} patch")
         self.grid_size = self.pixel_embed.grid(self.img_size)
         k = self.pixel_embed.new_patch_size
         num_pixel = k * k
@@ -252,15 +266,6 @@ class LocalViTTNT(PrunableBlocks, nn.Module):
         self.apply(init_linear_layernorm)
 
     # --- timm contract -------------------------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"patch_pos", "pixel_pos", "cls_token"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(stem=r"^cls_token|patch_pos|pixel_pos|pixel_embed|norm[12]_proj|proj",
-                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Make ``img_size`` the default size: the patch position embedding is resampled to its grid once."""
         img_size = to_2tuple(img_size)
@@ -274,61 +279,22 @@ class LocalViTTNT(PrunableBlocks, nn.Module):
                 pe = resample_abs_pos_embed(self.patch_pos, list(new), list(old), num_prefix_tokens=1)
             self.patch_pos = nn.Parameter(pe)
 
-    # --- forward -----------------------------------------------------------------------------------------------
-    def _embed(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
-        m = self.pixel_embed.min_size
-        check_image(x, self.in_chans, (m, m), type(self).__name__)
+    # --- forward: the state is the (pixel tokens, patch tokens) pair --------------------------------------------
+    def _embed(self, x: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[int, int]]:
         B = x.shape[0]
         pixel, grid = self.pixel_embed(x, self.pixel_pos)
-        patch = self.norm2_proj(self.proj(self.norm1_proj(pixel.reshape(B, grid[0] * grid[1], -1))))
-        pos = self.patch_pos
-        if grid != self.grid_size:
-            pos = resample_abs_pos_embed(pos, list(grid), list(self.grid_size), num_prefix_tokens=1)
+        patch = self.norm2_proj(self.proj(self.norm1_proj(pixel.reshape(B, grid[0] * grid[1], self.proj.in_features))))
+        pos = self._pos_embed_at(self.patch_pos, grid, self.grid_size)
         patch = torch.cat([self.cls_token.expand(B, -1, -1), patch], dim=1) + pos
-        return pixel, self.pos_drop(patch), grid
+        return (pixel, self.pos_drop(patch)), grid
 
-    def _block(self, blk: nn.Module, pixel: Tensor, patch: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def _block(self, blk: nn.Module, x: tuple[Tensor, Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, pixel, patch, grid)
-        return blk(pixel, patch, grid)
+            return checkpoint(blk, *x, grid)
+        return blk(*x, grid)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        pixel, patch, grid = self._embed(x)
-        for blk in self.blocks:
-            pixel, patch = self._block(blk, pixel, patch, grid)
-        return self.norm(patch)
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | list[int] | None = None,
-        return_prefix_tokens: bool = False,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Patch tokens after each block as ``B x C x gh x gw`` maps (``'NLC'``: sequences), timm's interface."""
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        pixel, patch, (H, W) = self._embed(x)
-        B = patch.shape[0]
-        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
-        intermediates, prefixes = [], []
-        for i, blk in enumerate(blocks):
-            pixel, patch = self._block(blk, pixel, patch, (H, W))
-            if i in take_indices:
-                y = self.norm(patch) if norm else patch
-                prefixes.append(y[:, :1])
-                y = y[:, 1:]
-                intermediates.append(y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
-                                     if output_fmt == "NCHW" else y)
-        if return_prefix_tokens:
-            intermediates = list(zip(intermediates, prefixes))
-        if intermediates_only:
-            return intermediates
-        return self.norm(patch), intermediates
+    def _tokens(self, x: tuple[Tensor, Tensor]) -> Tensor:
+        return x[1]
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: LocalViTTNT) -> dict[str, Tensor]:
@@ -393,6 +359,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> LocalViTTN
 
 
 def _create_host(variant: str, pretrained: bool = False, **kwargs: Any) -> timm_tnt.TNT:
+    heads = [("embed_dim", "num_heads_outer"), ("inner_dim", "num_heads_inner")]
+    check_host_kwargs(kwargs, ("token", "avg", ""), heads, dict(patch_size=16, img_size=224))
     return build_model(TNT_HOST, variant, pretrained, **kwargs)
 
 

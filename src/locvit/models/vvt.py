@@ -57,17 +57,28 @@ features instead of storing every element-wise step.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, to_2tuple, trunc_normal_
+from timm.layers import DropPath, register_notrace_module, to_2tuple
 from timm.models import checkpoint, generate_default_cfgs
-from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
-from locvit.models._helpers import build_model, check_image, make_cfg
+from locvit.models._helpers import (
+    PyramidStages,
+    build_model,
+    check_heads,
+    check_hidden,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_length,
+    check_model_args,
+    init_linear_layernorm,
+    make_cfg,
+)
 from locvit.models._registry import (
     DenseRecipe,
     ModelSpec,
@@ -185,19 +196,33 @@ def vicinity_attention(q: Tensor, k: Tensor, v: Tensor, q_table: Tensor, k_table
     """
     if clamp and fastpath.eager_autograd(q, k, v):
         return _VicinityAttentionFn.apply(q, k, v, q_table, k_table)
-    return _vicinity_forward(q, k, v, q_table, k_table, clamp, inplace=not fastpath.needs_grad(q, k, v))[0]
+    inplace = not fastpath.needs_grad(q, k, v)
+    terms = _linear_terms(q, k, v, q_table, k_table, clamp, inplace)
+    if not clamp:
+        return terms.num * terms.z_raw.unsqueeze(-1)
+    return _clamped_output(terms, inplace)
 
 
-def _vicinity_forward(q: Tensor, k: Tensor, v: Tensor, q_table: Tensor, k_table: Tensor, clamp: bool,
-                      inplace: bool, for_backward: bool = False) -> tuple[Tensor, ...]:
-    """The forward of :func:`vicinity_attention`; with ``for_backward`` it also returns what
-    :class:`_VicinityAttentionFn` needs: ``[clamp(kv) | k_sum]``, the kv clamp's gradient mask, the numerator and
-    ``1/(den+eps)``."""
+class _LinearTerms(NamedTuple):
+    """What linear vicinity attention computes before its output clamps: ``kvs = [clamp(kv) | k_sum]``
+    (``B x h x 4d x (d+1)``), the numerator ``num`` and ``z_raw = 1 / (den + eps)``; ``kv_mask``: where the kv clamp
+    passes gradient (kept for the hand-written backward only, else None)."""
+
+    kvs: Tensor
+    num: Tensor
+    z_raw: Tensor
+    kv_mask: Tensor | None
+
+
+def _linear_terms(q: Tensor, k: Tensor, v: Tensor, q_table: Tensor, k_table: Tensor, clamp: bool, inplace: bool,
+                  keep_kv_mask: bool = False) -> _LinearTerms:
+    """The linear-attention products of :func:`vicinity_attention`: one matmul for the key summary, one for the
+    numerator and denominator together."""
     d = v.shape[-1]
     qf = vicinity_features(q, q_table)  # B h N 4d
     kf = vicinity_features(k, k_table)  # B h S 4d
     kv = kf.transpose(-2, -1) @ v  # B h 4d d: sum_m phi(k_m)^T v_m, the reordering that makes it linear
-    kv_mask = _in_range(kv) if for_backward else None
+    kv_mask = _in_range(kv) if keep_kv_mask else None
     if clamp:
         kv = abs_clamp(kv, inplace)
     k_sum = kf.sum(dim=-2).unsqueeze(-1)  # B h 4d 1
@@ -208,12 +233,13 @@ def _vicinity_forward(q: Tensor, k: Tensor, v: Tensor, q_table: Tensor, k_table:
     del qf
     num, den = out[..., :d], out[..., d]
     z_raw = torch.reciprocal(den + DENOM_EPS)  # den >= 0: relu features and non-negative angle weights
-    if not clamp:
-        return (num * z_raw.unsqueeze(-1),)
-    z = abs_clamp(z_raw, inplace=False)
-    # official: abs_clamp(abs_clamp(num) * z); z > 0, so one sign suffices
-    o = _clamp_scale_clamp(num, z.unsqueeze(-1), gate=False, inplace=inplace and not for_backward)
-    return (o, kvs, kv_mask, num, z_raw) if for_backward else (o,)
+    return _LinearTerms(kvs, num, z_raw, kv_mask)
+
+
+def _clamped_output(terms: _LinearTerms, inplace: bool) -> Tensor:
+    """The official ``abs_clamp(abs_clamp(num) * abs_clamp(z))``; ``z > 0``, so one sign suffices."""
+    z = abs_clamp(terms.z_raw, inplace=False)
+    return _clamp_scale_clamp(terms.num, z.unsqueeze(-1), gate=False, inplace=inplace)
 
 
 def vicinity_weights(q: Tensor, k: Tensor, q_table: Tensor, k_table: Tensor, query_index: Tensor | list[int],
@@ -250,10 +276,9 @@ class _VicinityAttentionFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, q_table: Tensor, k_table: Tensor) -> Tensor:
-        o, kvs, kv_mask, num, z_raw = _vicinity_forward(q, k, v, q_table, k_table, True, inplace=True,
-                                                        for_backward=True)
-        ctx.save_for_backward(q, k, v, q_table, k_table, kvs, kv_mask, num, z_raw)
-        return o
+        terms = _linear_terms(q, k, v, q_table, k_table, clamp=True, inplace=True, keep_kv_mask=True)
+        ctx.save_for_backward(q, k, v, q_table, k_table, terms.kvs, terms.kv_mask, terms.num, terms.z_raw)
+        return _clamped_output(terms, inplace=False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -423,7 +448,8 @@ class DWConvMlp(nn.Module):
         B, N, _ = x.shape
         x = self.fc1(x)
         # the token layout is channels-last, which the conv takes without a copy
-        x = self.dwconv(x.view(B, hw[0], hw[1], -1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, -1)
+        hidden = x.shape[-1]
+        x = self.dwconv(x.view(B, hw[0], hw[1], hidden).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, hidden)
         if not fastpath.needs_grad(x):
             x = torch.ops.aten.gelu_(x)  # the conv output is a temporary: saves one large allocation
         else:
@@ -462,6 +488,7 @@ class OverlapPatchEmbed(nn.Module):
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
+@register_notrace_module  # CPU inference in image groups sized by the map: a leaf for torch.fx
 class VicinityStage(nn.Module):
     """Optional downsampling embed, ``depth`` blocks, then the stage LayerNorm; ``B x H x W x C`` maps in/out.
 
@@ -516,7 +543,7 @@ class VicinityStage(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------------------------
-class VicinityVisionTransformer(nn.Module):
+class VicinityVisionTransformer(PyramidStages, nn.Module):
     """The VVT pyramid: conv stem (k7 s4) and three k3 s2 embeds, vicinity-attention blocks, mean-pooled head.
 
     Args:
@@ -534,6 +561,9 @@ class VicinityVisionTransformer(nn.Module):
         clamp: the official ``abs_clamp`` calls; ``False`` is an opt-in that changes results.
         dynamic_img_size: accepted for timm compatibility; VVT always takes any size.
     """
+
+    output_fmt = "NCHW"  # forward_features: the last stage's normed map
+    group_stage_end = "norm"  # each stage ends with its own LayerNorm (the official norm{i})
 
     def __init__(
         self,
@@ -555,11 +585,28 @@ class VicinityVisionTransformer(nn.Module):
         dynamic_img_size: bool = True,
     ):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        n = len(depths)
-        if not all(len(a) == n for a in (embed_dims, num_heads, mlp_ratios, sr_ratios, fr_ratios)):
-            raise ValueError("embed_dims, num_heads, mlp_ratios, sr_ratios and fr_ratios need one entry per stage")
+        check_model_args(num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, pools=self.global_pools,
+                         drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+        n = len(check_ints(depths, "depths"))
+        embed_dims = check_ints(embed_dims, "embed_dims", n)
+        fr_ratios = check_ints(fr_ratios, "fr_ratios", n)
+        check_ints(sr_ratios, "sr_ratios", n)
+        check_ints(num_heads, "num_heads", n)
+        check_length(mlp_ratios, "mlp_ratios", n)
+        check_int(se_ratio, "se_ratio")
+        for i in range(n):
+            heads = check_heads(embed_dims[i], num_heads[i], f"embed_dims[{i}]", f"num_heads[{i}]")
+            reduced = embed_dims[i] // heads // fr_ratios[i]
+            if reduced < 1 or reduced * heads != embed_dims[i] // fr_ratios[i]:
+                raise ValueError(f"stage {i}: feature reduction fr_ratios[{i}]={fr_ratios[i]} does not split the "
+                                 f"reduced width embed_dims[{i}] / fr = {embed_dims[i] // fr_ratios[i]} evenly into "
+                                 f"num_heads[{i}]={heads} heads; use a fr_ratio dividing the head width "
+                                 f"{embed_dims[i] // heads}")
+            check_hidden(embed_dims[i], mlp_ratios[i], f"mlp_ratios[{i}]")
+            if embed_dims[i] < se_ratio:
+                raise ValueError(f"se_ratio={se_ratio} leaves no hidden unit in the SE gate of stage {i} "
+                                 f"(embed_dims[{i}]={embed_dims[i]}); use se_ratio <= {embed_dims[i]}")
+        check_img_size(img_size)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans
@@ -568,6 +615,7 @@ class VicinityVisionTransformer(nn.Module):
         self.num_features = self.head_hidden_size = embed_dims[-1]
         # stage i runs on ceil(H / 2^(i+2)) rows, and a spatial-reduction conv needs at least sr of them
         self.min_size = max(2 ** (i + 2) * (sr - 1) + 1 for i, sr in enumerate(sr_ratios))
+        self.min_input_size = (self.min_size, self.min_size)
 
         self.patch_embed = OverlapPatchEmbed(in_chans, embed_dims[0], 7, 4)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -581,42 +629,11 @@ class VicinityVisionTransformer(nn.Module):
             cur += depths[i]
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=2 ** (i + 2), module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        self.head_drop = nn.Identity()
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
 
     # --- timm contract ---------------------------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^stages\.(\d+)\.norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def set_input_size(self, img_size: int | tuple[int, int] | None = None, **kwargs: Any) -> None:
         """Record a new default input size (e.g. 384). VVT has no size-dependent state, so nothing is resampled:
         the angle tables follow every input's grid."""
@@ -625,71 +642,21 @@ class VicinityVisionTransformer(nn.Module):
 
     # --- forward -----------------------------------------------------------------------------------------------
     def _stem(self, x: Tensor) -> Tensor:
-        check_image(x, self.in_chans, (self.min_size, self.min_size), type(self).__name__)
         return self.patch_embed(x)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``B x C x H x W`` image -> ``B x C4 x H/32 x W/32`` normalised last-stage map (channels-last strides)."""
-        return self.stages(self._stem(x)).permute(0, 3, 1, 2)
+    def _stage_map(self, i: int, x: Tensor, norm: bool) -> Tensor:
+        """Stage ``i``'s output, after its own LayerNorm (the official ``norm{i}``; ``norm`` has nothing to add)."""
+        return x
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs (after each stage's LayerNorm, as the official ``norm{i}``), timm's interface.
-
-        ``norm`` is accepted for the interface: the stage maps are already normalised. ``output_fmt`` is
-        ``'NCHW'`` or ``'NHWC'``.
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[: max_index + 1] if stop_early and not torch.jit.is_scripting() else self.stages
-        x = self._stem(x)
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else x)
-        if intermediates_only:
-            return intermediates
-        return x.permute(0, 3, 1, 2), intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        if max_index < len(self.stages) - 1:
-            self.stages = self.stages[: max_index + 1]
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-            prune_head = True
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
+    def _features(self, x: Tensor, final: bool) -> Tensor:
+        """``B x C x H x W``: the (normalised) last stage map."""
+        return x.permute(0, 3, 1, 2)
 
 
 def _init_weights(m: nn.Module) -> None:
     """Official init: Linear trunc-normal(0.02)/0, LayerNorm 1/0, Conv normal(0, sqrt(2 / fan_out))/0."""
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
+    init_linear_layernorm(m)
+    if isinstance(m, nn.Conv2d):
         fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
         nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
         if m.bias is not None:
@@ -785,11 +752,11 @@ def _cfg(page: str = "", **kwargs: Any) -> dict[str, Any]:
     # direct link): provenance only.
     return make_cfg(origin_url=page, repo="OpenNLPLab/Vicinity-Vision-Transformer", license="apache-2.0",
                     paper_ids="arXiv:2206.10552", paper_name="Vicinity Vision Transformer",
-                    min_input_size=(3, 1, 1), test_input_size=(3, 32, 32), **kwargs)
+                    min_input_size=(3, 1, 1), test_input_size=(3, 32, 32), **{"pool_size": (7, 7), **kwargs})
 
 
 def _cfg384(**kwargs: Any) -> dict[str, Any]:
-    return _cfg(input_size=(3, 384, 384), crop_pct=1.0, **kwargs)
+    return _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0, **kwargs)
 
 
 _ONEDRIVE = "the official README links a OneDrive page (no direct download)"

@@ -68,7 +68,7 @@ def host_model(name: str, model: nn.Module) -> tuple[str, nn.Module] | None:
 
     if isinstance(model, LocalViT):
         ff = model.blocks[0].conv
-        hidden = ff.conv[0].out_channels
+        hidden = ff.conv.part("expand").out_channels
         host = timm.models.vision_transformer.VisionTransformer(
             img_size=model.patch_embed.img_size, patch_size=model.patch_size, in_chans=model.in_chans,
             num_classes=model.num_classes, embed_dim=model.embed_dim, depth=len(model.blocks),

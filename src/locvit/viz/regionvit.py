@@ -62,7 +62,9 @@ def regionvit_attention(model: nn.Module, x: Tensor, query: tuple[int, int], sta
     calls = rec.get(blk.attn, [])
     if len(calls) != 2:
         raise RuntimeError(f"expected the regional and the local attention call of the block, got {len(calls)}")
-    regional, local = (c.float().mean(1)[0] if i == 0 else c.float().mean(1) for i, c in enumerate(calls))
+    heads = blk.attn.num_heads
+    # windows x heads (a padded map's windows are folded into the head axis: the same order)
+    regional, local = calls[0].float().mean(1)[0], calls[1].float().reshape(-1, heads, *calls[1].shape[-2:]).mean(1)
     region_map, local_map = maps[0], maps[1]
     Hr, Wr = region_map.shape[-2:]
     h, _ = local_map.shape[-2:]
