@@ -18,7 +18,7 @@ The two T2T layer kinds:
 LocalViT-T2T replaces every backbone ``norm2 + MLP`` by the locality feed-forward (act ``hs+se``, the class
 token bypasses it) and the T2T layers' ``norm2 + MLP`` by a locality feed-forward with expand 1 and act ``hs``.
 
-Official details reproduced (see OFFICIAL_QUIRKS.md §4.8):
+Official details reproduced:
 
 * the performer's ``w`` is a frozen random matrix drawn at construction: it is part of every checkpoint and must
   be loaded, never regenerated; the position table is a fixed sinusoid (both frozen ``nn.Parameter`` upstream,
