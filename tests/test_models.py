@@ -19,6 +19,8 @@ from locvit.models._helpers import TimmModel
 from locvit.models._registry import spec_of
 
 MODELS = locvit.list_models()
+# the full-size checks: one model per block kind in `make test`, every registered model in `make test-heavy`
+FULL_SIZE = every_model(DISTINCT + ["regionvit_video_tiny", "localvit_vit_small_patch16_224"])
 NUM_CLASSES = 7
 
 
@@ -29,7 +31,7 @@ def small_input_size(model) -> tuple[int, int]:
     return tuple(size[-2:])
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", FULL_SIZE)
 def test_model_contract(name):
     torch.manual_seed(0)
     model = locvit.create_model(name, num_classes=NUM_CLASSES)
@@ -92,7 +94,7 @@ def test_model_contract(name):
     assert in_groups == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", FULL_SIZE)
 def test_model_features_only(name):
     model = timm.create_model(name, features_only=True)
     H, W = small_input_size(model)
@@ -107,7 +109,7 @@ def test_model_features_only(name):
         assert len(outs) >= 3
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", FULL_SIZE)
 def test_bad_input_channels(name):
     model = locvit.create_model(name, num_classes=NUM_CLASSES).eval()
     H, W = small_input_size(model)
@@ -117,7 +119,7 @@ def test_bad_input_channels(name):
         model(torch.randn(3, H, W))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", FULL_SIZE)
 def test_input_sizes_property(name):
     """Over random sizes a model either runs (and returns logits) or raises a ValueError that says why;
     every size at or above its declared minimum works unless the model has a fixed input size."""
