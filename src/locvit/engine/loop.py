@@ -29,8 +29,8 @@ from locvit.checkpoint import save_checkpoint
 from locvit.data.loader import steps_per_epoch
 from locvit.engine.distributed import DistInfo, all_reduce_sum, barrier
 from locvit.engine.logger import RunLogger
-from locvit.engine.step import optimizer_step
-from locvit.engine.train import NonFiniteLossError, _autocast, _seed_step, find_resume
+from locvit.engine.step import mixed_precision, optimizer_step, seed_step
+from locvit.engine.train import NonFiniteLossError, find_resume
 
 __all__ = ["Task", "build_param_groups", "build_scheduler", "fit"]
 
@@ -118,7 +118,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
     optimizer = create_optimizer_v2(build_param_groups(model, cfg.weight_decay, task.no_weight_decay()), opt=cfg.opt,
                                     lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, **opt_kwargs)
     scheduler = build_scheduler(cfg, optimizer, total, unit)
-    autocast, scaler = _autocast(cfg, device)
+    autocast, scaler = mixed_precision(cfg.amp, device)
     net: nn.Module = model
     if dist.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -160,7 +160,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
         loader.dataset.set_epoch(epoch)
         net.train()
         for batch in loader:
-            _seed_step(cfg.seed, global_step, dist.rank)
+            seed_step(cfg.seed, global_step, dist.rank)
             running["skipped"] += batch.skipped
             if len(batch[0]):
                 with autocast():

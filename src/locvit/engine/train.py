@@ -8,7 +8,6 @@ resumed run on CPU reproduces an uninterrupted one bit for bit.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from timm.data import Mixup, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, NativeScaler
+from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
@@ -34,9 +33,8 @@ from locvit.engine.config import TrainConfig, check_resume, save_config
 from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
 from locvit.engine.evaluate import evaluate
 from locvit.engine.logger import RunLogger
-from locvit.engine.step import optimizer_step
+from locvit.engine.step import mixed_precision, optimizer_step, seed_step
 from locvit.engine.video import check_task, mix_batch, video_data_kwargs
-from locvit.runtime import seed_all
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,24 +64,6 @@ class EpochTotals:
         return cls(state.get("seen", 0), state.get("loss_sum", 0.0),
                    {int(i): p for i, p in (state.get("unreadable") or {}).items()},
                    time.time() - state.get("seconds", 0.0))
-
-
-def _seed_step(seed: int, step: int, rank: int) -> None:
-    seed_all((seed * 1_000_003 + step * 7919 + rank) % (2**31))
-
-
-def _autocast(cfg: TrainConfig, device: torch.device):
-    """(context factory, grad scaler) for the precision ``cfg.amp`` asks for on ``device``."""
-    mode = cfg.amp
-    if mode == "auto":
-        mode = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
-    if mode == "off":
-        return contextlib.nullcontext, None
-    if mode not in ("bf16", "fp16"):
-        raise ValueError(f"amp must be auto, bf16, fp16 or off, got {cfg.amp!r}")
-    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
-    scaler = NativeScaler(device=device.type) if mode == "fp16" else None
-    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 def find_resume(resume: str, output: str | Path) -> Path:
@@ -144,7 +124,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     if main:
         check_writable(run_dir)
         remove_stale_temp_files(run_dir)  # temp files of writes a kill interrupted
-    _seed_step(cfg.seed, 0, dist.rank)
+    seed_step(cfg.seed, 0, dist.rank)
 
     # data (classes first: they size the head)
     video = check_task(cfg.task)
@@ -209,7 +189,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         warmup_lr=cfg.warmup_lr * (scale if cfg.scale_lr and cfg.lr is None else 1.0),
         min_lr=cfg.min_lr * (scale if cfg.scale_lr and cfg.lr is None else 1.0),
         step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=n_steps)
-    autocast, scaler = _autocast(cfg, device)
+    autocast, scaler = mixed_precision(cfg.amp, device)
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
@@ -296,7 +276,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
             images, targets = batch
             tot.unreadable.update((u.index, u.path) for u in batch.unreadable)
             step_in_epoch += 1
-            _seed_step(cfg.seed, global_step, dist.rank)
+            seed_step(cfg.seed, global_step, dist.rank)
             if images.numel():
                 images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
                 if cfg.channels_last:

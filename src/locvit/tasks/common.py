@@ -22,13 +22,13 @@ C = TypeVar("C", bound=DenseConfig)
 @contextlib.contextmanager
 def session(cfg: DenseConfig) -> Iterator[DistInfo]:
     """torchrun's process group (when there is one) and the device, determinism and initial seed of ``cfg``."""
-    from locvit.engine.train import _seed_step
+    from locvit.engine.step import seed_step
 
     dist = init_distributed(cfg.device)
     try:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        _seed_step(cfg.seed, 0, dist.rank)
+        seed_step(cfg.seed, 0, dist.rank)
         yield dist
     finally:
         cleanup()

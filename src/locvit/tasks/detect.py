@@ -16,7 +16,7 @@ from torch import nn
 from locvit.data.coco import CocoDetection, collate_detection, find_coco_split
 from locvit.engine.distributed import DistInfo, all_gather_objects
 from locvit.engine.loop import fit
-from locvit.engine.train import _autocast
+from locvit.engine.step import mixed_precision
 from locvit.tasks.common import (
     backbone_kwargs,
     eval_loader,
@@ -114,7 +114,7 @@ def evaluate_detector(model: nn.Module, dataset: CocoDetection, cfg: DetectConfi
     saved = inner.transform.min_size, inner.transform.max_size
     short, long = cfg.test_size or (cfg.min_size[-1], cfg.max_size)
     inner.transform.min_size, inner.transform.max_size = (short,), long
-    autocast, _ = _autocast(cfg, dist.device)
+    autocast, _ = mixed_precision(cfg.amp, dist.device)
     label_to_cat = {v: k for k, v in dataset.cat_to_label.items()}
     iou_types = IOU_TYPES[cfg.detector]
     results: list[dict[str, Any]] = []

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from locvit.data.segmentation import SegmentationFolder, collate_segmentation, find_segmentation_split
 from locvit.engine.distributed import DistInfo, all_reduce_sum
 from locvit.engine.loop import fit
-from locvit.engine.train import _autocast
+from locvit.engine.step import mixed_precision
 from locvit.tasks.common import (
     backbone_kwargs,
     eval_loader,
@@ -122,7 +122,7 @@ def evaluate_segmenter(model: nn.Module, dataset: SegmentationFolder, cfg: Segme
     """mIoU / mAcc / aAcc (percent) and per-class IoU/Acc of ``model`` on ``dataset``, all ranks summed."""
     from tqdm import tqdm
 
-    autocast, _ = _autocast(cfg, dist.device)
+    autocast, _ = mixed_precision(cfg.amp, dist.device)
     conf = torch.zeros(num_classes, num_classes, dtype=torch.float64)
     skipped = 0
     model.eval()
