@@ -379,3 +379,156 @@ def test_train_pretrained_fine_tunes_from_the_download(server, tmp_path, tiny, c
     assert main(["train", "--model", NAME, "--pretrained", "--checkpoint", "x.pth", "--max-steps", "1",
                  "--output", str(tmp_path / "both"), *["--model-kwargs", *kw]]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+# --- what a refused download leaves behind, servers that never answer, advice that works ------------------------------
+def _nan_copy(sd: dict) -> dict:
+    sd = {k: v.clone() for k, v in sd.items()}
+    sd["head.weight"][0, 0] = float("nan")
+    return sd
+
+
+def test_a_refused_download_never_enters_the_cache(server, caches, tiny):
+    """Files that download completely and read, but are refused for the model (another model's weights under the
+    expected name, NaN weights), are discarded; the correct file at the same URL then loads."""
+    model, body = tiny
+    url = server.url("v1.0.0/localvit_t.pth")
+    server.files["/v1.0.0/localvit_t.pth"] = _release(locvit.create_model(NAME, **dict(KW, embed_dim=48)).state_dict())
+    with pytest.raises(CheckpointError, match="does not fit localvit_tiny") as e:
+        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(url=url), **KW)
+    assert url in str(e.value) and "nothing was cached" in str(e.value) and "<state dict>" not in str(e.value)
+    assert not caches.exists() or not any(caches.iterdir())
+
+    server.files["/v1.0.0/localvit_t.pth"] = _release(_nan_copy(model.state_dict()))
+    with pytest.raises(CheckpointError, match="NaN/inf") as e:
+        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(url=url), **KW)
+    msg = str(e.value)
+    # the advice is the one a pretrained=True user can follow: allow_nonfinite is no argument of timm.create_model
+    assert url in msg and "nothing was cached" in msg and "allow_nonfinite" not in msg and "file=" in msg
+    assert not any(caches.iterdir())
+
+    server.files["/v1.0.0/localvit_t.pth"] = body
+    assert _same(model, timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(url=url), **KW))
+    assert sorted(p.name for p in caches.iterdir()) == ["localvit_t.pth"]
+
+
+@pytest.mark.parametrize("poison", ["another model", "nan"])
+def test_a_poisoned_cache_is_removed_named_and_fetched_again(server, caches, tiny, capsys, poison):
+    """A cached file that reads but fails the checks (left by an older version, copied in by hand) no longer blocks
+    every later load: it is removed, the message names it and the URL, and the URL is fetched once."""
+    model, body = tiny
+    url = server.url("v1.0.0/localvit_t.pth")
+    server.files["/v1.0.0/localvit_t.pth"] = body
+    caches.mkdir(parents=True)
+    bad = (locvit.create_model(NAME, **dict(KW, depth=3)).state_dict() if poison == "another model"
+           else _nan_copy(model.state_dict()))
+    (caches / "localvit_t.pth").write_bytes(_release(bad))
+    capsys.readouterr()
+    assert _same(model, timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(url=url), **KW))
+    err = capsys.readouterr().err
+    assert f"removed the cached copy {caches / 'localvit_t.pth'} of {url}" in err
+    assert server.hits == ["/v1.0.0/localvit_t.pth"]
+    assert (caches / "localvit_t.pth").read_bytes() == body
+
+    # the fetch is tried once: a URL that serves the wrong file again is an error, and the cache stays empty
+    (caches / "localvit_t.pth").write_bytes(_release(bad))
+    server.files["/v1.0.0/localvit_t.pth"] = _release(bad)
+    with pytest.raises(CheckpointError, match="nothing was cached"):
+        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(url=url), **KW)
+    assert server.hits == ["/v1.0.0/localvit_t.pth"] * 2 and not any(caches.iterdir())
+
+
+@pytest.fixture()
+def silent_server():
+    """A server that accepts connections and never answers (``mode='silent'``), or answers the headers and then
+    stalls in the body (``mode='stall'``)."""
+    import socket
+
+    state = dict(mode="silent", conns=[])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    stop = threading.Event()
+
+    def serve():
+        sock.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            state["conns"].append(conn)
+            if state["mode"] == "stall":
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/weights.pth"
+    yield state
+    stop.set()
+    thread.join()
+    for c in state["conns"]:
+        c.close()
+    sock.close()
+
+
+@pytest.mark.parametrize("mode", ["silent", "stall"])
+def test_a_server_that_never_answers_times_out(silent_server, caches, monkeypatch, mode):
+    import time
+
+    silent_server["mode"] = mode
+    monkeypatch.setenv("LOCVIT_DOWNLOAD_TIMEOUT", "0.5")
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as e:
+        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(url=silent_server["url"]), **KW)
+    assert time.monotonic() - start < 20  # bounded: one timeout, no endless retries
+    msg = str(e.value)
+    assert silent_server["url"] in msg and "did not answer within 0.5 s" in msg and "LOCVIT_DOWNLOAD_TIMEOUT=" in msg
+    assert "nothing was cached" in msg and (not caches.exists() or not any(caches.iterdir()))
+
+
+def test_download_timeout_setting_is_checked(monkeypatch):
+    from locvit.pretrained import DEFAULT_DOWNLOAD_TIMEOUT, download_timeout
+
+    monkeypatch.delenv("LOCVIT_DOWNLOAD_TIMEOUT", raising=False)
+    assert download_timeout() == DEFAULT_DOWNLOAD_TIMEOUT
+    monkeypatch.setenv("LOCVIT_DOWNLOAD_TIMEOUT", "300")
+    assert download_timeout() == 300
+    for bad in ("soon", "0", "-5"):
+        monkeypatch.setenv("LOCVIT_DOWNLOAD_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="LOCVIT_DOWNLOAD_TIMEOUT=.*seconds > 0"):
+            download_timeout()
+
+
+def test_nan_checkpoint_advice_works_when_followed(tmp_path, tiny):
+    model, _ = tiny
+    path = tmp_path / "diverged.pth"
+    torch.save(_nan_copy(model.state_dict()), path)
+    with pytest.raises(CheckpointError, match="allow_nonfinite=True") as e:
+        locvit.create_model(NAME, checkpoint=path, **KW)
+    assert str(path) in str(e.value) and "<state dict>" not in str(e.value)
+    loaded = locvit.create_model(NAME, checkpoint=path, allow_nonfinite=True, **KW)  # the advice, followed
+    assert torch.isnan(loaded.head.weight[0, 0])
+
+
+def test_another_models_file_gets_no_class_count_advice(server, tiny):
+    """Both classifiers have 1000 outputs (another model's weights, another width): advising num_classes=1000 to a
+    model that has 1000 classes would be wrong advice."""
+    kw = dict(KW, num_classes=1000)
+    server.files["/x/wide.pth"] = _release(locvit.create_model(NAME, **dict(kw, embed_dim=48)).state_dict())
+    with pytest.raises(CheckpointError, match="does not fit") as e:
+        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(url=server.url("x/wide.pth")), **kw)
+    assert "num_classes=" not in str(e.value)
+
+
+def test_a_hub_folder_whose_config_is_not_json_is_named(tmp_path, tiny):
+    folder = tmp_path / "hubdir"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architecture": "localvit_tiny",')
+    from safetensors.torch import save_file
+
+    save_file(tiny[0].state_dict(), folder / "model.safetensors")
+    with pytest.raises(ValueError) as e:
+        locvit.create_model(f"local-dir:{folder}", pretrained=True)
+    assert str(folder / "config.json") in str(e.value) and "not valid JSON" in str(e.value)

@@ -8,6 +8,7 @@ the model it builds carries the canonical name's pretrained cfg.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 from typing import Any
@@ -58,7 +59,7 @@ def _natural_key(s: str) -> list:
 
 def create_model(name: str, pretrained: bool = False, checkpoint: str | Any | None = None, *,
                  num_classes: int | None = None, img_size: int | tuple[int, int] | None = None, strict: bool = True,
-                 trust_pickle: bool = False, use_ema: bool = False, **kwargs: Any):
+                 trust_pickle: bool = False, use_ema: bool = False, allow_nonfinite: bool = False, **kwargs: Any):
     """Build a model by name (canonical, official alias, or any timm name) and optionally load a checkpoint: the one
     place where the CLI commands, export, viz and the dense adapters build their models.
 
@@ -75,6 +76,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | Any | No
         img_size: input size the model is built for (position embeddings and tables are resized on load).
         strict: with a checkpoint: every key must fit (``False``: load what fits, e.g. to fine-tune with a new head).
         trust_pickle, use_ema: see :func:`locvit.read_checkpoint` (``trust_pickle`` also for ``pretrained=True``).
+        allow_nonfinite: load a ``checkpoint`` holding NaN/inf (refused by default; see :func:`locvit.load_checkpoint`).
         **kwargs: forwarded to the model (``drop_path_rate``, architecture options, ...).
     """
     name = OFFICIAL_HOMONYMS.get(name, name)
@@ -97,12 +99,21 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | Any | No
         kwargs["img_size"] = img_size
     if pretrained and trust_pickle and (source is not None or spec_of(name) is not None):
         kwargs["trust_pickle"] = True  # locvit's entrypoints read the weights' file themselves
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except json.JSONDecodeError as e:  # timm reads a hub folder's config.json without naming it
+        if source is None:
+            raise
+        where = (os.path.join(name.split(":", 1)[1], "config.json") if source == "local-dir"
+                 else f"config.json of {name}")
+        raise ValueError(f"{where} is not valid JSON ({e.msg}, line {e.lineno} column {e.colno}): write the folder "
+                         "again with `locvit convert`, or fix the file") from None
     if state is not None:
         from locvit.checkpoint import load_checkpoint
 
         is_file = isinstance(checkpoint, (str, os.PathLike))
-        model.load_report = load_checkpoint(model, state, strict=strict, source=str(checkpoint) if is_file else None)
+        model.load_report = load_checkpoint(model, state, strict=strict, allow_nonfinite=allow_nonfinite,
+                                            source=str(checkpoint) if is_file else None)
         if is_file:
             model.load_report.sha256 = sha256_file(checkpoint)
     return model

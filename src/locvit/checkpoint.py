@@ -40,6 +40,19 @@ class CorruptCheckpointError(CheckpointError):
     """The file is not a complete checkpoint (truncated, corrupt, a web page, or not a checkpoint at all)."""
 
 
+class UntrustedPickleError(CheckpointError):
+    """The file pickles Python objects besides its tensors and ``trust_pickle`` was not given."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """The weights hold NaN/inf. ``summary`` says which tensors of which source, without advice (callers that load
+    differently give their own)."""
+
+    def __init__(self, message: str, summary: str = ""):
+        super().__init__(message)
+        self.summary = summary or message
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_checkpoint` did: keys loaded, model keys left as initialised, checkpoint keys dropped."""
@@ -116,7 +129,7 @@ def read_checkpoint(
         if culprit is None:  # not a refused class: the bytes themselves are not a valid pickle
             raise _corrupt(path, e) from None
         if not trust_pickle:
-            raise CheckpointError(
+            raise UntrustedPickleError(
                 f"{path} pickles {culprit} besides its tensors, so it is not loaded by default "
                 "(unpickling can run code). If you trust the file's source, pass trust_pickle=True "
                 "(CLI: --trust-checkpoint)."
@@ -244,9 +257,11 @@ def load_checkpoint(
     if not allow_nonfinite:
         bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
-            raise CheckpointError(f"{source} holds NaN/inf values in {len(bad)} tensors ({_fmt(bad, 5)}): it comes "
-                                  "from a diverged run or is damaged, and the model would output NaN; use an "
-                                  "earlier checkpoint (allow_nonfinite=True loads it anyway)")
+            summary = f"{source} holds NaN/inf values in {len(bad)} tensors ({_fmt(bad, 5)})"
+            raise NonFiniteWeightsError(
+                f"{summary}: it comes from a diverged run or is damaged, and the model would output NaN. Use an "
+                "earlier checkpoint; to inspect this one anyway, load it in Python with allow_nonfinite=True "
+                "(locvit.create_model(..., checkpoint=..., allow_nonfinite=True) or locvit.load_checkpoint)", summary)
     own = target.state_dict()
     report = LoadReport(source=source, sha256=sha256)
     report.missing = [k for k in own if k not in sd]

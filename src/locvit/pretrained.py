@@ -8,8 +8,11 @@ for ``pretrained=True``:
    ``local-dir:`` model names set their own). ``pretrained_cfg_overlay=dict(url=...)`` or ``dict(file=...)``
    override the registered source exactly as in timm.
 2. A URL is downloaded into torch hub's cache (``$TORCH_HOME/hub/checkpoints``, or the ``cache_dir`` given to
-   ``timm.create_model``) under a temporary name, read back, and only then moved to its cached name. A cached file
-   that no longer reads is removed (and fetched again), so a cut transfer never breaks the next attempt.
+   ``timm.create_model``) under a temporary name, with connect and read timeouts (``LOCVIT_DOWNLOAD_TIMEOUT``
+   seconds, default 60). It is moved to its cached name only after it passed every check of step 3 for the model it
+   was fetched for (readable, finite, fits). A cached file that fails any check is removed and fetched again once,
+   and the message names the cached path and the URL: neither a cut transfer nor a wrong file at the URL ever
+   stays in the cache to break the next attempt.
 3. The state dict (the authors' ``{'model': ..., 'args': ...}`` wrappers removed) goes through the family's
    checkpoint filter, the input stem is adapted to ``in_chans`` as timm does, and then it must fit the model
    exactly: only the classifier may stay newly initialised, when ``num_classes`` differs from the weights'; with
@@ -19,11 +22,13 @@ for ``pretrained=True``:
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 
 import torch
@@ -35,16 +40,21 @@ from locvit.checkpoint import (
     CheckpointError,
     CorruptCheckpointError,
     LoadReport,
+    NonFiniteWeightsError,
     StateDict,
+    UntrustedPickleError,
     load_checkpoint,
     read_checkpoint,
     unwrap_state_dict,
 )
 
-__all__ = ["DownloadError", "WeightsUnavailableError", "cached_download", "load_pretrained"]
+__all__ = ["DownloadError", "WeightsUnavailableError", "cached_download", "download", "download_timeout",
+           "load_pretrained"]
 
 # weight files in a hub-style folder, in the order timm's hub export writes and looks for them
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# seconds a download may wait to connect, and for each read; LOCVIT_DOWNLOAD_TIMEOUT overrides it
+DEFAULT_DOWNLOAD_TIMEOUT = 60.0
 
 
 class WeightsUnavailableError(CheckpointError):
@@ -103,30 +113,30 @@ def load_pretrained(
     cfg = dict(getattr(target, "pretrained_cfg", None) or model.pretrained_cfg)
     variant = cfg.get("architecture") or type(target).__name__
     kind, location = resolve_source(cfg)
-    path: Path | None = None
-    if kind == "state_dict":
-        sd = unwrap_state_dict(location)
-    elif kind == "file":
-        path = Path(location)
-        sd = read_checkpoint(path, trust_pickle=trust_pickle)
-    elif kind == "url":
-        path, sd = cached_download(location, cache_dir, trust_pickle=trust_pickle, progress=progress)
-    elif kind == "hf-hub":
-        path = _hub_file(location, cfg.get("hf_hub_filename"), cache_dir)
-        sd = read_checkpoint(path, trust_pickle=trust_pickle)
-    elif kind == "local-dir":
-        path = hub_folder_weights(location)
-        sd = read_checkpoint(path, trust_pickle=trust_pickle)
-    else:
-        raise unavailable_error(variant, cfg)
 
-    if filter_fn is not None:
-        sd = filter_fn(dict(sd), target)
-    _adapt_input_convs(sd, target, cfg)
-    report = load_checkpoint(target, sd, strict=False, filter_fn=None)
+    def fit(sd: StateDict, source: str) -> LoadReport:
+        """Step 3 (filter, stem, finite, fits) on ``target``; raises :class:`CheckpointError` naming ``source``."""
+        if filter_fn is not None:
+            sd = filter_fn(dict(sd), target)
+        _adapt_input_convs(sd, target, cfg)
+        report = load_checkpoint(target, sd, strict=False, filter_fn=None, source=source)
+        _check_fit(report, target, cfg, variant, features_only)
+        return report
+
+    if kind == "url":
+        path, report = cached_download(location, cache_dir, trust_pickle=trust_pickle, progress=progress, verify=fit)
+    else:
+        if kind == "state_dict":
+            path, sd = None, unwrap_state_dict(location)
+        elif kind in ("file", "hf-hub", "local-dir"):
+            path = (Path(location) if kind == "file" else hub_folder_weights(location) if kind == "local-dir"
+                    else _hub_file(location, cfg.get("hf_hub_filename"), cache_dir))
+            sd = read_checkpoint(path, trust_pickle=trust_pickle)
+        else:
+            raise unavailable_error(variant, cfg)
+        report = fit(sd, str(path) if path is not None else f"<{kind}>")
     report.source = str(path) if path is not None else f"<{kind}>"
     report.sha256 = sha256_file(path) if path is not None else None
-    _check_fit(report, target, cfg, variant, features_only)
     model.load_report = report
     return report
 
@@ -161,7 +171,8 @@ def _check_fit(report: LoadReport, model: nn.Module, cfg: Mapping[str, Any], var
     if bad:
         hint = ""
         head_shapes = [a for k, a, _ in report.mismatched if is_head(k) and k.endswith("weight")]
-        if head_shapes and not new_head:
+        # a classifier of another class count (not merely another width: that is another model's file)
+        if head_shapes and not new_head and head_shapes[0][0] != getattr(model, "num_classes", None):
             hint = (f"\n(The weights' classifier has {head_shapes[0][0]} outputs: build the model with "
                     f"num_classes={head_shapes[0][0]}, or another num_classes for a new classifier.)")
         raise CheckpointError(f"{report.source} does not fit {variant}:\n{report}{hint}")
@@ -183,58 +194,132 @@ def unavailable_error(variant: str, cfg: Mapping[str, Any]) -> WeightsUnavailabl
 
 
 # --- URLs ---------------------------------------------------------------------------------------------------------
+def download_timeout() -> float:
+    """Seconds a download may wait to connect and for each read: ``$LOCVIT_DOWNLOAD_TIMEOUT``, default 60."""
+    raw = os.environ.get("LOCVIT_DOWNLOAD_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_DOWNLOAD_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"LOCVIT_DOWNLOAD_TIMEOUT={raw!r} is not a number of seconds > 0 (e.g. "
+                         f"LOCVIT_DOWNLOAD_TIMEOUT=300 for a slow link; unset: {DEFAULT_DOWNLOAD_TIMEOUT:g})")
+    return value
+
+
+def download(url: str, dst: str | os.PathLike, *, timeout: float | None = None, progress: bool = True) -> int:
+    """Stream ``url`` into the file ``dst``; returns the bytes written.
+
+    Unlike ``torch.hub.download_url_to_file``, connecting and every read are bounded by ``timeout`` seconds
+    (default :func:`download_timeout`), so a server that accepts the connection and never answers cannot hang the
+    caller. Raises :class:`DownloadError` naming the URL; ``dst`` may then hold part of the file (the caller's temp).
+    """
+    timeout = download_timeout() if timeout is None else timeout
+    from tqdm.auto import tqdm
+
+    from locvit import __version__
+
+    request = urllib.request.Request(url, headers={"User-Agent": f"locvit/{__version__}"})
+    name = os.path.basename(urlparse(url).path) or url
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(dst, "wb") as f:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=not progress,
+                      file=sys.stderr) as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+                done = bar.n
+    except TimeoutError as e:  # a read that got no byte in time
+        raise DownloadError(_timeout_message(url, timeout)) from e
+    except HTTPError as e:
+        raise DownloadError(f"could not download {url} (HTTP {e.code} {e.reason})") from None
+    except URLError as e:
+        if isinstance(e.reason, (TimeoutError, socket.timeout)):  # connecting took too long
+            raise DownloadError(_timeout_message(url, timeout)) from None
+        raise DownloadError(f"could not download {url} ({e.reason})") from None
+    except (OSError, ValueError) as e:  # connection reset, incomplete read, malformed URL
+        raise DownloadError(f"could not download {url} ({type(e).__name__}: {e})") from None
+    if total is not None and done != total:
+        raise DownloadError(f"could not download {url} (the transfer stopped after {done} of {total} bytes)")
+    return done
+
+
+def _timeout_message(url: str, timeout: float) -> str:
+    return (f"could not download {url}: the server did not answer within {timeout:g} s (connect and read timeout; "
+            f"for a slow link raise it, e.g. LOCVIT_DOWNLOAD_TIMEOUT={max(300, int(timeout * 5))})")
+
+
 def cached_download(
     url: str,
     cache_dir: str | os.PathLike | None = None,
     *,
     trust_pickle: bool = False,
     progress: bool = True,
-) -> tuple[Path, StateDict]:
-    """The file at ``url`` from the cache, downloading it on first use; returns its path and state dict.
+    verify: Callable[[StateDict, str], Any] | None = None,
+) -> tuple[Path, Any]:
+    """The file at ``url`` from the cache, downloading it on first use.
 
     The download lands under a temporary name in the cache folder and is moved to ``<cache>/<file name>`` only
-    once it reads as a complete checkpoint; a cached file that does not read is removed (and fetched again).
+    once it reads as a complete checkpoint and ``verify(state_dict, source)`` accepted it (``load_pretrained``
+    passes the checks for its model: finite, fits). A cached file that fails either check is removed, said so on
+    stderr with its path, and fetched again once; a fresh download that fails is discarded, never cached.
 
     Args:
         url: direct download link.
         cache_dir: cache folder (default: ``torch.hub.get_dir()/checkpoints``, i.e. ``$TORCH_HOME/hub/checkpoints``).
         trust_pickle: see :func:`locvit.read_checkpoint`.
         progress: show a progress bar.
+        verify: called with the state dict and a name for messages; raises :class:`CheckpointError` to refuse.
+
+    Returns:
+        ``(path, verify's result)``, or ``(path, state dict)`` without ``verify``.
     """
+    verify = verify or (lambda sd, source: sd)
     cache = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir()) / "checkpoints"
     name = os.path.basename(urlparse(url).path) or "weights.pth"
     path = cache / name
     if path.is_file():
         try:
-            return path, read_checkpoint(path, trust_pickle=trust_pickle)
-        except CorruptCheckpointError as e:
+            return path, verify(read_checkpoint(path, trust_pickle=trust_pickle), f"{path} (cached from {url})")
+        except UntrustedPickleError:  # readable, cached when trusted before: trusting it again is the user's call
+            raise
+        except CheckpointError as e:
             path.unlink(missing_ok=True)
-            print(f"locvit: removed the cached {path}, which does not read ({e}); downloading it again",
+            print(f"locvit: removed the cached copy {path} of {url}: {_first_line(e)}; downloading it again",
                   file=sys.stderr, flush=True)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{uuid.uuid4().hex}.{name}"  # the suffix stays: it selects the reader
     try:
         try:
-            torch.hub.download_url_to_file(url, str(tmp), progress=progress)
-        except (URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
+            download(url, tmp, progress=progress)
+        except DownloadError as e:
             raise DownloadError(
-                f"could not download {url} ({reason}); nothing was cached. Without network access, download the "
-                f"file elsewhere and pass pretrained_cfg_overlay=dict(file='/path/to/{name}'), or copy it to {path}"
-            ) from None
+                f"{e}; nothing was cached. Without network access, download the file elsewhere and pass "
+                f"pretrained_cfg_overlay=dict(file='/path/to/{name}'), or copy it to {path}") from None
         try:
-            sd = read_checkpoint(tmp, trust_pickle=trust_pickle)
+            result = verify(read_checkpoint(tmp, trust_pickle=trust_pickle), url)
         except CorruptCheckpointError as e:
             raise CorruptCheckpointError(
                 f"the file downloaded from {url} is not a complete checkpoint ({e}); it was discarded, nothing was "
                 "cached. Try again (the transfer may have been cut), or download it yourself (from a page: in a "
                 "browser) and pass pretrained_cfg_overlay=dict(file=...)") from None
+        except NonFiniteWeightsError as e:
+            raise NonFiniteWeightsError(
+                f"{e.summary}; it was discarded, nothing was cached. The file at the URL is damaged: tell its "
+                "publisher, and load a good copy with pretrained_cfg_overlay=dict(file=...)") from None
         except CheckpointError as e:
-            raise CheckpointError(f"{e} (downloaded from {url}; nothing was cached)") from None
+            raise type(e)(f"{e}\n(downloaded from {url}; it was discarded, nothing was cached)") from None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path, sd
+    return path, result
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 # --- Hugging Face hub and hub-style folders -------------------------------------------------------------------------
@@ -250,7 +335,8 @@ def _hub_file(location: Any, filename: str | None, cache_dir: str | os.PathLike 
     names = (filename,) if filename else HUB_WEIGHT_FILES
     for name in names:
         try:
-            return Path(hf_hub_download(repo, name, revision=revision or None, cache_dir=cache_dir))
+            return Path(hf_hub_download(repo, name, revision=revision or None, cache_dir=cache_dir,
+                                        etag_timeout=download_timeout()))
         except EntryNotFoundError:
             continue
         except Exception as e:  # offline, unknown repository, no access: one error naming the alternatives
