@@ -13,7 +13,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	@echo "installing locvit and its test extras into $(VENV) (torch, torchvision, timm, ONNX, smp, pycocotools: several GB, minutes on a first install; pip's progress follows)"
+	$(PY) -m pip install --progress-bar on -e '.[test]'
 	@touch $(STAMP)
 
 test: $(STAMP)

@@ -1,32 +1,61 @@
 """locvit: locality-aware vision transformers as faithful, tested timm models.
 
 Importing the package registers every model into timm's registry, so ``timm.create_model(name)``
-and :func:`locvit.create_model` build the same thing.
+and :func:`locvit.create_model` build the same thing. The rest of the public API is imported on first use
+(PEP 562), so ``import locvit`` costs what importing timm and the model zoo cost, and nothing more.
+
+The ``locvit`` console script (``_locvit_cli``) parses its command line before torch, timm and the zoo are imported
+(``locvit --help`` answers at once); it sets ``_LOCVIT_DEFER_IMPORTS`` for that import only, and calls
+:func:`register_models` before a command runs.
 """
-from locvit import models as _models  # noqa: F401  (registers the model zoo)
-from locvit._registry import ALIASES, create_model, family_of, list_models, resolve_alias
-from locvit.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint, save_checkpoint
-from locvit.localize import localize
-from locvit.official import from_official, official_classes, official_model_args
-from locvit.runtime import tune_cpu_allocator
+from __future__ import annotations
+
+import importlib
+import os
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ALIASES",
-    "CheckpointError",
-    "LoadReport",
-    "__version__",
-    "create_model",
-    "family_of",
-    "from_official",
-    "list_models",
-    "load_checkpoint",
-    "localize",
-    "official_classes",
-    "official_model_args",
-    "read_checkpoint",
-    "resolve_alias",
-    "save_checkpoint",
-    "tune_cpu_allocator",
-]
+# public name -> the module that defines it
+_API = {
+    "ALIASES": "locvit._registry",
+    "create_model": "locvit._registry",
+    "family_of": "locvit._registry",
+    "list_models": "locvit._registry",
+    "resolve_alias": "locvit._registry",
+    "CheckpointError": "locvit.checkpoint",
+    "LoadReport": "locvit.checkpoint",
+    "load_checkpoint": "locvit.checkpoint",
+    "read_checkpoint": "locvit.checkpoint",
+    "save_checkpoint": "locvit.checkpoint",
+    "localize": "locvit.localize",
+    "from_official": "locvit.official",
+    "official_classes": "locvit.official",
+    "official_model_args": "locvit.official",
+    "tune_cpu_allocator": "locvit.runtime",
+}
+
+__all__ = ["__version__", "register_models", *sorted(_API)]
+
+
+def __getattr__(name: str):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'locvit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
+
+
+def register_models() -> None:
+    """Register every locvit model with timm (what ``import locvit`` does; idempotent)."""
+    importlib.import_module("locvit.models")
+    # ``locvit.localize`` is the function: bound here, since importing the submodule of the same name binds the module
+    globals()["localize"] = importlib.import_module("locvit.localize").localize
+
+
+if not os.environ.get("_LOCVIT_DEFER_IMPORTS"):
+    register_models()

@@ -586,7 +586,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import os
 
+    import locvit
     from locvit.runtime import tune_from_env
+
+    locvit.register_models()  # the console script parsed the command line before importing torch, timm and the zoo
 
     tune_from_env()  # freed activations stay in the process: no page faults on every forward (locvit.runtime)
     if os.environ.get("LOCVIT_DEBUG"):  # full tracebacks for bug reports

@@ -22,7 +22,6 @@ for ``pretrained=True``:
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import urllib.request
 import uuid
@@ -237,7 +236,7 @@ def download(url: str, dst: str | os.PathLike, *, timeout: float | None = None, 
     except HTTPError as e:
         raise DownloadError(f"could not download {url} (HTTP {e.code} {e.reason})") from None
     except URLError as e:
-        if isinstance(e.reason, (TimeoutError, socket.timeout)):  # connecting took too long
+        if isinstance(e.reason, TimeoutError):  # connecting took too long
             raise DownloadError(_timeout_message(url, timeout)) from None
         raise DownloadError(f"could not download {url} ({e.reason})") from None
     except (OSError, ValueError) as e:  # connection reset, incomplete read, malformed URL

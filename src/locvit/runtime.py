@@ -26,6 +26,11 @@ MAX_MMAP_THRESHOLD = 32 << 20  # glibc refuses larger values on 64-bit (HEAP_MAX
 _applied: dict[str, int] | None = None
 
 
+def default_workers() -> int:
+    """DataLoader worker processes when none are asked for: 4 (timm's default), at most one per CPU core."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def tune_cpu_allocator(mmap_threshold: int = MAX_MMAP_THRESHOLD, trim_threshold: int = 1 << 30) -> bool:
     """Raise glibc's mmap and trim thresholds so freed tensors are reused rather than unmapped.
 

@@ -3,7 +3,6 @@ unreadable images."""
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -12,6 +11,7 @@ from timm.data import auto_augment, create_transform
 from torch.utils.data import DataLoader, Sampler
 
 from locvit.data.datasets import SeededDataset, Unreadable
+from locvit.runtime import default_workers  # noqa: F401  (the loaders' default, importable from here)
 
 
 class Batch(tuple):
@@ -116,11 +116,6 @@ def build_transform(data_cfg: dict[str, Any], training: bool, aug: dict[str, Any
         crop_mode=data_cfg.get("crop_mode", "center"),
         **aug,
     ))
-
-
-def default_workers() -> int:
-    """DataLoader worker processes when none are asked for: 4 (timm's default), at most one per CPU core."""
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 def build_loader(dataset: SeededDataset, batch_size: int, training: bool, workers: int = 0, seed: int = 0,

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from locvit.data.loader import default_workers
+from locvit.runtime import default_workers
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
