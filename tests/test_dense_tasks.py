@@ -432,3 +432,32 @@ def test_schedules():
                                                        warmup_iters=0))
     got = lrs(poly, 100, at=(0, 50, 100))
     assert got[0] == 1.0 and got[50] == pytest.approx(0.5) and got[100] == pytest.approx(0.0)
+
+
+def test_trust_checkpoint_is_honoured(det_data, tmp_path):
+    """--trust-checkpoint reaches the backbone's weights (train) and the scored weights (eval); without it the
+    error asks for the flag."""
+    from fractions import Fraction
+
+    import locvit as lv
+
+    torch.manual_seed(0)
+    sd = lv.create_model("vvt_tiny", **VVT).state_dict()
+    pickled = tmp_path / "official_style.pth"
+    torch.save({"model": sd, "config": Fraction(1, 3)}, pickled)  # a class weights-only loading refuses
+    base = ["--model", "vvt_tiny", "--model-kwargs", *kv(VVT), "--data", det_data, "--batch-size", "2",
+            "--workers", "0", "--no-tensorboard", *_det_flags()]
+    refused = locvit("detect", "train", *base, "--iters", "1", "--checkpoint", pickled,
+                     "--output", tmp_path / "refused", check=False)
+    assert refused.returncode == 2 and "--trust-checkpoint" in refused.stderr and "fractions.Fraction" in refused.stderr
+    run = tmp_path / "run"
+    out = locvit("detect", "train", *base, "--iters", "1", "--checkpoint", pickled, "--trust-checkpoint",
+                 "--output", run)
+    assert "tensors from" in out.stdout and str(pickled) in out.stdout  # the backbone's load report
+
+    weights = tmp_path / "trained_with_config.pth"
+    torch.save({"model": load_file(run / "model.safetensors"), "config": Fraction(1, 3)}, weights)
+    refused = locvit("detect", "eval", *base, "--checkpoint", weights, check=False)
+    assert refused.returncode == 2 and "--trust-checkpoint" in refused.stderr
+    scored = locvit("detect", "eval", *base, "--checkpoint", weights, "--trust-checkpoint")
+    assert "Average Precision" in scored.stdout

@@ -193,6 +193,7 @@ def create_features(
     pretrained: bool = False,
     recipe: bool = True,
     verbose: bool = True,
+    trust_pickle: bool = False,
     **model_kwargs: Any,
 ) -> nn.Module:
     """``locvit.create_model(model_name, features_only=True, out_indices=...)`` with the family's dense recipe.
@@ -205,6 +206,7 @@ def create_features(
             ``pretrained_cfg_overlay`` in ``model_kwargs`` overrides the source).
         recipe: apply :func:`dense_recipe`'s model kwargs (explicit ``model_kwargs`` win).
         verbose: print the checkpoint report.
+        trust_pickle: for ``checkpoint`` and ``pretrained``: see :func:`locvit.read_checkpoint`.
         **model_kwargs: for the model (``drop_path_rate``, ``window_size``, tiny test configurations...).
     """
     from locvit._registry import create_model
@@ -213,7 +215,7 @@ def create_features(
         raise ValueError("pass pretrained=True (the published weights) or checkpoint=FILE, not both")
     kwargs = {**(dict(dense_recipe(model_name).model_kwargs) if recipe else {}), **model_kwargs}
     model = create_model(model_name, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices),
-                         **kwargs)
+                         trust_pickle=trust_pickle, **kwargs)
     if pretrained and verbose:
         print(model.load_report, flush=True)
     reductions = model.feature_info.reduction()
@@ -222,7 +224,7 @@ def create_features(
                          f"{tuple(out_indices)}); FPN-style necks need one map per stride. Use a pyramid model "
                          "(RegionViT, Focal, VVT, PVT / LocalViT-PVT, LocalViT-Swin).")
     if checkpoint is not None:
-        load_pretrained(model, checkpoint, verbose=verbose)
+        load_pretrained(model, checkpoint, trust_pickle=trust_pickle, verbose=verbose)
     return model
 
 
@@ -292,6 +294,7 @@ def create_backbone(
     pretrained: bool = False,
     recipe: bool = True,
     verbose: bool = True,
+    trust_pickle: bool = False,
     **model_kwargs: Any,
 ) -> LocvitFPN:
     """A torchvision-ready backbone: the model's feature pyramid + FPN (+ the family's recipe).
@@ -306,6 +309,7 @@ def create_backbone(
         pretrained: the official weights, as ``pretrained=True`` loads them (see :func:`create_features`).
         recipe: apply :func:`dense_recipe` (model kwargs and ``out_norm``).
         verbose: print the checkpoint report.
+        trust_pickle: for ``checkpoint`` and ``pretrained``: see :func:`locvit.read_checkpoint`.
         **model_kwargs: for the model.
 
     Example:
@@ -316,10 +320,10 @@ def create_backbone(
     if pretrained and checkpoint is not None:
         raise ValueError("pass pretrained=True (the published weights) or checkpoint=FILE, not both")
     body = create_features(model_name, out_indices, pretrained=pretrained, recipe=recipe, verbose=verbose,
-                           **model_kwargs)
+                           trust_pickle=trust_pickle, **model_kwargs)
     backbone = LocvitFPN(body, out_channels, extra_blocks, rec.out_norm if out_norm is None else out_norm)
     if checkpoint is not None:
-        load_pretrained(backbone, checkpoint, verbose=verbose)
+        load_pretrained(backbone, checkpoint, trust_pickle=trust_pickle, verbose=verbose)
     return backbone
 
 
@@ -360,7 +364,7 @@ def _two_stage(cls_name: str, model_name: str, num_classes: int | None, backbone
 
 def mask_rcnn(model_name: str, num_classes: int | None, *, out_indices: Sequence[int] = (0, 1, 2, 3),
               out_channels: int = 256, checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
-              pretrained: bool = False, recipe: bool = True, verbose: bool = True,
+              pretrained: bool = False, recipe: bool = True, verbose: bool = True, trust_pickle: bool = False,
               model_kwargs: Mapping[str, Any] | None = None, **detector_kwargs: Any) -> nn.Module:
     """``torchvision.models.detection.MaskRCNN`` on a locvit backbone + FPN (+ max-pooled P6).
 
@@ -372,31 +376,34 @@ def mask_rcnn(model_name: str, num_classes: int | None, *, out_indices: Sequence
     ``checkpoint=`` from a file.
     """
     backbone_kwargs = dict(out_indices=out_indices, out_channels=out_channels, checkpoint=checkpoint,
-                           pretrained=pretrained, recipe=recipe, verbose=verbose, **(model_kwargs or {}))
+                           pretrained=pretrained, recipe=recipe, verbose=verbose, trust_pickle=trust_pickle,
+                           **(model_kwargs or {}))
     return _two_stage("MaskRCNN", model_name, num_classes, backbone_kwargs, detector_kwargs, mask=True)
 
 
 def faster_rcnn(model_name: str, num_classes: int | None, *, out_indices: Sequence[int] = (0, 1, 2, 3),
                 out_channels: int = 256, checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
-                pretrained: bool = False, recipe: bool = True, verbose: bool = True,
+                pretrained: bool = False, recipe: bool = True, verbose: bool = True, trust_pickle: bool = False,
                 model_kwargs: Mapping[str, Any] | None = None, **detector_kwargs: Any) -> nn.Module:
     """``torchvision.models.detection.FasterRCNN`` on a locvit backbone + FPN (see :func:`mask_rcnn`)."""
     backbone_kwargs = dict(out_indices=out_indices, out_channels=out_channels, checkpoint=checkpoint,
-                           pretrained=pretrained, recipe=recipe, verbose=verbose, **(model_kwargs or {}))
+                           pretrained=pretrained, recipe=recipe, verbose=verbose, trust_pickle=trust_pickle,
+                           **(model_kwargs or {}))
     return _two_stage("FasterRCNN", model_name, num_classes, backbone_kwargs, detector_kwargs, mask=False)
 
 
 def keypoint_rcnn(model_name: str, num_classes: int | None = 2, *, num_keypoints: int | None = 17,
                   out_indices: Sequence[int] = (0, 1, 2, 3), out_channels: int = 256,
                   checkpoint: str | os.PathLike | Mapping[str, Any] | None = None, pretrained: bool = False,
-                  recipe: bool = True, verbose: bool = True, model_kwargs: Mapping[str, Any] | None = None,
-                  **detector_kwargs: Any) -> nn.Module:
+                  recipe: bool = True, verbose: bool = True, trust_pickle: bool = False,
+                  model_kwargs: Mapping[str, Any] | None = None, **detector_kwargs: Any) -> nn.Module:
     """``torchvision.models.detection.KeypointRCNN`` on a locvit backbone + FPN (RegionViT's keypoint detection):
     anchors, RoI poolers and weights (``pretrained`` / ``checkpoint``) as :func:`mask_rcnn`, COCO's 17 person
     keypoints by default (``num_classes=2``: background and person). With your own ``keypoint_predictor`` pass
     ``num_keypoints=None``."""
     backbone_kwargs = dict(out_indices=out_indices, out_channels=out_channels, checkpoint=checkpoint,
-                           pretrained=pretrained, recipe=recipe, verbose=verbose, **(model_kwargs or {}))
+                           pretrained=pretrained, recipe=recipe, verbose=verbose, trust_pickle=trust_pickle,
+                           **(model_kwargs or {}))
     if num_keypoints is not None and "keypoint_predictor" not in detector_kwargs:
         detector_kwargs["num_keypoints"] = num_keypoints
     return _two_stage("KeypointRCNN", model_name, num_classes, backbone_kwargs, detector_kwargs, mask=False,
@@ -405,7 +412,7 @@ def keypoint_rcnn(model_name: str, num_classes: int | None = 2, *, num_keypoints
 
 def retinanet(model_name: str, num_classes: int, *, out_indices: Sequence[int] = (1, 2, 3),
               out_channels: int = 256, checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
-              pretrained: bool = False, recipe: bool = True, verbose: bool = True,
+              pretrained: bool = False, recipe: bool = True, verbose: bool = True, trust_pickle: bool = False,
               model_kwargs: Mapping[str, Any] | None = None, **detector_kwargs: Any) -> nn.Module:
     """``torchvision.models.detection.RetinaNet`` on a locvit backbone: FPN on strides 8-32 plus P6/P7 convs
     from the last map (RegionViT's official RetinaNet; mmdet's ``add_extra_convs='on_input'``), anchors
@@ -414,7 +421,7 @@ def retinanet(model_name: str, num_classes: int, *, out_indices: Sequence[int] =
 
     backbone = create_backbone(model_name, out_indices, out_channels=out_channels, extra_blocks="p6p7",
                                checkpoint=checkpoint, pretrained=pretrained, recipe=recipe, verbose=verbose,
-                               **(model_kwargs or {}))
+                               trust_pickle=trust_pickle, **(model_kwargs or {}))
     kw = _detector_defaults(backbone, dict(detector_kwargs))
     kw.setdefault("anchor_generator", _anchors(backbone.strides, 4, num_scales=3))
     return RetinaNet(backbone, num_classes=num_classes, **kw)
@@ -451,6 +458,7 @@ def smp_model(
     recipe: bool = True,
     pad_to: int | None = 32,
     verbose: bool = True,
+    trust_pickle: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """A segmentation_models_pytorch model (``'FPN'``, ``'Unet'``, ``'UPerNet'``...) with encoder
@@ -466,6 +474,7 @@ def smp_model(
         recipe: pass :func:`dense_recipe`'s model kwargs to the encoder.
         pad_to: wrap in :class:`PadCrop` (inputs of any size); ``None`` returns the bare smp model.
         verbose: print the checkpoint report.
+        trust_pickle: for ``checkpoint`` and ``pretrained``: see :func:`locvit.read_checkpoint`.
         **kwargs: for ``smp.create_model`` (decoder settings) and the encoder (model kwargs), as smp splits them;
             a model ``depth`` (which smp reserves for itself) included.
     """
@@ -483,6 +492,8 @@ def smp_model(
     # smp hands the encoder its own `depth` (how many stages to return), so a model's `depth` (RegionViT's blocks
     # per stage) cannot travel with the other encoder keywords: the encoder is rebuilt with it below
     model_depth = kwargs.pop("depth", None)
+    if pretrained and trust_pickle:
+        kwargs["trust_pickle"] = True  # reaches the locvit entrypoint with smp's other encoder keywords
     # smp hands encoder_weights to timm as pretrained=True for tu- encoders
     model = smp.create_model(arch, encoder_name=f"tu-{model_name}", encoder_weights=True if pretrained else None,
                              classes=classes, **kwargs)
@@ -505,5 +516,6 @@ def smp_model(
         if verbose:
             print(model.load_report, flush=True)
     if checkpoint is not None:
-        model.load_report = load_pretrained(model.encoder.model, checkpoint, verbose=verbose)
+        model.load_report = load_pretrained(model.encoder.model, checkpoint, trust_pickle=trust_pickle,
+                                            verbose=verbose)
     return PadCrop(model, pad_to) if pad_to else model

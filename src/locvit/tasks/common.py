@@ -40,9 +40,10 @@ def report_size(model: nn.Module, what: str, dist: DistInfo) -> None:
 
 
 def backbone_kwargs(cfg: DenseConfig, build: Callable[..., Any]) -> dict[str, Any]:
-    """``checkpoint`` / ``pretrained`` / ``model_kwargs`` (with the recipe's drop path) for a ``locvit.dense``
-    builder; ``pretrained`` only where the builder offers it."""
-    out: dict[str, Any] = dict(model_kwargs=dict(dict(drop_path_rate=cfg.drop_path), **cfg.model_kwargs))
+    """``checkpoint`` / ``pretrained`` / ``trust_pickle`` / ``model_kwargs`` (with the recipe's drop path) for a
+    ``locvit.dense`` builder; ``pretrained`` only where the builder offers it."""
+    out: dict[str, Any] = dict(model_kwargs=dict(dict(drop_path_rate=cfg.drop_path), **cfg.model_kwargs),
+                               trust_pickle=cfg.trust_checkpoint)
     if cfg.checkpoint:
         out["checkpoint"] = cfg.checkpoint
     if cfg.pretrained:
@@ -76,17 +77,11 @@ def eval_loader(dataset: Any, batch_size: int, workers: int, dist: DistInfo, col
                       num_workers=workers, collate_fn=collate)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
+def load_weights(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> None:
     """Trained task weights (a run's ``best.safetensors`` / ``model.safetensors`` / ``last.pth``), strictly."""
-    from locvit.checkpoint import load_checkpoint, read_checkpoint
+    from locvit.checkpoint import load_checkpoint
 
-    path = Path(path)
-    if path.suffix == ".pth":
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        sd = state.get("model", state) if isinstance(state, dict) else state
-    else:
-        sd = read_checkpoint(path)
-    load_checkpoint(model, sd, strict=True, filter_fn=None)
+    load_checkpoint(model, path, strict=True, filter_fn=None, trust_pickle=trust_pickle)
 
 
 def eval_config(cls: type[C], config: str | None, overrides: dict[str, Any]) -> tuple[C, Path | None]:

@@ -203,5 +203,5 @@ def evaluate_run(cfg: DetectConfig, weights: str | None) -> dict[str, Any]:
         num_classes = cfg.num_classes or len(val_set.cat_ids) + 1
         model = build_detector(cfg, num_classes, len(val_set.keypoint_names) or None, verbose=False)
         if weights:
-            load_weights(model, weights)
+            load_weights(model, weights, cfg.trust_checkpoint)
         return evaluate_detector(model.to(dist.device), val_set, cfg, dist)

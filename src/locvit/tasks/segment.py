@@ -85,7 +85,8 @@ def build_segmenter(cfg: SegmentConfig, num_classes: int, verbose: bool = True) 
         kw["decoder_channels"] = cfg.decoder_channels
     bk = backbone_kwargs(cfg, dense.smp_model)
     model = dense.smp_model(ARCH[cfg.head], cfg.model, num_classes, pad_to=None, verbose=verbose,
-                            checkpoint=bk.get("checkpoint"), **kw, **bk["model_kwargs"],
+                            checkpoint=bk.get("checkpoint"), trust_pickle=bk["trust_pickle"], **kw,
+                            **bk["model_kwargs"],
                             **({"pretrained": True} if "pretrained" in bk else {}))
     return Segmenter(model, num_classes, aux=cfg.aux_weight > 0)
 
@@ -233,5 +234,5 @@ def evaluate_run(cfg: SegmentConfig, weights: str | None) -> dict[str, Any]:
         val_set = load_split(cfg, "val", num_classes, *_norm(cfg))
         model = build_segmenter(cfg, num_classes, verbose=False)
         if weights:
-            load_weights(model, weights)
+            load_weights(model, weights, cfg.trust_checkpoint)
         return evaluate_segmenter(model.to(dist.device), val_set, cfg, dist, num_classes)
