@@ -327,6 +327,53 @@ def test_segment_train_resume_and_eval(seg_data, tmp_path):
     out = locvit("segment", "eval", "--checkpoint", run, "--workers", "0", "--inference", "slide",
                  "--slide-stride", "32", "32")
     assert "slide inference" in out.stdout
+    out = locvit("segment", "eval", "--checkpoint", run, "--workers", "0", "--aug-test")
+    assert "12 views: ratios [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] with flips" in out.stdout
+
+
+class _PixelModel(torch.nn.Module):
+    """Class-0 logit = channel 0 times (input width / 64), class 1 = 0: per pixel, so a view's output lines up
+    with the image only once flipped back, and its value tells the view's scale."""
+
+    def forward(self, x):
+        c0 = x[:, :1] * (x.shape[-1] / 64)
+        return torch.cat([c0, torch.zeros_like(c0)], 1)
+
+
+def test_multi_scale_flip_test_against_a_hand_computed_case():
+    from locvit.tasks.segment import predict, predict_views
+
+    a = 1.5
+    x = torch.zeros(1, 3, 32, 64)
+    x[..., :32] = a  # left half a, right half 0
+    cfg = build_task_config(SegmentConfig, None, dict(iters=1, test_scale=[64, 32], test_ratios=[0.5, 1.0],
+                                                      test_flip=True))
+    assert cfg.test_views() == [(0.5, False), (0.5, True), (1.0, False), (1.0, True)]
+    p0 = predict_views(_PixelModel(), x, cfg, (32, 64))[0, 0]
+    sig = torch.sigmoid
+    # views of width 32 (ratio 0.5) and 64: class-0 probability sigmoid(a * 0.5) and sigmoid(a), each flipped and not
+    want_left = ((sig(torch.tensor(a * 0.5)) + sig(torch.tensor(a))) / 2).item()
+    torch.testing.assert_close(p0[:, :28], torch.full((32, 28), want_left), rtol=0, atol=1e-6)
+    torch.testing.assert_close(p0[:, 36:], torch.full((32, 28), 0.5), rtol=0, atol=1e-6)
+    # one view at ratio 1: the single-scale path (dataset rescale, then predict) up to float rounding
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    img = torch.randn(1, 3, 40, 50)
+    one = build_task_config(SegmentConfig, None, dict(iters=1, test_scale=[64, 32], test_ratios=[1.0],
+                                                      test_flip=True))
+    flat = build_task_config(SegmentConfig, None, dict(iters=1, test_scale=[64, 32]))
+    from locvit.data.segmentation import rescale_size
+
+    scaled = torch.nn.functional.interpolate(img, rescale_size((40, 50), (64, 32)), mode="bilinear",
+                                             align_corners=False)
+    single = predict(conv, scaled, flat, (40, 50)).softmax(1)
+    both = predict_views(conv, img, one, (40, 50))
+    unflipped = predict_views(conv, img, build_task_config(SegmentConfig, None, dict(
+        iters=1, test_scale=[64, 32], test_ratios=[1.0, 1.0])), (40, 50))
+    torch.testing.assert_close(unflipped, single, rtol=0, atol=1e-6)
+    assert not torch.allclose(both, single, atol=1e-3)  # the flipped view counts
+    for bad in ([0.5, 0.0], [-1.0]):
+        with pytest.raises(ValueError, match="test_ratios must be > 0"):
+            build_task_config(SegmentConfig, None, dict(iters=1, test_ratios=bad))
 
 
 def test_shipped_recipes_resolve():

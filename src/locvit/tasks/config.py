@@ -109,9 +109,23 @@ class SegmentConfig(DenseConfig):
     test_scale: list[int] | None = field(default_factory=lambda: [2048, 512])
     inference: str = "whole"               # whole | slide
     slide_stride: list[int] = field(default_factory=lambda: [341, 341])
+    test_ratios: list[float] | None = None  # multi-scale test: test_scale times each ratio, probabilities averaged
+    test_flip: bool = False                # also every test view flipped horizontally (and its output flipped back)
+    aug_test: bool = False                 # mmseg's multi-scale + flip test: test_ratios 0.5-1.75 and test_flip
     weight_decay: float = 0.01
     lr: float = 6e-5
 
+    def test_views(self) -> list[tuple[float, bool]]:
+        """``(ratio, flip)`` of every view :func:`locvit.tasks.segment.evaluate_segmenter` averages; one view,
+        ``(1.0, False)``, is the single-scale test. ``aug_test`` is mmsegmentation's ``MultiScaleFlipAug`` of the
+        Swin / Focal ADE20K configs (``img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75]``, ``flip=True``)."""
+        ratios = self.test_ratios or (AUG_TEST_RATIOS if self.aug_test else [1.0])
+        flips = [False, True] if self.test_flip or self.aug_test else [False]
+        return [(float(r), f) for r in ratios for f in flips]
+
+
+# mmsegmentation's multi-scale test ratios (the Swin / Focal ADE20K configs' MultiScaleFlipAug)
+AUG_TEST_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
 C = TypeVar("C", bound=DenseConfig)
 DENSE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dense"
@@ -168,6 +182,12 @@ def _check(cfg: DenseConfig) -> None:
             raise ValueError(f"head must be 'fpn' (Semantic FPN) or 'upernet', got {cfg.head!r}")
         if cfg.inference not in ("whole", "slide"):
             raise ValueError(f"inference must be 'whole' or 'slide', got {cfg.inference!r}")
+        bad = [r for r in cfg.test_ratios or () if not r > 0]
+        if bad:
+            raise ValueError(f"test_ratios must be > 0 (each scales test_scale), got {bad}; mmsegmentation's "
+                             f"multi-scale test is --test-ratios {' '.join(map(str, AUG_TEST_RATIOS))} (--aug-test)")
+        if len(cfg.test_views()) > 1 and not cfg.test_scale:
+            raise ValueError("multi-scale testing scales test_scale: set --test-scale (e.g. 2048 512)")
 
 
 def save_task_config(cfg: DenseConfig, path: str | Path) -> None:

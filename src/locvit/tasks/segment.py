@@ -9,7 +9,11 @@ output cropped back).
 
 Inference is mmsegmentation's: the image rescaled into ``test_scale``, run whole or in ``crop_size`` windows every
 ``slide_stride`` pixels (logits averaged where windows overlap), logits resized bilinearly to the label map's size,
-argmax. Scores: mmsegmentation's ``IoUMetric`` (:func:`locvit.tasks.metrics.segmentation_scores`).
+argmax. With several test views (``--aug-test``, ``--test-ratios``, ``--test-flip``: mmsegmentation's ``aug_test``),
+each view is the image rescaled into ``test_scale`` x ratio, flipped or not, predicted as above and flipped back;
+the views' softmax probabilities are averaged at the label map's size (mmsegmentation's ``inference`` returns
+probabilities, and ``aug_test`` averages those), then argmax. Scores: mmsegmentation's ``IoUMetric``
+(:func:`locvit.tasks.metrics.segmentation_scores`).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from locvit.data.segmentation import SegmentationFolder, collate_segmentation, find_segmentation_split
+from locvit.data.segmentation import SegmentationFolder, collate_segmentation, find_segmentation_split, rescale_size
 from locvit.engine.distributed import DistInfo, all_reduce_sum
 from locvit.engine.loop import fit
 from locvit.engine.step import mixed_precision
@@ -36,7 +40,7 @@ from locvit.tasks.config import SegmentConfig, save_task_config
 from locvit.tasks.metrics import confusion_matrix, segmentation_scores
 
 __all__ = ["Segmenter", "SegmentationTask", "build_segmenter", "evaluate_run", "evaluate_segmenter", "predict",
-           "train_run"]
+           "predict_views", "train_run"]
 
 ARCH = {"fpn": "FPN", "upernet": "UPerNet"}
 
@@ -118,10 +122,35 @@ def predict(model: nn.Module, x: Tensor, cfg: SegmentConfig, out_size: tuple[int
 
 
 @torch.no_grad()
+def predict_views(model: nn.Module, x: Tensor, cfg: SegmentConfig, out_size: tuple[int, int]) -> Tensor:
+    """Class probabilities ``1 x C x out_size`` averaged over ``cfg.test_views()`` for one normalised image
+    ``1 x 3 x h x w`` at its original size: each view rescales it into ``test_scale`` x ratio (bounds rounded down,
+    as mmcv's ``Resize`` with ``img_ratios``), flips it or not, runs :func:`predict` and flips the output back."""
+    views = cfg.test_views()
+    long, short = cfg.test_scale
+    probs = None
+    for ratio, flip in views:
+        size = rescale_size(tuple(x.shape[-2:]), (int(long * ratio), int(short * ratio)))
+        xi = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        xi = xi.flip(-1) if flip else xi
+        p = predict(model, xi, cfg, out_size).softmax(1)
+        p = p.flip(-1) if flip else p
+        probs = p if probs is None else probs + p
+    return probs / len(views)
+
+
+@torch.no_grad()
 def evaluate_segmenter(model: nn.Module, dataset: SegmentationFolder, cfg: SegmentConfig, dist: DistInfo,
                        num_classes: int, verbose: bool = True) -> dict[str, Any]:
-    """mIoU / mAcc / aAcc (percent) and per-class IoU/Acc of ``model`` on ``dataset``, all ranks summed."""
+    """mIoU / mAcc / aAcc (percent) and per-class IoU/Acc of ``model`` on ``dataset``, all ranks summed.
+
+    With several test views the dataset must yield the images at their own size (``test_scale=None``, as
+    :func:`load_split` builds it then): :func:`predict_views` rescales each view from the original."""
     from tqdm import tqdm
+
+    multi_view = len(cfg.test_views()) > 1
+    if multi_view and dataset.test_scale is not None:
+        raise ValueError("multi-scale testing rescales the original images: build the dataset with test_scale=None")
 
     autocast, _ = mixed_precision(cfg.amp, dist.device)
     conf = torch.zeros(num_classes, num_classes, dtype=torch.float64)
@@ -133,15 +162,20 @@ def evaluate_segmenter(model: nn.Module, dataset: SegmentationFolder, cfg: Segme
         skipped += batch.skipped
         for x, y in zip(xs, ys):
             with autocast():
-                logits = predict(model, x[None].to(dist.device), cfg, tuple(y.shape[-2:]))
+                logits = (predict_views if multi_view else predict)(model, x[None].to(dist.device), cfg,
+                                                                    tuple(y.shape[-2:]))
             conf += confusion_matrix(logits.argmax(1)[0].cpu(), y, num_classes, cfg.ignore_index).double()
     totals = all_reduce_sum(torch.cat([conf.flatten(), torch.tensor([float(skipped)], dtype=torch.float64)]))
     conf = totals[:-1].view(num_classes, num_classes)
     scores = segmentation_scores(conf)
     scores["skipped"] = int(totals[-1].item())
     if verbose and dist.main:
+        views = cfg.test_views()
+        flips = " with flips" if any(f for _, f in views) else ""
+        how = f"{cfg.inference} inference" + (f", {len(views)} views: ratios {sorted({r for r, _ in views})}{flips}"
+                                               if multi_view else "")
         print(f"mIoU {scores['mIoU']:.2f}  mAcc {scores['mAcc']:.2f}  aAcc {scores['aAcc']:.2f}  "
-              f"({cfg.inference} inference, {len(dataset)} images)", flush=True)
+              f"({how}, {len(dataset)} images)", flush=True)
     return scores
 
 
@@ -197,7 +231,8 @@ def load_split(cfg: SegmentConfig, split: str, num_classes: int, mean: Any, std:
                             crop_size=tuple(cfg.crop_size), scale=tuple(cfg.scale),
                             ratio_range=tuple(cfg.ratio_range), cat_max_ratio=cfg.cat_max_ratio, hflip=cfg.hflip,
                             photometric=cfg.photometric,
-                            test_scale=tuple(cfg.test_scale) if cfg.test_scale else None, seed=cfg.seed)
+                            test_scale=tuple(cfg.test_scale) if cfg.test_scale and len(cfg.test_views()) == 1
+                            else None, seed=cfg.seed)
     ds.check_labels()
     return ds
 
