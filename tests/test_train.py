@@ -293,3 +293,31 @@ def test_nan_loss_without_a_checkpoint_says_so(tmp_path):
                   "--mixup", "0", "--cutmix", "0", "--output", run, check=False)
     assert proc.returncode == 1 and "non-finite loss" in proc.stderr and "Traceback" not in proc.stderr
     assert "no checkpoint was written" in proc.stderr and not (run / "last.pth").exists()
+
+
+def test_multistep_schedule_follows_its_milestones(tmp_path):
+    """--sched multistep --decay-milestones (TimeSformer's K400 schedule): the lr of each epoch is the base lr times
+    decay_rate per milestone passed."""
+    run = tmp_path / "steps"
+    locvit("train", *TINY, "--data", "digits", "--epochs", "3", "--batch-size", "512", "--repeated-aug", "1",
+           "--mixup", "0", "--cutmix", "0", "--opt", "sgd", "--lr", "0.01", "--sched", "multistep",
+           "--decay-milestones", "1", "2", "--decay-rate", "0.1", "--output", run)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    lrs = [float(dict(zip(lines[0].split(","), ln.split(",")))["lr"]) for ln in lines[1:]]
+    assert lrs == pytest.approx([0.01, 0.001, 0.0001], rel=1e-6)
+    # stepped per update, milestone m is still the first epoch's first update at the decayed lr
+    import torch
+    from timm.scheduler import create_scheduler_v2
+
+    from locvit.engine.train import timm_milestones
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched, _ = create_scheduler_v2(opt, sched="multistep", num_epochs=3, warmup_epochs=0, step_on_epochs=False,
+                                   updates_per_epoch=4, decay_rate=0.5, decay_milestones=timm_milestones([1, 2], 4))
+    got = []
+    for t in range(12):
+        sched.step_update(num_updates=t)
+        got.append(opt.param_groups[0]["lr"])
+    assert got == [1.0] * 4 + [0.5] * 4 + [0.25] * 4
+    proc = locvit("train", *TINY, "--data", "digits", "--sched", "multistep", "--output", tmp_path / "x", check=False)
+    assert proc.returncode == 2 and "--decay-milestones" in proc.stderr

@@ -359,6 +359,49 @@ def test_train_and_eval_commands_on_clips(tmp_path, clip_folder, capsys):
     printed = capsys.readouterr().out
     assert "6 videos, 2 clips x 3 crops of 4 frames" in printed and "top-5" in printed
 
+    # the run directory alone: its model, data, size and clip sampling; views from a recipe (flags still win)
+    recipe = tmp_path / "protocol.yaml"
+    recipe.write_text("task: video\ntest_clips: 1\ntest_crops: 3\nframe_sampling: dense\nframe_stride: 2\n")
+    assert main(["eval", "--checkpoint", str(out), "--config", str(recipe), "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "regionvit_video_tiny on " in printed and "6 videos, 1 clips x 3 crops of 4 frames" in printed
+    assert main(["eval", "--checkpoint", str(out), "--test-crops", "1", "--workers", "0"]) == 0
+    assert "1 clips x 1 crops of 4 frames" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(tmp_path), "--workers", "0"]) == 2  # not a run
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["eval", "--data", str(clip_folder)]) == 2
+    assert "pass --model" in capsys.readouterr().err
+
+
+def test_the_papers_video_model_and_its_timesformer_recipe(tmp_path):
+    """regionvit_video_medium is RegionViT-M (1conv stem) with temporal attention; it inflates the RegionViT-M
+    format, one-frame clips give the image model's logits; the TimeSformer-protocol recipe holds TimeSformer's
+    K400 settings and its test views."""
+    from locvit.engine.config import build_config
+
+    small = dict(depth=[1, 1, 2, 1], num_classes=7, img_size=64)
+    torch.manual_seed(0)
+    image = locvit.create_model("regionvit_medium", **small).eval()
+    path = locvit.save_checkpoint(image, tmp_path / "RegionViT-M.safetensors")
+    video = timm.create_model("regionvit_video_medium", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              **small).eval()
+    assert video.load_report.exact  # the filter inflates: temporal attention from the regional one
+    x = torch.randn(2, 3, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(video(x), image(x[:, :, 0]), rtol=0, atol=0)
+    assert video.pretrained_cfg["url"].endswith("/RegionViT-M.pth")
+
+    cfg = build_config("regionvit_video_k400_timesformer", dict(data="/data/kinetics400"))
+    assert (cfg.model, cfg.task, cfg.num_frames, cfg.frame_sampling, cfg.frame_stride) == (
+        "regionvit_video_medium", "video", 8, "dense", 32)
+    assert (cfg.test_clips, cfg.test_crops, cfg.epochs, cfg.opt, cfg.lr, cfg.scale_lr, cfg.momentum) == (
+        1, 3, 15, "sgd", 0.005, False, 0.9)
+    assert (cfg.weight_decay, cfg.sched, cfg.decay_milestones, cfg.decay_rate, cfg.warmup_epochs) == (
+        1e-4, "multistep", [11, 14], 0.1, 0)
+    assert (cfg.drop_path, cfg.smoothing, cfg.mixup, cfg.cutmix, cfg.batch_size * 8) == (0.1, 0.0, 0.0, 0.0, 8)
+    with pytest.raises(ValueError, match="needs --decay-milestones"):
+        build_config("regionvit_video_k400_timesformer", dict(data="x", decay_milestones=[]))
+
 
 def test_flops_and_bench_count_clips(capsys):
     from locvit.bench.flops import count_flops

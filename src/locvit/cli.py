@@ -155,10 +155,13 @@ def _train(p: argparse.ArgumentParser):
 # --- locvit eval ------------------------------------------------------------------------------------------------
 @command("eval", "top-1/top-5 and loss on a folder or CIFAR split with the model's own preprocessing")
 def _eval(p: argparse.ArgumentParser):
-    p.add_argument("--model", required=True)
-    p.add_argument("--checkpoint", help="weights: the authors' release file or ours (.safetensors)")
+    p.add_argument("--model", help="model name (default: the --config recipe's or the run's)")
+    p.add_argument("--checkpoint", help="weights: the authors' release file or ours (.safetensors), or a run "
+                   "directory (its config.yaml gives the flags not passed, its best.safetensors the weights)")
+    p.add_argument("--config", help="a training recipe (path or shipped name): its model, data, input size and "
+                   "test views are the defaults (e.g. regionvit_video_k400_timesformer: 1 clip x 3 crops)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
-    p.add_argument("--data", required=True, help="folder (its val/ split, or class folders), 'digits', "
+    p.add_argument("--data", help="folder (its val/ split, or class folders), 'digits', "
                    "'cifar10[:ROOT]' or 'cifar100[:ROOT]'; with --task video a folder of clips or 'motion'")
     p.add_argument("--split", default="val", choices=["train", "val"])
     p.add_argument("--img-size", type=int, help="input size (default: the model's pretrained cfg)")
@@ -167,12 +170,13 @@ def _eval(p: argparse.ArgumentParser):
     p.add_argument("--num-classes", type=int, help="default: the checkpoint's head, else the dataset's classes")
     p.add_argument("--device", default=None)
     p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
-    _add_video_args(p, test=True)
+    _add_video_args(p, test=True, defaults=False)
 
     def run(a: argparse.Namespace) -> int:
-        from locvit.engine.evaluate import evaluate_model
+        from locvit.engine.evaluate import evaluate_model, resolve_eval_args
         from locvit.engine.video import check_task, video_data_kwargs
 
+        a = resolve_eval_args(a, _parse_kv(a.model_kwargs))
         video = None
         if check_task(a.task):
             video = dict(video_data_kwargs(a.num_frames, a.frame_sampling, a.frame_stride, a.test_clips),
@@ -180,7 +184,7 @@ def _eval(p: argparse.ArgumentParser):
         res = evaluate_model(a.model, a.data, checkpoint=a.checkpoint, split=a.split, img_size=a.img_size,
                              batch_size=a.batch_size, workers=a.workers, num_classes=a.num_classes,
                              device=a.device, trust_pickle=a.trust_checkpoint,
-                             model_kwargs=_parse_kv(a.model_kwargs), progress=True, video=video)
+                             model_kwargs=a.model_kwargs, progress=True, video=video)
         if video:
             print(f"{a.model} on {a.data} ({a.split}, {res['images']} videos, {a.test_clips} clips x {a.test_crops} "
                   f"crops of {a.num_frames} frames): top-1 {res['top1']:.2f}  top-5 {res['top5']:.2f}  "
@@ -195,19 +199,25 @@ def _eval(p: argparse.ArgumentParser):
     return run
 
 
-def _add_video_args(p: argparse.ArgumentParser, test: bool = False) -> None:
-    """``--task video`` and the clip sampling flags (``locvit.data.video``); defaults as in training."""
+def _add_video_args(p: argparse.ArgumentParser, test: bool = False, defaults: bool = True) -> None:
+    """``--task video`` and the clip sampling flags (``locvit.data.video``); defaults as in training
+    (``defaults=False``: ``None``, for a command that fills them from a recipe or run first)."""
     from locvit.engine.config import TrainConfig as D
 
-    p.add_argument("--task", default=D.task, choices=["classify", "video"],
+    def default(name: str):
+        return getattr(D, name) if defaults else None
+
+    p.add_argument("--task", default=default("task"), choices=["classify", "video"],
                    help="video: clips (folders of video files or frame folders, or 'motion') for a video model")
-    p.add_argument("--num-frames", type=int, default=D.num_frames, help="video: frames per clip")
-    p.add_argument("--frame-sampling", default=D.frame_sampling, choices=["uniform", "dense"],
+    p.add_argument("--num-frames", type=int, default=default("num_frames"), help="video: frames per clip")
+    p.add_argument("--frame-sampling", default=default("frame_sampling"), choices=["uniform", "dense"],
                    help="video: one frame per equal segment (uniform) or frames --frame-stride apart (dense)")
-    p.add_argument("--frame-stride", type=int, default=D.frame_stride, help="video: frame step of dense sampling")
+    p.add_argument("--frame-stride", type=int, default=default("frame_stride"),
+                   help="video: frame step of dense sampling")
     if test:
-        p.add_argument("--test-clips", type=int, default=1, help="video: temporal clips per video (scores averaged)")
-        p.add_argument("--test-crops", type=int, default=1,
+        p.add_argument("--test-clips", type=int, default=default("test_clips"),
+                       help="video: temporal clips per video (scores averaged)")
+        p.add_argument("--test-crops", type=int, default=default("test_crops"),
                        help="video: spatial crops per clip, spread along the longer side (3: both ends and the centre)")
 
 

@@ -35,6 +35,8 @@ class TrainConfig:
     num_frames: int = 8                    # frames per clip
     frame_sampling: str = "uniform"        # uniform (one frame per segment, TSN) | dense (stride apart, SlowFast)
     frame_stride: int = 4                  # frame step of dense sampling
+    test_clips: int = 1                    # video test views (locvit eval --config / a run): temporal clips per video
+    test_crops: int = 1                    # video test views: spatial crops per clip (3: both ends and the centre)
     # schedule and optimiser (DeiT/Swin recipe)
     epochs: int = 300
     batch_size: int = 128                  # per process
@@ -46,6 +48,8 @@ class TrainConfig:
     warmup_epochs: int = 5
     sched: str = "cosine"
     sched_on_updates: bool = False         # per-iteration schedule (Swin/Focal) instead of per-epoch
+    decay_milestones: list[int] | None = None  # sched multistep: epochs at which the lr is multiplied by decay_rate
+    decay_rate: float = 0.1                # sched multistep (and step): the lr factor at each milestone
     opt: str = "adamw"
     opt_eps: float = 1e-8
     opt_betas: tuple[float, float] | None = None
@@ -130,6 +134,12 @@ class TrainConfig:
         need(self.frame_sampling in ("uniform", "dense"),
              f"--frame-sampling must be uniform or dense, got {self.frame_sampling!r}")
         need(self.frame_stride >= 1, f"--frame-stride must be at least 1, got {self.frame_stride}")
+        need(self.test_clips >= 1 and self.test_crops >= 1,
+             f"--test-clips and --test-crops must be at least 1, got {self.test_clips} and {self.test_crops}")
+        need(self.sched != "multistep" or bool(self.decay_milestones),
+             "--sched multistep needs --decay-milestones (epochs), e.g. --decay-milestones 11 14")
+        need(all(0 < m <= self.epochs for m in self.decay_milestones or ()),
+             f"--decay-milestones {self.decay_milestones} must lie within the run's {self.epochs} epochs")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -99,3 +99,60 @@ def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, sp
         raise ValueError(f"{model_name} gave NaN/inf outputs for {res['nonfinite']} of {res['images']} images"
                          + (f" with {checkpoint}" if checkpoint else "") + ": the weights or the inputs are broken")
     return res
+
+
+# `locvit eval` flags a recipe or a run's config.yaml provides when they are not given (training's field names)
+EVAL_FIELDS = ("model", "data", "img_size", "task", "num_frames", "frame_sampling", "frame_stride", "test_clips",
+               "test_crops")
+
+
+def resolve_eval_args(args: Any, model_kwargs: dict[str, Any] | None = None) -> Any:
+    """``locvit eval``'s arguments with what was not given filled in: from ``--config`` (a training recipe), then
+    from the run directory ``--checkpoint`` names (its ``config.yaml``; its ``best.safetensors``, else
+    ``model.safetensors``, becomes the checkpoint), then :class:`~locvit.engine.config.TrainConfig`'s defaults. So a
+    recipe's test protocol (``test_clips`` x ``test_crops``, the clip sampling) is what eval runs by default.
+
+    Returns a new namespace (``model_kwargs`` a dict: the recipe's or run's, updated by ``model_kwargs``); raises
+    ``ValueError`` naming what is still missing, or when the run directory belongs to another command."""
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    from locvit.engine.config import TrainConfig, load_yaml, resolve_config_path
+
+    a = argparse.Namespace(**vars(args))
+    layers: list[dict[str, Any]] = []
+    if getattr(a, "config", None):
+        layers.append(load_yaml(resolve_config_path(a.config)))
+    run = Path(a.checkpoint) if a.checkpoint else None
+    if run is not None and run.is_dir():
+        saved = run / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"{run} is a folder but not a run directory (no config.yaml): pass the weights "
+                                    "file as --checkpoint")
+        cfg = yaml.safe_load(saved.read_text()) or {}
+        for field, task in (("detector", "detect"), ("head", "segment")):
+            if field in cfg:
+                raise ValueError(f"{run} is a `locvit {task} train` run (its config.yaml has {field}: "
+                                 f"{cfg[field]}); score it with `locvit {task} eval --checkpoint {run}`")
+        layers.append(cfg)
+        found = [run / n for n in ("best.safetensors", "model.safetensors") if (run / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{run} holds no weights yet (best.safetensors or model.safetensors): the run "
+                                    "has not finished an epoch")
+        a.checkpoint = str(found[0])
+    defaults = TrainConfig.__dataclass_fields__
+    for name in EVAL_FIELDS:
+        if getattr(a, name, None) is None:
+            given = next((layer[name] for layer in layers if layer.get(name) is not None), None)
+            if given is None and name not in ("model", "data", "img_size"):
+                given = defaults[name].default
+            setattr(a, name, given)
+    a.model_kwargs = {**next((dict(layer["model_kwargs"]) for layer in layers if layer.get("model_kwargs")), {}),
+                      **(model_kwargs or {})}
+    missing = [f"--{n}" for n in ("model", "data") if getattr(a, n) is None]
+    if missing:
+        raise ValueError(f"pass {' and '.join(missing)} (or --config RECIPE, or a run directory as --checkpoint, "
+                         "whose settings are the defaults)")
+    return a

@@ -66,6 +66,16 @@ class EpochTotals:
                    time.time() - state.get("seconds", 0.0))
 
 
+def timm_milestones(milestones: list[int], updates_per_epoch: int = 1) -> list[float]:
+    """``--decay-milestones`` (epochs) as timm's ``MultiStepLRScheduler`` takes them.
+
+    locvit's milestones follow PyTorch's ``MultiStepLR`` and pyslowfast's ``steps_with_relative_lrs``: milestone
+    ``m`` is the first epoch trained at the decayed lr. timm applies milestone ``m`` one scheduler step early (its
+    documented historical convention: at ``t == m - 1``), so each is moved one scheduler step later: one epoch when
+    the schedule steps per epoch, one update (``1 / updates_per_epoch`` of an epoch; timm multiplies milestones by
+    ``updates_per_epoch``) when it steps per update."""
+    return [m + 1 / updates_per_epoch for m in milestones]
+
 def find_resume(resume: str, output: str | Path) -> Path:
     """The training-state file ``--resume`` names: ``'auto'`` = ``OUTPUT/last.pth``, a run directory's
     ``last.pth``, or a file. Raises ``FileNotFoundError`` when there is nothing to resume."""
@@ -188,7 +198,9 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
         warmup_lr=cfg.warmup_lr * (scale if cfg.scale_lr and cfg.lr is None else 1.0),
         min_lr=cfg.min_lr * (scale if cfg.scale_lr and cfg.lr is None else 1.0),
-        step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=n_steps)
+        step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=n_steps, decay_rate=cfg.decay_rate,
+        **(dict(decay_milestones=timm_milestones(cfg.decay_milestones, n_steps if cfg.sched_on_updates else 1))
+           if cfg.decay_milestones else {}))
     autocast, scaler = mixed_precision(cfg.amp, device)
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
@@ -320,6 +332,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         for part in all_gather_objects(tot.unreadable):
             tot.unreadable.update(part)
         finished_epoch = step_in_epoch >= n_steps
+        epoch_lr = optimizer.param_groups[0]["lr"]  # the lr this epoch ended with (logged), not the next epoch's
         if finished_epoch:  # a run stopped inside the epoch (--max-steps) resumes on this epoch's schedule
             scheduler.step(epoch + 1)
         if finished_epoch and ((epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == num_epochs):
@@ -328,7 +341,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
             for part in all_gather_objects({u.index: u.path for u in val["unreadable"]}):
                 bad.update({-1 - i: p for i, p in part.items()})  # val indices apart from train's
             metrics = dict(epoch=epoch + 1, train_loss=totals[0].item() / max(totals[1].item(), 1),
-                           lr=optimizer.param_groups[0]["lr"], val_loss=val["loss"], top1=val["top1"],
+                           lr=epoch_lr, val_loss=val["loss"], top1=val["top1"],
                            top5=val["top5"], images_per_s=totals[1].item() / max(epoch_time, 1e-9),
                            skipped=len(bad), epoch_time_s=epoch_time)
             if ema is not None:
