@@ -6,6 +6,7 @@ flips, crops and photometric distortion on)."""
 import contextlib
 import io
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -519,6 +520,65 @@ def test_segment_train_resume_and_eval(seg_data, tmp_path):
     out = locvit("segment", "eval", "--checkpoint", run, "--workers", "0", "--inference", "slide",
                  "--slide-stride", "32", "32")
     assert "slide inference" in out.stdout
+    # the wrong command on the run: refused with the right one, which works as given
+    for wrong, right in ((["detect", "eval", "--checkpoint", run], f"locvit segment eval --checkpoint {run}"),
+                         (["train", "--resume", run], f"locvit segment train --resume {run}")):
+        proc = locvit(*wrong, check=False)
+        assert proc.returncode == 2 and f"{run} is a `locvit segment` run (its config.yaml has head: upernet)" in \
+            proc.stderr and _advice(proc.stderr) == right, proc.stderr
+        locvit(*shlex.split(right)[1:], "--workers", "0")
+
+
+def _advice(stderr: str) -> str:
+    """The command an error message says to use instead."""
+    import re
+
+    return re.search(r"use `(locvit [^`]+)`", stderr)[1]
+
+
+def test_run_of_another_command_named(tmp_path):
+    """`eval` or `--resume` on a run of another command (detect / segment / classification): one line naming the
+    run's command and the command to use, before anything is built; the classification one works as given."""
+    from locvit import create_model, save_checkpoint
+    from locvit.engine.config import build_config, save_config
+    from locvit.tasks.config import save_task_config
+
+    runs = {k: tmp_path / k for k in ("detect", "segment", "train")}
+    for k, run in runs.items():
+        run.mkdir()
+        (run / "last.pth").write_bytes(b"")  # what --resume looks for (never read: the command is refused first)
+    save_task_config(DetectConfig(iters=1), runs["detect"] / "config.yaml")
+    save_task_config(SegmentConfig(iters=1), runs["segment"] / "config.yaml")
+    tiny = dict(depth=1, embed_dim=32, num_heads=2, reduction=4)
+    save_config(build_config(None, dict(model="localvit_tiny", model_kwargs=tiny, img_size=32, data="digits")),
+                runs["train"] / "config.yaml")
+    for k in ("detect", "segment"):
+        (runs[k] / "best.safetensors").write_bytes(b"")
+    save_checkpoint(create_model("localvit_tiny", num_classes=10, img_size=32, **tiny),
+                    runs["train"] / "best.safetensors")
+    cases = [(["detect", "eval", "--checkpoint", runs["segment"]], "segment", "head: fpn",
+              f"locvit segment eval --checkpoint {runs['segment']}"),
+             (["segment", "eval", "--checkpoint", runs["detect"] / "best.safetensors"], "detect",
+              "detector: mask_rcnn", f"locvit detect eval --checkpoint {runs['detect']}"),
+             (["eval", "--model", "localvit_tiny", "--data", "digits", "--checkpoint",
+               runs["segment"] / "best.safetensors"], "segment", "head: fpn",
+              f"locvit segment eval --checkpoint {runs['segment']}"),
+             (["train", "--resume", runs["detect"]], "detect", "detector: mask_rcnn",
+              f"locvit detect train --resume {runs['detect']}"),
+             (["detect", "train", "--resume", runs["segment"]], "segment", "head: fpn",
+              f"locvit segment train --resume {runs['segment']}"),
+             (["segment", "train", "--resume", runs["train"]], "train", "task: classify",
+              f"locvit train --resume {runs['train']}"),
+             (["segment", "eval", "--checkpoint", runs["train"]], "train", "task: classify",
+              f"locvit eval --model localvit_tiny --checkpoint {runs['train'] / 'best.safetensors'} --data digits "
+              "--img-size 32 --model-kwargs depth=1 embed_dim=32 num_heads=2 reduction=4")]
+    for args, kind, mark, right in cases:
+        proc = locvit(*args, check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (args, proc.stderr)
+        assert f"is a `locvit {kind}` run (its config.yaml has {mark}), not one" in proc.stderr, proc.stderr
+        assert _advice(proc.stderr) == right, proc.stderr
+    out = locvit(*shlex.split(cases[-1][3])[1:], "--workers", "0")
+    assert "localvit_tiny on digits (val, " in out.stdout
 
 
 def test_shipped_recipes_resolve():
