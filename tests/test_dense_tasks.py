@@ -357,7 +357,7 @@ def test_dense_run_without_a_usable_sample_is_an_error(seg_data, tmp_path):
         _fit_segmenter(root, tmp_path / "run")
     msg = str(e.value)
     assert msg.startswith("no training image was used in iterations 1..2, so nothing was trained: 4 were crops in "
-                          "which every pixel is ignored: nothing to learn from."), msg
+                          "which every pixel is ignored: nothing to learn from: every label is the ignore index 255"), msg
     assert "--no-reduce-zero-label" in msg and "--lr" not in msg
     assert not any((tmp_path / "run" / n).exists() for n in ("model.safetensors", "best.safetensors", "last.pth"))
     _fit_segmenter(root, tmp_path / "advised", reduce_zero_label=False)
@@ -544,7 +544,7 @@ def test_run_of_another_command_named(tmp_path):
     from locvit.tasks.config import save_task_config
 
     runs = {k: tmp_path / k for k in ("detect", "segment", "train")}
-    for k, run in runs.items():
+    for run in runs.values():
         run.mkdir()
         (run / "last.pth").write_bytes(b"")  # what --resume looks for (never read: the command is refused first)
     save_task_config(DetectConfig(iters=1), runs["detect"] / "config.yaml")

@@ -217,11 +217,11 @@ class SegmentationFolder(SeededDataset):
         """Why every pixel can be ignored, and what to check (for the errors of a split or a run with no labelled
         pixel)."""
         if self.reduce_zero_label:
-            return (f"nothing to learn from. The maps hold only the ignore index {self.ignore_index} "
-                    "(--ignore-index) and 0, which --reduce-zero-label (on: ADE20K's convention, 0 = 'other') "
-                    f"ignores too. Check the label maps (classes 1..{self.num_classes} with --reduce-zero-label), or "
-                    "pass --no-reduce-zero-label if 0 is a class")
-        return (f"nothing to learn from. The maps hold only the ignore index {self.ignore_index} (--ignore-index). "
+            return (f"nothing to learn from: every label is the ignore index {self.ignore_index} (--ignore-index) "
+                    "or 0, which --reduce-zero-label (on: ADE20K's convention, 0 = 'other') ignores too. Check the "
+                    f"label maps (classes 1..{self.num_classes} with --reduce-zero-label), or pass "
+                    "--no-reduce-zero-label if 0 is a class")
+        return (f"nothing to learn from: every label is the ignore index {self.ignore_index} (--ignore-index). "
                 f"Check the label maps: one class index 0..{self.num_classes - 1} per pixel")
 
     def label_problem(self, y: torch.Tensor, path: str | os.PathLike) -> str | None:
