@@ -357,7 +357,8 @@ def test_dense_run_without_a_usable_sample_is_an_error(seg_data, tmp_path):
         _fit_segmenter(root, tmp_path / "run")
     msg = str(e.value)
     assert msg.startswith("no training image was used in iterations 1..2, so nothing was trained: 4 were crops in "
-                          "which every pixel is ignored: nothing to learn from: every label is the ignore index 255"), msg
+                          "which every pixel is ignored: nothing to learn from: every label is the ignore index "
+                          "255"), msg
     assert "--no-reduce-zero-label" in msg and "--lr" not in msg
     assert not any((tmp_path / "run" / n).exists() for n in ("model.safetensors", "best.safetensors", "last.pth"))
     _fit_segmenter(root, tmp_path / "advised", reduce_zero_label=False)
@@ -656,6 +657,30 @@ def test_detect_ddp_runs(det_data, tmp_path):
     assert proc.stdout.count("COCOeval bbox") == 1  # rank 0 prints
     assert torch.load(run / "last.pth", weights_only=True)["global_step"] == 2
     assert (run / "model.safetensors").is_file()
+
+
+@pytest.mark.heavy  # two interpreters starting on two cores
+def test_segment_ddp_survives_a_rank_without_a_sample(seg_data, tmp_path):
+    """torchrun with two CPU processes and one image per process: the step where one rank's only image is
+    unreadable is skipped by both ranks (one rank stepping alone left the other waiting in DDP's gradient
+    all-reduce), the image counted, the run finished."""
+    import os
+    import shutil
+    import sys
+
+    root = tmp_path / "ade"
+    shutil.copytree(seg_data, root)
+    (root / "images" / "training" / "00003.png").write_bytes(b"\x89PNG not really")
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29564", "-m", "locvit",
+           "segment", "train", "--data", str(root), *SEG_FLAGS, "--batch-size", "1", "--iters", "4",
+           "--output", str(run)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(run / "last.pth", weights_only=True)["global_step"] == 4
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert int(dict(zip(rows[0].split(","), rows[1].split(",")))["skipped"]) == 1
 
 
 def test_schedules():

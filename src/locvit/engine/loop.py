@@ -166,7 +166,10 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
             running["skipped"] += batch.skipped
             if batch.unreadable and not running.get("first_skipped"):
                 running["first_skipped"] = f"{batch.unreadable[0].path} ({batch.unreadable[0].reason})"
-            if len(batch[0]):
+            step = len(batch[0]) > 0
+            if dist.distributed:  # all ranks step or none: one stepping alone waits in DDP's gradient all-reduce
+                step = all_reduce_sum(torch.tensor([float(not step)], device=device)).item() == 0
+            if step:
                 with autocast():
                     loss, parts, n = task.loss(net, batch)
                 if not torch.isfinite(loss).all():
