@@ -179,7 +179,8 @@ def test_segmentation_bad_inputs(seg_data, tmp_path):
     with pytest.raises(ValueError, match="holds no images: the split is empty"):
         SegmentationFolder(images, labels, 3)
     train = SegmentationFolder(*find_segmentation_split(root, "train"), 2)  # labels 0..2 need 3 classes
-    with pytest.raises(ValueError, match="holds label 2, outside 0..1"):
+    with pytest.raises(ValueError, match=r"holds label 3 \(2 after --reduce-zero-label\), outside the 2 classes 0..1 "
+                                         "and not the ignore index 255 .*: pass --num-classes 3"):
         train.check_labels()
 
 
