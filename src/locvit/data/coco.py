@@ -152,8 +152,9 @@ _RLE_SIZE = "annotations whose RLE size is not their image's [height, width]"
 
 def _segmentation_problem(seg: Any, im: dict[str, Any]) -> tuple[str, str] | None:
     """``(kind, detail)`` of what is wrong with a COCO ``segmentation`` (polygons or RLE) of an annotation of image
-    ``im``; ``None`` when pycocotools can decode it. pycocotools reads a first polygon of 4 numbers as a box and
-    fails on one of 2, so polygons need 3 points."""
+    ``im``; ``None`` when pycocotools can decode it. pycocotools takes a first polygon of 4 numbers for a box (and
+    fails with a TypeError) and refuses one of 2 in the first batch; a polygon needs 3 points (Detectron2 drops
+    shorter or odd-length ones with a warning)."""
     if isinstance(seg, list):
         for j, poly in enumerate(seg):
             if not isinstance(poly, list) or len(poly) % 2 or not _all_numbers(poly):
@@ -310,7 +311,7 @@ class CocoDetection(SeededDataset):
                     problems.add(bad[0], f"{where}: {bad[1]}")
             kpts = a.get("keypoints")
             if self.with_keypoints and kpts is not None and (
-                    not isinstance(kpts, list) or len(kpts) != 3 * n_kpt or not all(_is_number(v) for v in kpts)):
+                    not isinstance(kpts, list) or len(kpts) != 3 * n_kpt or not _all_numbers(kpts)):
                 problems.add(f"annotations whose keypoints are not {3 * n_kpt} numbers (the category names {n_kpt} "
                              "keypoints: x, y, visibility each)",
                              f"{where}: {len(kpts) if isinstance(kpts, list) else type(kpts).__name__}")
