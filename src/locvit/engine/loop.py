@@ -236,8 +236,8 @@ def _evaluate(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, ru
         why = []
         if totals[2].item():
             first = f" (first: {running['first_skipped']})" if running.get("first_skipped") else ""
-            why.append(f"{int(totals[2].item())} could not be read and were skipped{first}: replace or remove "
-                       "these files")
+            why.append(f"{int(totals[2].item())} could not be read and were skipped{first}: replace them with "
+                       "readable ones")
         if totals[3].item():
             why.append(f"{int(totals[3].item())} {task.unused_reason}")
         raise DataError(f"no training image was used in iterations {since + 1}..{global_step}, so nothing was "
