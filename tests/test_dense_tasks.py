@@ -6,6 +6,7 @@ flips, crops and photometric distortion on)."""
 import contextlib
 import io
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -124,11 +125,11 @@ def test_label_conventions_and_rescale():
 
 
 # --- data checks ----------------------------------------------------------------------------------------------------
-def _coco_copy(src: Path, dst: Path, edit) -> Path:
+def _coco_copy(src: Path, dst: Path, edit, split: str = "val") -> Path:
     import shutil
 
     shutil.copytree(src, dst)
-    ann = dst / "val" / "annotations.json"
+    ann = dst / split / "annotations.json"
     data = json.loads(ann.read_text())
     edit(data)
     ann.write_text(json.dumps(data))
@@ -144,7 +145,8 @@ def test_coco_bad_inputs(det_data, tmp_path):
     with pytest.raises(FileNotFoundError, match="lists 1 images that are not in .*gone.png"):
         CocoDetection(ann, ann.parent / "images")
     ann = _coco_copy(det_data, tmp_path / "b", lambda d: d["annotations"][0].update(category_id=7))
-    with pytest.raises(ValueError, match=r"annotation 1 \(image 00000.png\) has category_id 7, which is not in"):
+    with pytest.raises(ValueError, match=r"1 annotations whose category_id is not in the categories list \[1, 2\]: "
+                                         r"annotation 1 \(image 00000.png\): category_id 7"):
         CocoDetection(ann, ann.parent / "images")
     ann = _coco_copy(det_data, tmp_path / "c", lambda d: d["annotations"][0].update(bbox=[10, 10, -5, 4]))
     with pytest.raises(ValueError, match="negative width or height"):
@@ -177,8 +179,201 @@ def test_segmentation_bad_inputs(seg_data, tmp_path):
     with pytest.raises(ValueError, match="holds no images: the split is empty"):
         SegmentationFolder(images, labels, 3)
     train = SegmentationFolder(*find_segmentation_split(root, "train"), 2)  # labels 0..2 need 3 classes
-    with pytest.raises(ValueError, match="holds label 2, outside 0..1"):
+    with pytest.raises(ValueError, match=r"holds label 3 \(2 after --reduce-zero-label\), outside the 2 classes 0..1 "
+                                         "and not the ignore index 255 .*: pass --num-classes 3"):
         train.check_labels()
+
+
+def test_coco_entries_checked_and_listed(det_data, tmp_path):
+    """Every malformed entry of a COCO file is found when the split is built and listed in one line, by kind, with
+    counts: entries that are not objects, missing or repeated ids, short polygons, bad boxes, RLE sizes."""
+    from locvit.data.loader import DataError
+
+    def edit(d):
+        a = d["annotations"]
+        assert len(a) >= 4
+        a[0]["segmentation"] = [[10, 10, 20, 20]]  # a two-point polygon
+        a[1]["segmentation"] = [[10, 10, 20, 20, 30, 30, 40]]  # an odd count of numbers
+        a[2]["bbox"] = [1, 2, 3]
+        a[3]["segmentation"] = dict(size=[5, 5], counts="0")  # an RLE of another size than its image
+        a.append(list(a[3].values()))  # an annotation as a list
+        a.append(dict(a[3]))  # its id again
+        d["categories"].append(dict(name="no id"))
+        d["images"].append(dict(d["images"][0]))  # image id 1 again
+
+    ann = _coco_copy(det_data, tmp_path / "a", edit)
+    with pytest.raises(DataError) as e:
+        CocoDetection(ann, ann.parent / "images", masks=True)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{ann}: 1 invalid entries -- ")  # the categories, checked first
+    assert "1 categories without an integer 'id' (give each category a unique one): categories[2] (no id)" in msg
+    d = json.loads(ann.read_text())
+    d["categories"][2]["id"] = 3  # the fix the message names
+    ann.write_text(json.dumps(d))
+    with pytest.raises(DataError) as e:
+        CocoDetection(ann, ann.parent / "images", masks=True)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{ann}: 7 invalid entries -- "), msg
+    for part in ("1 image ids listed twice (ids must be unique): id 1",
+                 "1 annotations that are not JSON objects",
+                 "annotations[", "] is a list",
+                 "1 annotation ids listed twice (ids must be unique): id 4",
+                 "1 annotations with a polygon of fewer than 3 points",
+                 "annotation 1 (image 00000.png): polygon 0 has 4 numbers",
+                 "1 annotations whose segmentation is neither polygons",
+                 "1 annotations whose bbox is not 4 finite numbers",
+                 "1 annotations whose RLE size is not their image's [height, width]"):
+        assert part in msg, (part, msg)
+    # following the advice: the short polygon's annotation dropped (it has no other), the others fixed
+    d = json.loads(ann.read_text())
+    orig = json.loads((det_data / "val" / "annotations.json").read_text())
+    d["images"].pop()
+    d["annotations"] = orig["annotations"][1:]
+    ann.write_text(json.dumps(d))
+    ds = CocoDetection(ann, ann.parent / "images", masks=True)
+    assert len(ds.ids) == len(orig["images"])
+
+
+@pytest.mark.parametrize("case", ["two_point_polygon", "category_without_id", "annotations_as_lists"])
+def test_cli_malformed_coco_refused_before_the_run(det_data, tmp_path, case):
+    """The user audit's three COCO files: one line naming the file and the entries, exit 2, no run directory (they
+    used to crash in the first batch with a traceback, after config.yaml was written)."""
+    edits = {"two_point_polygon": lambda d: d["annotations"][0].update(segmentation=[[1, 1, 9, 9]]),
+             "category_without_id": lambda d: d["categories"][0].pop("id"),
+             "annotations_as_lists": lambda d: d.update(annotations=[list(a.values()) for a in d["annotations"]])}
+    ann = _coco_copy(det_data, tmp_path / "data", edits[case], split="train")
+    out = tmp_path / "run"
+    proc = locvit("detect", "train", "--data", ann.parents[1], "--model", "vvt_tiny", "--iters", "2",
+                  "--output", out, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"locvit detect: error: {ann}: ") and "invalid entries" in proc.stderr
+    assert {"two_point_polygon": "polygon of fewer than 3 points", "category_without_id": "without an integer 'id'",
+            "annotations_as_lists": "are not JSON objects"}[case] in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+SEG_FLAGS = ["--model", "vvt_tiny", "--model-kwargs", *kv(VVT), "--num-classes", "3", "--batch-size", "2",
+             "--crop-size", "64", "64", "--scale", "96", "64", "--test-scale", "96", "64", "--decoder-channels", "32",
+             "--no-tensorboard", "--warmup-iters", "0", "--workers", "0"]
+
+
+def _seg_copy(src: Path, dst: Path, edit=None) -> Path:
+    """A copy of the segmentation dataset with ``edit(label_map_path)`` applied to every label map."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for p in sorted((dst / "annotations").rglob("*.png")):
+        if edit:
+            edit(p)
+    return dst
+
+
+def test_segmentation_label_maps_checked_up_front(seg_data, tmp_path):
+    """RGB label maps (each training sample used to be skipped as "unreadable": loss 0.0000, exit 0, weights
+    written) are refused when the split is built: the files named, exit 2, no run directory; the conversion the
+    message gives makes them valid and keeps their labels."""
+    from locvit.data.loader import DataError
+
+    root = _seg_copy(seg_data, tmp_path / "ade", lambda p: Image.open(p).convert("RGB").save(p))
+    out = tmp_path / "run"
+    proc = locvit("segment", "train", "--data", root, *SEG_FLAGS, "--iters", "2", "--output", out, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert (f"8 label maps in {root / 'annotations' / 'training'} are not single-channel: 00000.png (RGB), "
+            "00001.png (RGB)") in proc.stderr and "convert('L')" in proc.stderr
+    assert not out.exists()
+    images, labels = find_segmentation_split(root, "train")
+    with pytest.raises(DataError, match="not single-channel"):
+        SegmentationFolder(images, labels, 3)
+    for p in labels.iterdir():  # the message's fix
+        Image.open(p).convert("L").save(p)
+    SegmentationFolder(images, labels, 3).check_labels()
+    for p in labels.iterdir():
+        assert np.array_equal(np.asarray(Image.open(p)),
+                              np.asarray(Image.open(seg_data / "annotations" / "training" / p.name)))
+
+
+def test_segmentation_every_pixel_ignored_refused(seg_data, tmp_path):
+    """Label maps of nothing but 0 ("other", ignored under --reduce-zero-label): refused before the run with the
+    cause named (not a non-finite loss and "Lower --lr"); --no-reduce-zero-label, as advised, accepts them."""
+    root = _seg_copy(seg_data, tmp_path / "ade", lambda p: Image.new("L", Image.open(p).size, 0).save(p))
+    out = tmp_path / "run"
+    proc = locvit("segment", "train", "--data", root, *SEG_FLAGS, "--iters", "2", "--output", out, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert "every pixel of the 8 label maps read in" in proc.stderr and "is ignored" in proc.stderr
+    assert "--no-reduce-zero-label" in proc.stderr and "--lr" not in proc.stderr and not out.exists()
+    SegmentationFolder(*find_segmentation_split(root, "train"), 3, reduce_zero_label=False).check_labels()
+
+
+def test_segmentation_label_values_checked_as_loaded(seg_data, tmp_path):
+    """A map with a label outside the classes that the check before training did not sample stops the run when it
+    is loaded, with its file and the fix, as one message from a DataLoader worker; the fix works."""
+    from locvit.data.loader import DataError, build_loader
+    from locvit.data.segmentation import collate_segmentation
+
+    root = _seg_copy(seg_data, tmp_path / "ade")
+    images, labels = find_segmentation_split(root, "train")
+    y = np.asarray(Image.open(labels / "00005.png")).copy()
+    y[0, 0] = 7
+    Image.fromarray(y).save(labels / "00005.png")
+    ds = SegmentationFolder(images, labels, 3, train=True, crop_size=(64, 64), scale=(96, 64))
+    ds.check_labels(max_files=1)  # reads map 0 only
+    loader = build_loader(ds, 8, False, workers=1, collate_fn=collate_segmentation)
+    with pytest.raises(DataError) as e:
+        for batch in loader:
+            batch.refuse()
+    assert str(e.value) == (f"{labels / '00005.png'} holds label 7 (6 after --reduce-zero-label), outside the 3 "
+                            "classes 0..2 and not the ignore index 255 (--ignore-index): pass --num-classes 7 if the "
+                            "dataset has that many classes, or fix the map")
+    fixed = SegmentationFolder(images, labels, 7, train=True, crop_size=(64, 64), scale=(96, 64))
+    assert not collate_segmentation([fixed[i] for i in range(len(fixed))]).unreadable
+    with pytest.raises(DataError, match="00005.png holds label 7"):
+        ds.label_map(5)
+
+
+def _fit_segmenter(root: Path, out: Path, **overrides):
+    from locvit.engine.loop import fit
+    from locvit.tasks.config import save_task_config
+    from locvit.tasks.segment import SegmentationTask, build_segmenter
+
+    cfg = build_task_config(SegmentConfig, None, dict(
+        model="vvt_tiny", model_kwargs=VVT, num_classes=3, data=str(root), iters=2, batch_size=2, workers=0,
+        crop_size=[64, 64], scale=[96, 64], test_scale=[96, 64], decoder_channels=32, warmup_iters=0,
+        tensorboard=False, output=str(out), **overrides))
+    # the folders as built, without load_split's check of a sample: what the loop does with what that misses
+    train, val = (SegmentationFolder(*find_segmentation_split(root, s), 3, train=s == "train", crop_size=(64, 64),
+                                     scale=(96, 64), test_scale=(96, 64), reduce_zero_label=cfg.reduce_zero_label)
+                  for s in ("train", "val"))
+    task = SegmentationTask(cfg, build_segmenter(cfg, 3, verbose=False), train, val, 3, DistInfo())
+    return fit(cfg, task, DistInfo(), lambda path: save_task_config(cfg, path))
+
+
+def test_dense_run_without_a_usable_sample_is_an_error(seg_data, tmp_path):
+    """A run whose every training crop is all ignore index, or whose every image is unreadable, stops at its first
+    evaluation with the cause and writes no weights (it used to end with loss 0.0000 and weights, or a non-finite
+    loss and "Lower --lr"); the advice, --no-reduce-zero-label, gives a run."""
+    from locvit.data.loader import DataError
+
+    root = _seg_copy(seg_data, tmp_path / "zeros", lambda p: Image.new("L", Image.open(p).size, 0).save(p))
+    with pytest.raises(DataError) as e:
+        _fit_segmenter(root, tmp_path / "run")
+    msg = str(e.value)
+    assert msg.startswith("no training image was used in iterations 1..2, so nothing was trained: 4 were crops in "
+                          "which every pixel is ignored: nothing to learn from: every label is the ignore index "
+                          "255"), msg
+    assert "--no-reduce-zero-label" in msg and "--lr" not in msg
+    assert not any((tmp_path / "run" / n).exists() for n in ("model.safetensors", "best.safetensors", "last.pth"))
+    _fit_segmenter(root, tmp_path / "advised", reduce_zero_label=False)
+    assert (tmp_path / "advised" / "model.safetensors").is_file()
+
+    root = _seg_copy(seg_data, tmp_path / "corrupt")
+    for p in (root / "images" / "training").iterdir():
+        p.write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match=r"no training image was used in iterations 1..2, so nothing was trained: 4 "
+                                        r"could not be read and were skipped \(first: .*training/0000\d.png \("):
+        _fit_segmenter(root, tmp_path / "corrupt_run")
+    assert not (tmp_path / "corrupt_run" / "model.safetensors").exists()
+    with pytest.raises(DataError, match="none of the 8 image / label map pairs tried in .* could be read"):
+        SegmentationFolder(*find_segmentation_split(root, "train"), 3).check_labels()
 
 
 def test_cli_bad_data_fails_before_training(det_data, tmp_path):
@@ -330,6 +525,66 @@ def test_segment_train_resume_and_eval(seg_data, tmp_path):
     out = locvit("segment", "eval", "--checkpoint", run, "--workers", "0", "--aug-test")
     assert "12 views: ratios [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] with flips" in out.stdout
 
+    # the wrong command on the run: refused with the right one, which works as given
+    for wrong, right in ((["detect", "eval", "--checkpoint", run], f"locvit segment eval --checkpoint {run}"),
+                         (["train", "--resume", run], f"locvit segment train --resume {run}")):
+        proc = locvit(*wrong, check=False)
+        assert proc.returncode == 2 and f"{run} is a `locvit segment` run (its config.yaml has head: upernet)" in \
+            proc.stderr and _advice(proc.stderr) == right, proc.stderr
+        locvit(*shlex.split(right)[1:], "--workers", "0")
+
+
+def _advice(stderr: str) -> str:
+    """The command an error message says to use instead."""
+    import re
+
+    return re.search(r"use `(locvit [^`]+)`", stderr)[1]
+
+
+def test_run_of_another_command_named(tmp_path):
+    """`eval` or `--resume` on a run of another command (detect / segment / classification): one line naming the
+    run's command and the command to use, before anything is built; the classification one works as given."""
+    from locvit import create_model, save_checkpoint
+    from locvit.engine.config import build_config, save_config
+    from locvit.tasks.config import save_task_config
+
+    runs = {k: tmp_path / k for k in ("detect", "segment", "train")}
+    for run in runs.values():
+        run.mkdir()
+        (run / "last.pth").write_bytes(b"")  # what --resume looks for (never read: the command is refused first)
+    save_task_config(DetectConfig(iters=1), runs["detect"] / "config.yaml")
+    save_task_config(SegmentConfig(iters=1), runs["segment"] / "config.yaml")
+    tiny = dict(depth=1, embed_dim=32, num_heads=2, reduction=4)
+    save_config(build_config(None, dict(model="localvit_tiny", model_kwargs=tiny, img_size=32, data="digits")),
+                runs["train"] / "config.yaml")
+    for k in ("detect", "segment"):
+        (runs[k] / "best.safetensors").write_bytes(b"")
+    save_checkpoint(create_model("localvit_tiny", num_classes=10, img_size=32, **tiny),
+                    runs["train"] / "best.safetensors")
+    cases = [(["detect", "eval", "--checkpoint", runs["segment"]], "segment", "head: fpn",
+              f"locvit segment eval --checkpoint {runs['segment']}"),
+             (["segment", "eval", "--checkpoint", runs["detect"] / "best.safetensors"], "detect",
+              "detector: mask_rcnn", f"locvit detect eval --checkpoint {runs['detect']}"),
+             (["eval", "--model", "localvit_tiny", "--data", "digits", "--checkpoint",
+               runs["segment"] / "best.safetensors"], "segment", "head: fpn",
+              f"locvit segment eval --checkpoint {runs['segment']}"),
+             (["train", "--resume", runs["detect"]], "detect", "detector: mask_rcnn",
+              f"locvit detect train --resume {runs['detect']}"),
+             (["detect", "train", "--resume", runs["segment"]], "segment", "head: fpn",
+              f"locvit segment train --resume {runs['segment']}"),
+             (["segment", "train", "--resume", runs["train"]], "train", "task: classify",
+              f"locvit train --resume {runs['train']}"),
+             (["segment", "eval", "--checkpoint", runs["train"]], "train", "task: classify",
+              f"locvit eval --model localvit_tiny --checkpoint {runs['train'] / 'best.safetensors'} --data digits "
+              "--img-size 32 --model-kwargs depth=1 embed_dim=32 num_heads=2 reduction=4")]
+    for args, kind, mark, right in cases:
+        proc = locvit(*args, check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (args, proc.stderr)
+        assert f"is a `locvit {kind}` run (its config.yaml has {mark}), not one" in proc.stderr, proc.stderr
+        assert _advice(proc.stderr) == right, proc.stderr
+    out = locvit(*shlex.split(cases[-1][3])[1:], "--workers", "0")
+    assert "localvit_tiny on digits (val, " in out.stdout
+
 
 class _PixelModel(torch.nn.Module):
     """Class-0 logit = channel 0 times (input width / 64), class 1 = 0: per pixel, so a view's output lines up
@@ -451,6 +706,30 @@ def test_detect_ddp_runs(det_data, tmp_path):
     assert proc.stdout.count("COCOeval bbox") == 1  # rank 0 prints
     assert torch.load(run / "last.pth", weights_only=True)["global_step"] == 2
     assert (run / "model.safetensors").is_file()
+
+
+@pytest.mark.heavy  # two interpreters starting on two cores
+def test_segment_ddp_survives_a_rank_without_a_sample(seg_data, tmp_path):
+    """torchrun with two CPU processes and one image per process: the step where one rank's only image is
+    unreadable is skipped by both ranks (one rank stepping alone left the other waiting in DDP's gradient
+    all-reduce), the image counted, the run finished."""
+    import os
+    import shutil
+    import sys
+
+    root = tmp_path / "ade"
+    shutil.copytree(seg_data, root)
+    (root / "images" / "training" / "00003.png").write_bytes(b"\x89PNG not really")
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29564", "-m", "locvit",
+           "segment", "train", "--data", str(root), *SEG_FLAGS, "--batch-size", "1", "--iters", "4",
+           "--output", str(run)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(run / "last.pth", weights_only=True)["global_step"] == 4
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert int(dict(zip(rows[0].split(","), rows[1].split(",")))["skipped"]) == 1
 
 
 def test_schedules():

@@ -135,12 +135,14 @@ def _train(p: argparse.ArgumentParser):
     def run(a: argparse.Namespace) -> int:
         from locvit.engine.config import TrainConfig, build_config
         from locvit.engine.train import run_config, train
+        from locvit.tasks.common import check_run_command
 
         overrides = _config_overrides(a, TrainConfig)
         saved = None
         if a.resume:
             # the interrupted run's settings are the base: `--resume` alone, or the same command again, continues it
             state_file, saved = run_config(a.resume, a.output or "runs/train")
+            check_run_command(state_file.parent, "train", "resume", saved)
             if a.output is None:
                 overrides["output"] = str(state_file.parent)
         cfg = build_config(a.config, overrides, run=saved)
@@ -173,9 +175,15 @@ def _eval(p: argparse.ArgumentParser):
     _add_video_args(p, test=True, defaults=False)
 
     def run(a: argparse.Namespace) -> int:
+        from pathlib import Path
+
         from locvit.engine.evaluate import evaluate_model, resolve_eval_args
         from locvit.engine.video import check_task, video_data_kwargs
+        from locvit.tasks.common import check_run_command
 
+        if a.checkpoint:  # a detection / segmentation run's weights: say which command scores them
+            ckpt = Path(a.checkpoint)
+            check_run_command(ckpt if ckpt.is_dir() else ckpt.parent, "train", "eval")
         a = resolve_eval_args(a, _parse_kv(a.model_kwargs))
         video = None
         if check_task(a.task):
@@ -429,7 +437,7 @@ def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
     _config_args(p, cls)
 
     def run(a: argparse.Namespace) -> int:
-        from locvit.tasks.common import eval_config
+        from locvit.tasks.common import check_run_command, eval_config
         from locvit.tasks.config import build_task_config
 
         module = importlib.import_module(f"locvit.tasks.{task}")
@@ -442,6 +450,7 @@ def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
             from locvit.engine.train import run_config
 
             state_file, saved = run_config(a.resume, a.output or cls.output)
+            check_run_command(state_file.parent, task, "resume", saved)
             if a.output is None:
                 overrides["output"] = str(state_file.parent)
         cfg = build_task_config(cls, a.config, overrides, run=saved)

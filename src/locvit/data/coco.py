@@ -4,8 +4,10 @@ A split is an images folder plus a COCO JSON file, in the layout COCO itself shi
 ``annotations/instances_train2017.json``, ``annotations/person_keypoints_val2017.json``...), a generic
 ``{split}/`` + ``annotations/instances_{split}.json``, or ``{split}/images/`` + ``{split}/annotations.json``
 (what ``locvit demo --task detect`` writes). Everything a file can get wrong -- a missing annotation file, an image
-listed but absent, a category id outside the category list, a negative width or height, an empty split -- is an
-error naming the file and the problem when the dataset is built, before any training step. Boxes of zero width or
+listed but absent, entries that are not objects, missing or repeated ids, a category id outside the category list,
+a box that is not four numbers or has a negative width or height, a polygon of fewer than three points, an RLE of
+another size than its image, an empty split -- is an error naming the file, the offending entries (a few of each
+kind, with their count) and the fix when the dataset is built, before any training step. Boxes of zero width or
 height (COCO train2017 has a few) are dropped and counted; images the decoder cannot read are skipped and counted
 per batch, as in classification.
 
@@ -31,7 +33,7 @@ import torch
 from PIL import Image
 
 from locvit.data.datasets import _DECODE_ERRORS, SeededDataset, Unreadable, seed_sample, to_rgb
-from locvit.data.loader import Batch
+from locvit.data.loader import Batch, DataError
 
 __all__ = ["CocoDetection", "CocoSplit", "collate_detection", "find_coco_split", "flip_permutation"]
 
@@ -92,13 +94,84 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a COCO JSON file: {e}") from None
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
     if missing:
-        raise ValueError(f"{path} is not a COCO instances file: no {', '.join(repr(k) for k in missing)} list")
+        raise DataError(f"{path} is not a COCO instances file: no {', '.join(repr(k) for k in missing)} list")
+    not_lists = [f"{k!r} is a {type(data[k]).__name__}" for k in ("images", "annotations", "categories")
+                 if not isinstance(data[k], list)]
+    if not_lists:
+        raise DataError(f"{path} is not a COCO instances file: {', '.join(not_lists)}, not a list of objects")
     return data
 
 
 def _listing(items: Sequence[Any], limit: int = 5) -> str:
     shown = ", ".join(str(x) for x in items[:limit])
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _all_numbers(values: list[Any]) -> bool:
+    """Whether ``values`` are all finite numbers; ``math.fsum`` checks them in C (COCO train2017's 860k polygons
+    hold tens of millions of numbers)."""
+    try:
+        return math.isfinite(math.fsum(values))
+    except (TypeError, OverflowError):
+        return False
+
+
+class _Problems:
+    """The invalid entries of an annotation file, by kind (a description that says the fix); :meth:`check` raises
+    one error listing a few entries of each kind with their count, so that one run of the check shows them all."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.found: dict[str, list[str]] = {}
+
+    def add(self, kind: str, entry: str) -> None:
+        self.found.setdefault(kind, []).append(entry)
+
+    def check(self) -> None:
+        if self.found:
+            n = sum(len(v) for v in self.found.values())
+            raise DataError(f"{self.path}: {n} invalid entries -- " + "; ".join(
+                f"{len(entries)} {kind}: {_listing(entries, 3)}" for kind, entries in self.found.items()))
+
+
+_NOT_OBJECT = "{} that are not JSON objects (each is {{{}}})"
+_POLYGON = ("annotations with a polygon of fewer than 3 points (a polygon is [x1, y1, x2, y2, x3, y3, ...], at "
+            "least 6 numbers: drop the shorter polygons, and the annotations left with none)")
+_BAD_SEGMENTATION = ("annotations whose segmentation is neither polygons (a list of [x1, y1, x2, y2, ...] lists "
+                     "of an even count of numbers) nor RLE ({'counts', 'size': [height, width]})")
+_RLE_SIZE = "annotations whose RLE size is not their image's [height, width]"
+
+
+def _segmentation_problem(seg: Any, im: dict[str, Any]) -> tuple[str, str] | None:
+    """``(kind, detail)`` of what is wrong with a COCO ``segmentation`` (polygons or RLE) of an annotation of image
+    ``im``; ``None`` when pycocotools can decode it. pycocotools takes a first polygon of 4 numbers for a box (and
+    fails with a TypeError) and refuses one of 2 in the first batch; a polygon needs 3 points (Detectron2 drops
+    shorter or odd-length ones with a warning)."""
+    if isinstance(seg, list):
+        for j, poly in enumerate(seg):
+            if not isinstance(poly, list) or len(poly) % 2 or not _all_numbers(poly):
+                return _BAD_SEGMENTATION, f"polygon {j} is {str(poly)[:40]}"
+            if len(poly) < 6:
+                return _POLYGON, f"polygon {j} has {len(poly)} numbers"
+        return None
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        size, counts = seg["size"], seg["counts"]
+        if (not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) for v in size)
+                or not (isinstance(counts, str) or isinstance(counts, list) and all(_is_int(v) for v in counts))):
+            return _BAD_SEGMENTATION, f"RLE of size {size!r}"
+        h, w = im.get("height"), im.get("width")
+        if h is not None and w is not None and list(size) != [h, w]:
+            return _RLE_SIZE, f"size {size}, image {h}x{w}"
+        return None
+    return _BAD_SEGMENTATION, f"a {type(seg).__name__}"
 
 
 class CocoDetection(SeededDataset):
@@ -125,7 +198,9 @@ class CocoDetection(SeededDataset):
         data = _load_json(self.ann_file)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {self.image_dir} (of {self.ann_file}) does not exist")
-        cats = sorted(data["categories"], key=lambda c: c["id"])
+        problems = _Problems(self.ann_file)
+        cats = sorted(self._check_categories(data["categories"], problems), key=lambda c: c["id"])
+        problems.check()
         cat_ids = [c["id"] for c in cats]
         if categories is not None:
             unknown = sorted(set(cat_ids) - set(categories))
@@ -149,58 +224,115 @@ class CocoDetection(SeededDataset):
             if any(list(c["keypoints"]) != self.keypoint_names for c in named):
                 raise ValueError(f"{self.ann_file}: categories name different keypoints; one schema is supported")
             self.flip_index = flip_permutation(self.keypoint_names)
-        self._check(data)
+        self._check(data, problems)
 
     # --- validation -------------------------------------------------------------------------------------------
-    def _check(self, data: dict[str, Any]) -> None:
+    @staticmethod
+    def _check_categories(entries: list[Any], problems: _Problems) -> list[dict[str, Any]]:
+        """The well-formed categories (objects with an integer ``id`` seen once); the others go to ``problems``."""
+        cats, seen = [], set()
+        for i, c in enumerate(entries):
+            if not isinstance(c, dict):
+                problems.add(_NOT_OBJECT.format("categories", '"id": 1, "name": "person"'),
+                             f"categories[{i}] is a {type(c).__name__}")
+            elif not _is_int(c.get("id")):
+                problems.add("categories without an integer 'id' (give each category a unique one)",
+                             f"categories[{i}]" + (f" ({c['name']})" if "name" in c else ""))
+            elif c["id"] in seen:
+                problems.add("category ids listed twice (ids must be unique)", f"id {c['id']}")
+            else:
+                seen.add(c["id"])
+                cats.append(c)
+        return cats
+
+    def _check(self, data: dict[str, Any], problems: _Problems) -> None:
+        """Check the images and annotations (every problem listed in one error), index the usable annotations."""
         f = self.ann_file
         images: dict[int, dict[str, Any]] = {}
-        for im in data["images"]:
-            if "id" not in im or "file_name" not in im:
-                raise ValueError(f"{f}: image entry {im} lacks 'id' or 'file_name'")
-            if im["id"] in images:
-                raise ValueError(f"{f}: image id {im['id']} is listed twice")
-            images[im["id"]] = im
-        if not images:
-            raise ValueError(f"{f} lists no images: the split is empty")
-        absent = [im["file_name"] for im in images.values() if not (self.image_dir / im["file_name"]).is_file()]
-        if absent:
-            raise FileNotFoundError(f"{f} lists {len(absent)} images that are not in {self.image_dir}: "
-                                    f"{_listing(absent)} (extract the images there, or point --*-images at them)")
+        for i, im in enumerate(data["images"]):
+            if not isinstance(im, dict):
+                problems.add(_NOT_OBJECT.format("images", '"id": 1, "file_name": "a.jpg", "height": 480, '
+                                                          '"width": 640'), f"images[{i}] is a {type(im).__name__}")
+            elif not _is_int(im.get("id")):
+                problems.add("images without an integer 'id' (give each image a unique one)", f"images[{i}]")
+            elif not isinstance(im.get("file_name"), str):
+                problems.add("images without a 'file_name' (the image's path under the images folder)",
+                             f"image {im['id']}")
+            elif im["id"] in images:
+                problems.add("image ids listed twice (ids must be unique)", f"id {im['id']}")
+            elif any(k in im and not (_is_number(im[k]) and im[k] > 0) for k in ("height", "width")):
+                problems.add("images whose height or width is not a positive number (the image's size in pixels)",
+                             f"image {im['id']} ({im['file_name']}): {im.get('height')!r} x {im.get('width')!r}")
+            else:
+                images[im["id"]] = im
         anns: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
         self.degenerate = 0
         n_kpt = len(self.keypoint_names)
-        for a in data["annotations"]:
-            where = f"{f}: annotation {a.get('id')}"
+        seen: set[int] = set()
+        for i, a in enumerate(data["annotations"]):
+            if not isinstance(a, dict):
+                problems.add(_NOT_OBJECT.format("annotations", '"id": 1, "image_id": 1, "category_id": 1, "bbox": '
+                                                               '[x, y, width, height], ...'),
+                             f"annotations[{i}] is a {type(a).__name__}")
+                continue
+            if not _is_int(a.get("id")):
+                problems.add("annotations without an integer 'id' (COCOeval indexes annotations by id: give each "
+                             "a unique one)", f"annotations[{i}]")
+                continue
+            if a["id"] in seen:
+                problems.add("annotation ids listed twice (ids must be unique)", f"id {a['id']}")
+                continue
+            seen.add(a["id"])
             if a.get("image_id") not in images:
-                raise ValueError(f"{where} refers to image id {a.get('image_id')}, which is not in 'images'")
-            where += f" (image {images[a['image_id']]['file_name']})"
-            if a.get("category_id") not in self.cat_to_label:
-                raise ValueError(f"{where} has category_id {a.get('category_id')}, which is not in the categories "
-                                 f"list {self.cat_ids}")
-            box = a.get("bbox")
-            if (not isinstance(box, (list, tuple)) or len(box) != 4
-                    or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
-                raise ValueError(f"{where} has bbox {box!r}; expected [x, y, width, height] in pixels")
-            if box[2] < 0 or box[3] < 0:
-                raise ValueError(f"{where} has a negative width or height: bbox {box} ([x, y, width, height], "
-                                 "not [x0, y0, x1, y1])")
-            if self.with_masks and not a.get("iscrowd") and not a.get("segmentation"):
-                raise ValueError(f"{where} has no segmentation; Mask R-CNN needs one per object (or train a "
-                                 "faster_rcnn / retinanet detector)")
-            if self.with_keypoints and "keypoints" in a and len(a["keypoints"]) != 3 * n_kpt:
-                raise ValueError(f"{where} has {len(a['keypoints'])} keypoint values; the category names {n_kpt} "
-                                 f"keypoints (expected {3 * n_kpt}: x, y, visibility each)")
+                problems.add("annotations whose image_id is not in 'images'",
+                             f"annotation {a['id']}: image_id {a.get('image_id')!r}")
+                continue
             im = images[a["image_id"]]
+            where = f"annotation {a['id']} (image {im['file_name']})"
+            if a.get("category_id") not in self.cat_to_label:
+                problems.add(f"annotations whose category_id is not in the categories list {self.cat_ids}",
+                             f"{where}: category_id {a.get('category_id')!r}")
+            box = a.get("bbox")
+            if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+                problems.add("annotations whose bbox is not 4 finite numbers [x, y, width, height] in pixels",
+                             f"{where}: {str(box)[:40]}")
+                box = None
+            elif box[2] < 0 or box[3] < 0:
+                problems.add("annotations with a negative width or height (bbox is [x, y, width, height], not "
+                             "[x0, y0, x1, y1])", f"{where}: {box}")
+            seg = a.get("segmentation")
+            # masks are built for every object, and for crowd regions where they are scored (not in training)
+            if self.with_masks and not seg and (not a.get("iscrowd") or not self.train):
+                problems.add("annotations without a segmentation (Mask R-CNN needs one per object, or train a "
+                             "faster_rcnn / retinanet detector)", where)
+            elif self.with_masks and seg:
+                bad = _segmentation_problem(seg, im)
+                if bad:
+                    problems.add(bad[0], f"{where}: {bad[1]}")
+            kpts = a.get("keypoints")
+            if self.with_keypoints and kpts is not None and (
+                    not isinstance(kpts, list) or len(kpts) != 3 * n_kpt or not _all_numbers(kpts)):
+                problems.add(f"annotations whose keypoints are not {3 * n_kpt} numbers (the category names {n_kpt} "
+                             "keypoints: x, y, visibility each)",
+                             f"{where}: {len(kpts) if isinstance(kpts, list) else type(kpts).__name__}")
+            if problems.found or box is None:
+                continue
             if self._xyxy(box, im) is None:
                 self.degenerate += 1
                 continue
             anns[a["image_id"]].append(a)
+        problems.check()
+        if not images:
+            raise DataError(f"{f} lists no images: the split is empty")
+        absent = [im["file_name"] for im in images.values() if not (self.image_dir / im["file_name"]).is_file()]
+        if absent:
+            raise FileNotFoundError(f"{f} lists {len(absent)} images that are not in {self.image_dir}: "
+                                    f"{_listing(absent)} (extract the images there, or point --*-images at them)")
         ids = sorted(images)
         if self.train:
             ids = [i for i in ids if any(not a.get("iscrowd") for a in anns[i])]
             if not ids:
-                raise ValueError(f"{f}: no image has a usable (non-crowd, non-empty) annotation; nothing to train on")
+                raise DataError(f"{f}: no image has a usable (non-crowd, non-empty) annotation; nothing to train on")
         self.dropped_images = len(images) - len(ids)
         self.images, self.anns, self.ids = images, anns, ids
         self._coco_data = data
@@ -211,6 +343,11 @@ class CocoDetection(SeededDataset):
         W, H = im.get("width", math.inf), im.get("height", math.inf)
         x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, W), min(y + h, H)
         return [x0, y0, x1, y1] if x1 > x0 and y1 > y0 else None
+
+    @property
+    def root(self) -> Path:
+        """The images folder (where :func:`locvit.data.datasets.check_readable` says it found no readable image)."""
+        return self.image_dir
 
     def summary(self) -> str:
         """One line: images, annotations, what was dropped."""

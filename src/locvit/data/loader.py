@@ -3,6 +3,7 @@ unreadable images."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -14,8 +15,23 @@ from locvit.data.datasets import SeededDataset, Unreadable
 from locvit.runtime import default_workers  # noqa: F401  (the loaders' default, importable from here)
 
 
+class DataError(ValueError):
+    """A sample no run can use (a label outside the classes...): unlike an unreadable one it is not skipped, the run
+    stops with the file and the fix (the CLI prints it as one line)."""
+
+
+@dataclass(frozen=True)
+class Refused(Unreadable):
+    """Stands in for a sample that decodes but must stop the run; ``reason`` names the file, the problem and the fix.
+
+    Datasets return it instead of raising: an exception raised in a DataLoader worker reaches the main process
+    re-wrapped in the worker's traceback, not as the one line written for the user. Collates keep it with the
+    unreadable samples; :meth:`Batch.refuse` raises it in the main process."""
+
+
 class Batch(tuple):
-    """``(images, targets)`` plus ``unreadable``: the samples of this batch that could not be decoded.
+    """``(images, targets)`` plus ``unreadable``: the samples of this batch that could not be decoded (and any
+    :class:`Refused` one).
 
     A tuple, so ``images, targets = batch`` works; it crosses from DataLoader worker processes by pickle, hence
     :meth:`__reduce__` (a tuple subclass with extra constructor arguments does not unpickle by default)."""
@@ -33,6 +49,13 @@ class Batch(tuple):
     @property
     def skipped(self) -> int:
         return len(self.unreadable)
+
+    def refuse(self) -> None:
+        """Raise :class:`DataError` for the first :class:`Refused` sample of the batch, if any."""
+        refused = [u for u in self.unreadable if isinstance(u, Refused)]
+        if refused:
+            raise DataError(refused[0].reason + (f" ({len(refused) - 1} more such samples in the same batch)"
+                                                 if len(refused) > 1 else ""))
 
 
 def skip_unreadable_collate(samples: Sequence[tuple[Any, int]]) -> Batch:

@@ -7,6 +7,11 @@ Labels, as mmsegmentation defines them: pixels equal to ``ignore_index`` (255) c
 ``reduce_zero_label`` (ADE20K's convention: 0 means "other", classes are 1..150) label 0 becomes 255 and every
 other label ``l`` becomes ``l - 1``, so the model predicts 150 classes 0..149.
 
+Checks (:class:`SegmentationFolder`): every label map's PNG header -- its mode (one channel) and size (the
+image's) -- when the split is built; label values in a sample of maps before training
+(:meth:`SegmentationFolder.check_labels`), and in every map as it is loaded, where a bad one stops the run
+(:class:`~locvit.data.loader.Refused`) instead of being skipped.
+
 Training pipeline (mmsegmentation's ADE20K config): random rescale of the image into ``scale`` (2048 x 512) times a
 ratio in ``ratio_range`` (0.5-2.0), keeping the aspect ratio; a random ``crop_size`` crop in which no single class
 covers more than ``cat_max_ratio`` of the labelled pixels (up to 10 tries); horizontal flip; photometric
@@ -27,12 +32,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from locvit.data.datasets import _DECODE_ERRORS, SeededDataset, Unreadable, seed_sample, to_rgb
-from locvit.data.loader import Batch
+from locvit.data.loader import Batch, DataError, Refused
 
 __all__ = ["SegmentationFolder", "collate_segmentation", "find_segmentation_split", "photometric_distort",
            "reduce_zero_label", "rescale_size"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Pillow modes of a single-channel map of class indices (``P``: a palette PNG, whose indices are the labels)
+LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")
 SPLIT_NAMES = {"train": ("training", "train"), "val": ("validation", "val")}
 
 
@@ -89,7 +96,15 @@ def rescale_size(size: tuple[int, int], scale: tuple[int, int]) -> tuple[int, in
 
 
 class SegmentationFolder(SeededDataset):
-    """Images and label maps of one split, checked on construction (pairs, sizes, label values).
+    """Images and label maps of one split, checked on construction: every image has a label map, and every label
+    map's header says one channel and the image's size.
+
+    Label values are checked where the pixels are decoded anyway: :meth:`check_labels` (before training) decodes
+    a sample of maps spread over the split, and every sample is checked as it is loaded; a map with a value
+    outside the classes (other than the ignore index) stops the run with its file named (a
+    :class:`~locvit.data.loader.Refused` sample). Decoding all maps up front would be a pass over the whole
+    dataset before the first step (ADE20K: 20,210 PNGs) for a check the loader does for free; the headers
+    alone (mode, size) cost no decoding and are read for every file.
 
     Args:
         images_dir: folder of images.
@@ -124,7 +139,7 @@ class SegmentationFolder(SeededDataset):
         images = sorted(p for p in self.images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise ValueError(f"{self.images_dir} holds no images: the split is empty")
-        pairs, missing, mismatched = [], [], []
+        pairs, missing, mismatched, modes = [], [], [], []
         for img in images:
             label = self.labels_dir / f"{img.stem}.png"
             if not label.is_file():
@@ -132,6 +147,8 @@ class SegmentationFolder(SeededDataset):
                 continue
             try:  # the headers only: cheap even for the 20,210 ADE20K training images
                 with Image.open(img) as a, Image.open(label) as b:
+                    if b.mode not in LABEL_MODES:
+                        modes.append(f"{label.name} ({b.mode})")
                     if a.size != b.size:
                         mismatched.append(f"{label} is {b.size[0]}x{b.size[1]}, {img.name} is "
                                           f"{a.size[0]}x{a.size[1]}")
@@ -142,6 +159,12 @@ class SegmentationFolder(SeededDataset):
             raise FileNotFoundError(f"{len(missing)} images in {self.images_dir} have no label map <stem>.png in "
                                     f"{self.labels_dir}: {', '.join(missing[:5])}"
                                     + (f", ... ({len(missing)} in all)" if len(missing) > 5 else ""))
+        if modes:
+            raise DataError(f"{len(modes)} label maps in {self.labels_dir} are not single-channel: "
+                            f"{', '.join(modes[:5])}" + (f", ... ({len(modes)} in all)" if len(modes) > 5 else "")
+                            + "; a label map holds one class index per pixel (a mode L or P PNG, as ADE20K's). A "
+                            "grey map saved as RGB converts losslessly with PIL's Image.open(f).convert('L')"
+                            ".save(f); a colour-coded map needs its colour -> class table")
         if mismatched:
             raise ValueError(f"{len(mismatched)} label maps differ in size from their images (label maps must be "
                              f"pixel-aligned with the image): {'; '.join(mismatched[:3])}"
@@ -158,25 +181,64 @@ class SegmentationFolder(SeededDataset):
         img_path, label_path = self.samples[index]
         with Image.open(img_path) as im, Image.open(label_path) as lb:
             img, label = to_rgb(im), lb.copy()
-        if label.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"{label_path}: a label map must be single-channel (got mode {label.mode})")
+        if label.mode not in LABEL_MODES:  # the header check passed: the file changed since
+            raise DataError(f"{label_path}: a label map must be single-channel (got mode {label.mode})")
         return img, label
 
     def check_labels(self, max_files: int = 64) -> None:
-        """Fail early when label values exceed the classes (reads up to ``max_files`` maps spread over the split)."""
+        """Fail before training on what a sample of ``max_files`` maps spread over the split shows: a label outside
+        the classes, no pair that can be read, or nothing but the ignore index (nothing to learn from). Every other
+        map is checked as it is loaded (see the class docstring)."""
         step = max(1, len(self) // max_files)
+        read, labelled, first_error = 0, 0, None
         for i in range(0, len(self), step):
             try:
                 _, lb = self.load(i)
-            except _DECODE_ERRORS:
+            except DataError:
+                raise
+            except _DECODE_ERRORS as e:
+                first_error = first_error or f"{self.describe(i)}: {type(e).__name__}: {e}"
                 continue
             y = self._labels(lb)
-            bad = y[(y != self.ignore_index) & ((y < 0) | (y >= self.num_classes))]
-            if bad.numel():
-                raise ValueError(
-                    f"{self.samples[i][1]} holds label {int(bad.max())}, outside 0..{self.num_classes - 1} after "
-                    f"{'reduce_zero_label' if self.reduce_zero_label else 'no label reduction'} (set --num-classes, "
-                    f"or --{'no-' if self.reduce_zero_label else ''}reduce-zero-label; {self.ignore_index} is ignored)")
+            problem = self.label_problem(y, self.samples[i][1])
+            if problem:
+                raise DataError(problem)
+            read += 1
+            labelled += bool((y != self.ignore_index).any())
+        tried = len(range(0, len(self), step))
+        if not read:
+            raise DataError(f"none of the {tried} image / label map pairs tried in {self.images_dir} and "
+                            f"{self.labels_dir} could be read (first: {first_error}); check the files")
+        if not labelled:
+            raise DataError(f"every pixel of the {read} label maps read in {self.labels_dir} is ignored: "
+                            + self.ignored_hint())
+
+    def ignored_hint(self) -> str:
+        """Why every pixel can be ignored, and what to check (for the errors of a split or a run with no labelled
+        pixel)."""
+        if self.reduce_zero_label:
+            return (f"nothing to learn from: every label is the ignore index {self.ignore_index} (--ignore-index) "
+                    "or 0, which --reduce-zero-label (on: ADE20K's convention, 0 = 'other') ignores too. Check the "
+                    f"label maps (classes 1..{self.num_classes} with --reduce-zero-label), or pass "
+                    "--no-reduce-zero-label if 0 is a class")
+        return (f"nothing to learn from: every label is the ignore index {self.ignore_index} (--ignore-index). "
+                f"Check the label maps: one class index 0..{self.num_classes - 1} per pixel")
+
+    def label_problem(self, y: torch.Tensor, path: str | os.PathLike) -> str | None:
+        """What is wrong with the (reduced) labels ``y`` of the map ``path``, and the fix; ``None`` when nothing is:
+        every value is a class (``0..num_classes - 1``) or the ignore index."""
+        bad = y[(y != self.ignore_index) & ((y < 0) | (y >= self.num_classes))]
+        if not bad.numel():
+            return None
+        v = int(bad.max()) if int(bad.max()) >= self.num_classes else int(bad.min())
+        raw = v + 1 if self.reduce_zero_label else v
+        where = f"{path} holds label {raw}" + (f" ({v} after --reduce-zero-label)" if self.reduce_zero_label else "")
+        fix = (f"pass --num-classes {v + 1} if the dataset has that many classes, or fix the map" if v >= 0
+               else "fix the map")
+        if v == self.num_classes and not self.reduce_zero_label:
+            fix += "; or --reduce-zero-label if 0 means 'other' and the classes are 1.." + str(v)
+        return (f"{where}, outside the {self.num_classes} classes 0..{self.num_classes - 1} and not the ignore "
+                f"index {self.ignore_index} (--ignore-index): {fix}")
 
     def _labels(self, label: Image.Image) -> torch.Tensor:
         y = torch.from_numpy(np.asarray(label, dtype=np.int64).copy())
@@ -188,10 +250,15 @@ class SegmentationFolder(SeededDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor | Unreadable, torch.Tensor | int]:
         try:
             img, label = self.load(index)
+        except DataError as e:
+            return Refused(index, self.describe(index), str(e)), index
         except _DECODE_ERRORS as e:
             return Unreadable(index, self.describe(index), f"{type(e).__name__}: {e}"), index
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         y = self._labels(label)
+        problem = self.label_problem(y, self.samples[index][1])
+        if problem:
+            return Refused(index, self.describe(index), problem), index
         if self.train:
             seed_sample(self.seed, self.epoch, index)
             x, y = self._augment(x, y)
@@ -236,11 +303,16 @@ class SegmentationFolder(SeededDataset):
 
     def label_map(self, index: int) -> torch.Tensor:
         """The evaluation label map of sample ``index`` at its own size (after the label reduction)."""
-        return self._labels(self.load(index)[1])
+        y = self._labels(self.load(index)[1])
+        problem = self.label_problem(y, self.samples[index][1])
+        if problem:
+            raise DataError(problem)
+        return y
 
 
 def collate_segmentation(samples: Sequence[tuple[Any, Any]]) -> Batch:
-    """Training: stacked crops and label maps; evaluation (sizes differ): lists. Unreadable images are counted."""
+    """Training: stacked crops and label maps; evaluation (sizes differ): lists. Unreadable images are counted
+    (and refused ones kept for :meth:`~locvit.data.loader.Batch.refuse`)."""
     good = [(x, y) for x, y in samples if not isinstance(x, Unreadable)]
     bad = [x for x, _ in samples if isinstance(x, Unreadable)]
     xs, ys = [x for x, _ in good], [y for _, y in good]

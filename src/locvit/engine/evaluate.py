@@ -113,7 +113,7 @@ def resolve_eval_args(args: Any, model_kwargs: dict[str, Any] | None = None) -> 
     recipe's test protocol (``test_clips`` x ``test_crops``, the clip sampling) is what eval runs by default.
 
     Returns a new namespace (``model_kwargs`` a dict: the recipe's or run's, updated by ``model_kwargs``); raises
-    ``ValueError`` naming what is still missing, or when the run directory belongs to another command."""
+    ``ValueError`` naming what is still missing."""
     import argparse
     from pathlib import Path
 
@@ -131,12 +131,7 @@ def resolve_eval_args(args: Any, model_kwargs: dict[str, Any] | None = None) -> 
         if not saved.is_file():
             raise FileNotFoundError(f"{run} is a folder but not a run directory (no config.yaml): pass the weights "
                                     "file as --checkpoint")
-        cfg = yaml.safe_load(saved.read_text()) or {}
-        for field, task in (("detector", "detect"), ("head", "segment")):
-            if field in cfg:
-                raise ValueError(f"{run} is a `locvit {task} train` run (its config.yaml has {field}: "
-                                 f"{cfg[field]}); score it with `locvit {task} eval --checkpoint {run}`")
-        layers.append(cfg)
+        layers.append(yaml.safe_load(saved.read_text()) or {})  # (the CLI refused dense runs before)
         found = [run / n for n in ("best.safetensors", "model.safetensors") if (run / n).is_file()]
         if not found:
             raise FileNotFoundError(f"{run} holds no weights yet (best.safetensors or model.safetensors): the run "

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from locvit.checkpoint import save_checkpoint
-from locvit.data.loader import steps_per_epoch
+from locvit.data.loader import DataError, steps_per_epoch
 from locvit.engine.distributed import DistInfo, all_reduce_sum, barrier
 from locvit.engine.logger import RunLogger
 from locvit.engine.step import mixed_precision, optimizer_step, seed_step
@@ -43,9 +43,10 @@ class Task(Protocol):
     key_metric: str                       # the score that selects best.safetensors (higher is better)
     panels: list                          # RunLogger panels (curves.png)
     find_unused_parameters: bool          # for DDP
+    unused_reason: str                    # why loss() may use fewer images than the batch holds (for errors)
 
     def loss(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        """(total loss, its named parts, images in the batch) for one training batch."""
+        """(total loss, its named parts, images that contributed to it) for one training batch."""
         ...
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
@@ -161,8 +162,14 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
         net.train()
         for batch in loader:
             seed_step(cfg.seed, global_step, dist.rank)
+            batch.refuse()  # a sample that must stop the run (locvit.data.loader.Refused), raised here
             running["skipped"] += batch.skipped
-            if len(batch[0]):
+            if batch.unreadable and not running.get("first_skipped"):
+                running["first_skipped"] = f"{batch.unreadable[0].path} ({batch.unreadable[0].reason})"
+            step = len(batch[0]) > 0
+            if dist.distributed:  # all ranks step or none: one stepping alone waits in DDP's gradient all-reduce
+                step = all_reduce_sum(torch.tensor([float(not step)], device=device)).item() == 0
+            if step:
                 with autocast():
                     loss, parts, n = task.loss(net, batch)
                 if not torch.isfinite(loss).all():
@@ -175,6 +182,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
                 optimizer_step(loss, optimizer, scaler, cfg.clip_grad, model.parameters())
                 running["loss"] += loss.item() * n
                 running["images"] += n
+                running["unused"] = running.get("unused", 0) + len(batch[0]) - n
                 for k, v in parts.items():
                     running["parts"][k] = running["parts"].get(k, 0.0) + v.item() * n
             global_step += 1
@@ -186,7 +194,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
                                     lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             if global_step % eval_every == 0 or global_step == total_run:
                 running["t"] += time.time() - t0
-                metrics = _evaluate(task, model, optimizer, running, global_step, n_steps, dist.world)
+                metrics = _evaluate(task, model, optimizer, running, global_step, n_steps, metrics.get("iter", 0))
                 t0 = time.time()
                 if main:
                     logger.log_epoch(metrics)
@@ -216,15 +224,29 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
 
 
 def _evaluate(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, running: dict[str, Any],
-              global_step: int, n_steps: int, world: int) -> dict[str, Any]:
+              global_step: int, n_steps: int, since: int) -> dict[str, Any]:
+    """The metrics row of iteration ``global_step``: the running training sums since iteration ``since`` (all
+    ranks), the task's scores. An interval in which no training image was used is an error, not a row: the
+    weights would be the untrained ones (every image unreadable, or, say, every pixel ignored)."""
     keys = sorted(running["parts"])
-    totals = all_reduce_sum(torch.tensor([running["loss"], running["images"], running["skipped"]]
-                                         + [running["parts"][k] for k in keys], dtype=torch.float64))
-    n = max(totals[1].item(), 1.0)
+    totals = all_reduce_sum(torch.tensor([running["loss"], running["images"], running["skipped"],
+                                          running.get("unused", 0)] + [running["parts"][k] for k in keys],
+                                         dtype=torch.float64))
+    if totals[1].item() == 0:
+        why = []
+        if totals[2].item():
+            first = f" (first: {running['first_skipped']})" if running.get("first_skipped") else ""
+            why.append(f"{int(totals[2].item())} could not be read and were skipped{first}: replace them with "
+                       "readable ones")
+        if totals[3].item():
+            why.append(f"{int(totals[3].item())} {task.unused_reason}")
+        raise DataError(f"no training image was used in iterations {since + 1}..{global_step}, so nothing was "
+                        f"trained: {'; '.join(why)}")
+    n = totals[1].item()
     scores = task.evaluate(model)
     row: dict[str, Any] = dict(iter=global_step, epoch=round(global_step / n_steps, 3),
                                train_loss=totals[0].item() / n, lr=optimizer.param_groups[0]["lr"])
-    row.update({k: totals[3 + i].item() / n for i, k in enumerate(keys)})
+    row.update({k: totals[4 + i].item() / n for i, k in enumerate(keys)})
     row.update({k: v for k, v in scores.items() if not isinstance(v, dict)})
     row["skipped"] = int(totals[2].item()) + int(scores.get("skipped", 0))
     row["images_per_s"] = totals[1].item() / max(running["t"], 1e-9)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from locvit.data.coco import CocoDetection, collate_detection, find_coco_split
+from locvit.data.datasets import check_readable
+from locvit.data.loader import DataError
 from locvit.engine.distributed import DistInfo, all_gather_objects
 from locvit.engine.loop import fit
 from locvit.engine.step import mixed_precision
@@ -118,13 +120,14 @@ def evaluate_detector(model: nn.Module, dataset: CocoDetection, cfg: DetectConfi
     label_to_cat = {v: k for k, v in dataset.cat_to_label.items()}
     iou_types = IOU_TYPES[cfg.detector]
     results: list[dict[str, Any]] = []
-    skipped = 0
+    skipped, first_skipped = 0, None
     model.eval()
     try:
         loader = eval_loader(dataset, cfg.batch_size, cfg.workers, dist, collate_detection)
         for batch in tqdm(loader, desc="eval", leave=False, disable=not (verbose and dist.main), dynamic_ncols=True):
             images, targets = batch
             skipped += batch.skipped
+            first_skipped = first_skipped or next((f"{u.path}: {u.reason}" for u in batch.unreadable), None)
             if not images:
                 continue
             with autocast():
@@ -136,6 +139,9 @@ def evaluate_detector(model: nn.Module, dataset: CocoDetection, cfg: DetectConfi
     gathered = all_gather_objects((results, skipped))
     results = [r for part, _ in gathered for r in part]
     scores: dict[str, Any] = dict(skipped=sum(s for _, s in gathered))
+    if scores["skipped"] == len(dataset):
+        raise DataError(f"none of the {len(dataset)} validation images of {dataset.ann_file} could be read (first: "
+                        f"{first_skipped}); replace them with readable ones")
     gt = dataset.coco()
     img_ids = dataset.ids
     for iou_type in iou_types:
@@ -148,6 +154,7 @@ class DetectionTask:
     """The :class:`locvit.engine.loop.Task` of ``locvit detect train``."""
 
     find_unused_parameters = True  # RegionViT's last regional attention, unused heads of some recipes
+    unused_reason = "had no object"  # never: training keeps the images with an annotation only
 
     def __init__(self, cfg: DetectConfig, model: nn.Module, train_set: CocoDetection, val_set: CocoDetection,
                  dist: DistInfo):
@@ -177,6 +184,7 @@ class DetectionTask:
 
 def _datasets(cfg: DetectConfig, verbose: bool) -> tuple[CocoDetection, CocoDetection]:
     train_set = load_split(cfg, "train")
+    check_readable(train_set)  # a split of images none of which decodes trains nothing
     val_set = load_split(cfg, "val", categories=train_set.cat_ids)
     if verbose:
         print(train_set.summary() + "\n" + val_set.summary(), flush=True)

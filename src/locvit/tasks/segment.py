@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from locvit.data.loader import DataError
 from locvit.data.segmentation import SegmentationFolder, collate_segmentation, find_segmentation_split, rescale_size
 from locvit.engine.distributed import DistInfo, all_reduce_sum
 from locvit.engine.loop import fit
@@ -154,12 +155,14 @@ def evaluate_segmenter(model: nn.Module, dataset: SegmentationFolder, cfg: Segme
 
     autocast, _ = mixed_precision(cfg.amp, dist.device)
     conf = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-    skipped = 0
+    skipped, first_skipped = 0, None
     model.eval()
     loader = eval_loader(dataset, 1, cfg.workers, dist, collate_segmentation)
     for batch in tqdm(loader, desc="eval", leave=False, disable=not (verbose and dist.main), dynamic_ncols=True):
+        batch.refuse()  # a label map with values outside the classes stops the evaluation (DataError)
         xs, ys = batch
         skipped += batch.skipped
+        first_skipped = first_skipped or next((f"{u.path}: {u.reason}" for u in batch.unreadable), None)
         for x, y in zip(xs, ys):
             with autocast():
                 logits = (predict_views if multi_view else predict)(model, x[None].to(dist.device), cfg,
@@ -167,6 +170,13 @@ def evaluate_segmenter(model: nn.Module, dataset: SegmentationFolder, cfg: Segme
             conf += confusion_matrix(logits.argmax(1)[0].cpu(), y, num_classes, cfg.ignore_index).double()
     totals = all_reduce_sum(torch.cat([conf.flatten(), torch.tensor([float(skipped)], dtype=torch.float64)]))
     conf = totals[:-1].view(num_classes, num_classes)
+    if not conf.sum():
+        n_skipped = int(totals[-1].item())
+        raise DataError(f"no pixel of the {len(dataset)} validation images could be scored: "
+                        + (f"all {n_skipped} images were unreadable (first: {first_skipped}); replace them with "
+                           "readable ones" if n_skipped == len(dataset) else
+                           f"every pixel of {'the other ' if n_skipped else ''}{len(dataset) - n_skipped} label "
+                           f"maps in {dataset.labels_dir} is ignored: {dataset.ignored_hint()}"))
     scores = segmentation_scores(conf)
     scores["skipped"] = int(totals[-1].item())
     if verbose and dist.main:
@@ -190,20 +200,29 @@ class SegmentationTask:
                  val_set: SegmentationFolder, num_classes: int, dist: DistInfo):
         self.cfg, self.model, self.val_set, self.num_classes, self.dist = cfg, model, val_set, num_classes, dist
         self.train_loader = train_loader(train_set, cfg, dist, collate_segmentation)
+        self.unused_reason = f"were crops in which every pixel is ignored: {train_set.ignored_hint()}"
         # RegionViT's last stage leaves regional parameters unused; a frozen encoder part would too
         self.find_unused_parameters = bool(getattr(_encoder_body(model), "unused_parameters", ()))
 
     def loss(self, net: nn.Module, batch: Any) -> tuple[Tensor, dict[str, Tensor], int]:
+        """Cross-entropy over the labelled pixels; a batch without any is a loss of 0 (no gradient, where the mean
+        would be 0 / 0 = NaN), and the images counted are those with a labelled pixel."""
         x, y = batch
         x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
         out = net(x)
         ignore = self.cfg.ignore_index
+        labelled = y != ignore
+        used = int(labelled.flatten(1).any(1).sum())
+        pixels = labelled.sum().clamp(min=1)
+
+        def ce(logits: Tensor) -> Tensor:
+            return F.cross_entropy(logits.float(), y, ignore_index=ignore, reduction="sum") / pixels
+
         if isinstance(out, tuple):
-            seg, aux = (F.cross_entropy(o.float(), y, ignore_index=ignore) for o in out)
-            aux = self.cfg.aux_weight * aux
-            return seg + aux, dict(loss_seg=seg, loss_aux=aux), x.shape[0]
-        seg = F.cross_entropy(out.float(), y, ignore_index=ignore)
-        return seg, dict(loss_seg=seg), x.shape[0]
+            seg, aux = ce(out[0]), self.cfg.aux_weight * ce(out[1])
+            return seg + aux, dict(loss_seg=seg, loss_aux=aux), used
+        seg = ce(out)
+        return seg, dict(loss_seg=seg), used
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         return evaluate_segmenter(model, self.val_set, self.cfg, self.dist, self.num_classes)
