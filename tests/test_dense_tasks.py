@@ -787,3 +787,81 @@ def test_trust_checkpoint_is_honoured(det_data, tmp_path):
     assert refused.returncode == 2 and "--trust-checkpoint" in refused.stderr
     scored = locvit("detect", "eval", *base, "--checkpoint", weights, "--trust-checkpoint")
     assert "Average Precision" in scored.stdout
+
+
+# --- the recipes against the configs they cite; the DETR-style crop -------------------------------------------------
+def test_recipes_equal_the_configs_they_cite():
+    """Every shipped dense recipe, built, equals the configuration it cites field by field (the table, with its
+    sources, is tests/data/cited_dense_configs.yaml); what cannot match is stated in the recipe file."""
+    import yaml
+
+    from locvit.tasks.config import DENSE_CONFIG_DIR
+    from locvit.tasks.detect import build_detector
+
+    table = yaml.safe_load((Path(__file__).parent / "data" / "cited_dense_configs.yaml").read_text())["recipes"]
+    assert set(table) == {p.stem for p in DENSE_CONFIG_DIR.glob("*.yaml")}
+    for name, entry in table.items():
+        cls = SegmentConfig if name.endswith("_ade20k") else DetectConfig
+        cfg = build_task_config(cls, name, {"model": "vvt_tiny", "model_kwargs": VVT})
+        for key, want in entry["values"].items():
+            if key == "global_batch":
+                got = cfg.batch_size * entry["gpus"]
+            elif key == "rpn_post_nms_top_n_train":
+                det = build_detector(cfg, 3, num_keypoints=17 if cfg.detector == "keypoint_rcnn" else None,
+                                     verbose=False)
+                got = det.rpn._post_nms_top_n["training"] if hasattr(det, "rpn") else None
+            else:
+                got = getattr(cfg, key)
+                got = list(got) if isinstance(got, tuple) else got
+            assert got == want, f"{name}: {key} is {got}, the cited config's is {want} ({entry['source']})"
+        text = (DENSE_CONFIG_DIR / f"{name}.yaml").read_text()
+        for key, why in (entry.get("differs") or {}).items():
+            assert "smooth-L1 beta" in text and "0.5" in why, f"{name}: the difference in {key} is not stated"
+
+
+def test_detr_crop_keeps_boxes_masks_and_keypoints_together():
+    from locvit.data.coco import detr_crop
+
+    torch.manual_seed(3)
+    H, W = 480, 640
+    x = torch.rand(3, H, W)
+    masks = torch.zeros(3, H, W, dtype=torch.uint8)
+    boxes = torch.tensor([[40.0, 60.0, 200.0, 300.0], [300.0, 100.0, 620.0, 460.0], [10.0, 400.0, 30.0, 470.0]])
+    for m, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist()):
+        m[y0:y1, x0:x1] = 1
+    kpts = torch.stack([torch.tensor([[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2, 2.0], [b[0] + 1, b[1] + 1, 2.0]])
+                        for b in boxes])
+    target = dict(boxes=boxes, labels=torch.tensor([1, 2, 1]), masks=masks, keypoints=kpts, image_id=torch.tensor(7))
+    sizes = set()
+    for _ in range(40):
+        y, t = detr_crop(x, target)
+        h, w = y.shape[-2:]
+        sizes.add((h, w))
+        assert 384 <= h <= 600 and 384 <= w <= 600
+        assert len(t["boxes"]) == len(t["labels"]) == len(t["masks"]) == len(t["keypoints"])
+        for b, m, k in zip(t["boxes"], t["masks"], t["keypoints"]):
+            assert 0 <= b[0] < b[2] <= w and 0 <= b[1] < b[3] <= h
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            if len(ys):  # the mask lies where its (clipped) box is, to the resizing's pixel
+                assert abs(xs.min() - b[0]) <= 2 and abs(xs.max() + 1 - b[2]) <= 2
+                assert abs(ys.min() - b[1]) <= 2 and abs(ys.max() + 1 - b[3]) <= 2
+            inside = k[:, 2] > 0
+            assert ((k[inside, 0] >= 0) & (k[inside, 0] < w) & (k[inside, 1] >= 0) & (k[inside, 1] < h)).all()
+            assert (k[~inside] == 0).all()
+    assert len(sizes) > 10  # crop sizes drawn, not fixed
+
+
+def test_detr_crop_in_the_training_pipeline(det_data):
+    """Half the training images (seeded per image and epoch) go through the crop; evaluation never does."""
+    from locvit.tasks.detect import load_split
+
+    cfg = build_task_config(DetectConfig, None, dict(data=str(det_data), iters=1, detr_crop=True, hflip=0.0))
+    train = load_split(cfg, "train")
+    plain = build_task_config(DetectConfig, None, dict(data=str(det_data), iters=1, hflip=0.0))
+    base = load_split(plain, "train")
+    changed = [i for i in range(len(train)) if train[i][0].shape != base[i][0].shape]
+    assert 0 < len(changed) < len(train)
+    again = load_split(cfg, "train")
+    assert all(torch.equal(train[i][0], again[i][0]) for i in range(len(train)))  # seeded: a resume sees the same
+    val = load_split(cfg, "val")
+    assert not val.detr_crop

@@ -350,6 +350,9 @@ def _two_stage(cls_name: str, model_name: str, num_classes: int | None, backbone
 
     backbone = create_backbone(model_name, extra_blocks="pool", **backbone_kwargs)
     kw = _detector_defaults(backbone, dict(detector_kwargs))
+    # proposals kept per image after the RPN's NMS in training: Detectron2's POST_NMS_TOPK_TRAIN and mmdetection's
+    # rpn_proposal.max_per_img (torchvision's default is 2000); at test both keep 1000, as torchvision does
+    kw.setdefault("rpn_post_nms_top_n_train", 1000)
     # Mask R-CNN's 32..512 anchors for strides 4..64, one size per level
     kw.setdefault("rpn_anchor_generator", _anchors(backbone.strides, 8))
     kw.setdefault("box_roi_pool", MultiScaleRoIAlign(backbone.level_names, 7, 2))

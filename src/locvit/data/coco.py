@@ -14,8 +14,9 @@ per batch, as in classification.
 Samples are ``(image, target)``: a float ``3 x H x W`` tensor in [0, 1] and the torchvision detection target
 (``boxes`` xyxy in pixels, ``labels`` 1..K, ``masks`` ``N x H x W`` uint8, ``keypoints`` ``N x K x 3``,
 ``image_id``). Resizing and normalisation happen inside the torchvision detector (``GeneralizedRCNNTransform``:
-``min_size`` / ``max_size``, a random choice among several ``min_size`` values when training); the dataset adds
-the horizontal flip, seeded by ``(seed, epoch, index)`` so that a resumed run sees the same flips.
+``min_size`` / ``max_size``, one of several ``min_size`` values drawn per image when training); the dataset adds
+the horizontal flip and, with ``detr_crop``, the DETR-style crop of Swin's multi-scale recipes
+(:func:`detr_crop`), both seeded by ``(seed, epoch, index)`` so that a resumed run sees the same augmentation.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from PIL import Image
 from locvit.data.datasets import _DECODE_ERRORS, SeededDataset, Unreadable, seed_sample, to_rgb
 from locvit.data.loader import Batch, DataError
 
-__all__ = ["CocoDetection", "CocoSplit", "collate_detection", "find_coco_split", "flip_permutation"]
+__all__ = ["CocoDetection", "CocoSplit", "collate_detection", "detr_crop", "find_coco_split", "flip_permutation"]
 
 
 @dataclass(frozen=True)
@@ -184,17 +185,19 @@ class CocoDetection(SeededDataset):
         masks: build instance masks (Mask R-CNN); every annotation then needs a ``segmentation``.
         keypoints: build keypoint targets (Keypoint R-CNN); the categories name their keypoints.
         hflip: probability of a horizontal flip (training).
+        detr_crop: apply :func:`detr_crop` to half the training images (Swin's and DETR's multi-scale recipe).
         seed: augmentation seed.
         categories: category ids in label order (1..K); default: the file's categories sorted by id. Pass the
             training split's to the validation split so that labels agree.
     """
 
     def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, train: bool = False,
-                 masks: bool = False, keypoints: bool = False, hflip: float = 0.0, seed: int = 0,
-                 categories: Sequence[int] | None = None):
+                 masks: bool = False, keypoints: bool = False, hflip: float = 0.0, detr_crop: bool = False,
+                 seed: int = 0, categories: Sequence[int] | None = None):
         super().__init__(None, seed)
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         self.train, self.with_masks, self.with_keypoints, self.hflip = train, masks, keypoints, hflip
+        self.detr_crop = detr_crop
         data = _load_json(self.ann_file)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {self.image_dir} (of {self.ann_file}) does not exist")
@@ -428,10 +431,12 @@ class CocoDetection(SeededDataset):
         except _DECODE_ERRORS as e:
             return Unreadable(index, self.describe(index), f"{type(e).__name__}: {e}"), self.target(index)
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-        if self.train and self.hflip > 0:
+        if self.train and (self.hflip > 0 or self.detr_crop):
             seed_sample(self.seed, self.epoch, index)
-            if torch.rand(()) < self.hflip:
+            if self.hflip > 0 and torch.rand(()) < self.hflip:
                 x, t = self._flip(x, t)
+            if self.detr_crop and torch.rand(()) < 0.5:  # AutoAugment's choice between its two policies
+                x, t = detr_crop(x, t)
         return x, t
 
     def _flip(self, x: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -448,6 +453,57 @@ class CocoDetection(SeededDataset):
             k[k[..., 2] == 0] = 0  # unlabelled points stay at (0, 0, 0)
             t["keypoints"] = k
         return x.flip(-1), t
+
+
+# the DETR-style crop of Swin's mmdetection configs (mask_rcnn_swin_*_mstrain_480-800_adamw_{1x,3x}_coco.py)
+DETR_CROP_SHORT = (400, 500, 600)
+DETR_CROP_SIZE = (384, 600)
+DETR_CROP_MAX = 1333
+
+
+def detr_crop(x: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The cropping policy of Swin's (and DETR's) multi-scale training, on one image and its target.
+
+    mmdetection's pipeline: ``Resize`` to a short side drawn from 400 / 500 / 600 (long side at most 1333, aspect
+    kept, sizes rounded as mmcv rounds them), then ``RandomCrop(crop_type='absolute_range', crop_size=(384, 600),
+    allow_negative_crop=True)``: a crop height drawn uniformly from ``[min(h, 384), min(h, 600)]``, a width
+    likewise, at a uniform offset. Boxes are shifted and clipped to the crop, and instances left with no area
+    (and their masks and keypoints) are dropped; keypoints outside the crop become unlabelled; a crop may keep no
+    instance at all (``allow_negative_crop``). The policy's last step, the multi-scale ``Resize`` to 480-800, is the
+    detector's own (``GeneralizedRCNNTransform``). Draws from torch's generator (the caller seeds it).
+    """
+    import torch.nn.functional as F
+
+    H, W = x.shape[-2:]
+    short = DETR_CROP_SHORT[int(torch.randint(len(DETR_CROP_SHORT), ()))]
+    scale = min(short / min(H, W), DETR_CROP_MAX / max(H, W))
+    h, w = int(H * scale + 0.5), int(W * scale + 0.5)
+    x = F.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    sy, sx = h / H, w / W
+    t = dict(t)
+    boxes = t["boxes"] * torch.tensor([sx, sy, sx, sy])
+    lo, hi = DETR_CROP_SIZE
+    ch = int(torch.randint(min(h, lo), min(h, hi) + 1, ()))
+    cw = int(torch.randint(min(w, lo), min(w, hi) + 1, ()))
+    y0 = int(torch.randint(h - ch + 1, ()))
+    x0 = int(torch.randint(w - cw + 1, ()))
+    x = x[:, y0:y0 + ch, x0:x0 + cw]
+    boxes = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, cw)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, ch)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    t["boxes"], t["labels"] = boxes[keep], t["labels"][keep]
+    if "masks" in t:
+        m = F.interpolate(t["masks"][None].float(), size=(h, w), mode="nearest")[0].to(torch.uint8)
+        t["masks"] = m[keep, y0:y0 + ch, x0:x0 + cw].contiguous()
+    if "keypoints" in t:
+        k = t["keypoints"][keep].clone()
+        k[..., 0] = k[..., 0] * sx - x0
+        k[..., 1] = k[..., 1] * sy - y0
+        outside = (k[..., 0] < 0) | (k[..., 0] >= cw) | (k[..., 1] < 0) | (k[..., 1] >= ch) | (k[..., 2] == 0)
+        k[outside] = 0
+        t["keypoints"] = k
+    return x.contiguous(), t
 
 
 def collate_detection(samples: Sequence[tuple[Any, Any]]) -> Batch:

@@ -80,8 +80,9 @@ class DetectConfig(DenseConfig):
     train_images: str | None = None
     val_ann: str | None = None
     val_images: str | None = None
-    min_size: list[int] = field(default_factory=lambda: [800])  # training short sides (one drawn per batch)
+    min_size: list[int] = field(default_factory=lambda: [800])  # training short sides (one drawn per image)
     max_size: int = 1333
+    detr_crop: bool = False                # Swin/DETR: half the images resized to short 400/500/600, cropped 384-600
     test_size: list[int] | None = None     # [short, long] at evaluation; default: [min_size[-1], max_size]
     fpn_channels: int = 256
     box_head_dim: int = 1024               # the two-layer box head's width (Mask/Faster/Keypoint R-CNN)

@@ -50,6 +50,7 @@ def load_split(cfg: DetectConfig, split: str, categories: list[int] | None = Non
     train = split == "train"
     return CocoDetection(ann, images, train=train, masks=cfg.detector == "mask_rcnn",
                          keypoints=cfg.detector == "keypoint_rcnn", hflip=cfg.hflip if train else 0.0,
+                         detr_crop=cfg.detr_crop and train,
                          seed=cfg.seed, categories=categories)
 
 
