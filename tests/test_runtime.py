@@ -1,5 +1,6 @@
-"""locvit.runtime: the allocator tuning keeps freed tensors in the process (checked by glibc's accounting and page
-faults, never by time)."""
+"""locvit.runtime: the allocator tuning keeps freed tensors in the process (checked by glibc's own accounting of
+mapped and heap bytes and by the settings applied; never by time or page-fault counts, which depend on the machine:
+those are measured in docs/benchmarks/README.md, *Allocator*)."""
 import ctypes
 import subprocess
 import sys
@@ -10,22 +11,6 @@ import pytest
 from locvit import runtime
 
 glibc = pytest.mark.skipif(runtime._mallopt() is None, reason="needs glibc's mallopt")
-
-_FAULTS = textwrap.dedent("""
-    import resource, sys, torch, locvit
-    if sys.argv[1] == "tuned":
-        assert locvit.tune_cpu_allocator()
-    torch.set_num_threads(1)
-    model = locvit.create_model("pvt_tiny").eval()  # stage 1: a few 3-6 MB activations per forward
-    x = torch.randn(1, 3, 224, 224)
-    faults = []
-    with torch.inference_mode():
-        for _ in range(8):
-            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            model(x)
-            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
-    print(*faults[3:])  # the first forwards grow the heap to its working size
-""")
 
 _HEAP = textwrap.dedent("""
     import ctypes, sys, torch, locvit
@@ -62,14 +47,6 @@ def test_tuned_allocator_serves_tensors_from_the_heap_and_keeps_it():
     tuned = _run(_HEAP, "tuned")
     assert all(mapped == 0 for mapped, _ in tuned), tuned
     assert tuned[0][1] >= 16 << 20, tuned
-
-
-@glibc
-def test_tuned_forwards_do_not_page_fault():
-    # tuned, once the heap has its working size a forward reuses freed blocks: measured 0 faults in nearly every
-    # forward (untuned it varies with glibc's adaptive threshold: 0-6,200 a forward, so it is not compared)
-    tuned = _run(_FAULTS, "tuned")[0]
-    assert sorted(tuned)[len(tuned) // 2] < 300, tuned
 
 
 _SETTINGS = textwrap.dedent("""
