@@ -272,6 +272,51 @@ def _resume_bit_exact(tmp_path, cmd, n_iters):
     return full
 
 
+
+def test_train_refuses_a_run_folder_before_reading_data(tmp_path):
+    """`locvit detect|segment train` share `locvit train`'s run-directory check (locvit.engine.rundir.start_run):
+    a folder holding a run is refused unless --resume or --overwrite, another command's run is named with the
+    command that continues it -- all before the data (here: none) are read."""
+    import yaml
+
+    from locvit.engine.config import build_config
+
+    def fake_run(folder, config, **state):
+        folder.mkdir()
+        (folder / "config.yaml").write_text(yaml.safe_dump(dict(config, output=str(folder))))
+        torch.save(dict(state, config=dict(config, output=str(folder))), folder / "last.pth")
+        return folder
+
+    seg = fake_run(tmp_path / "seg", SegmentConfig(epochs=4).to_dict(), global_step=30,
+                   history=[dict(iter=30, epoch=2.0)])
+    det = fake_run(tmp_path / "det", DetectConfig(iters=50).to_dict(), global_step=50, history=[dict(iter=50)])
+    cls = fake_run(tmp_path / "cls", build_config(None, dict(data="digits", epochs=3, warmup_epochs=0)).to_dict(),
+                   epoch=0, epoch_totals=[None])
+    missing = tmp_path / "no-data"
+    cases = [
+        (["segment", "train", "--output", seg, "--iters", "9"],
+         f"{seg} already holds a `locvit segment train` run (partial: last.pth at iteration 30 of a 4-epoch "
+         "schedule); pass --resume to continue it or --overwrite to start again in it, or choose another --output"),
+        (["detect", "train", "--output", det, "--iters", "9"],
+         "already holds a `locvit detect train` run (finished, 50 iterations); pass --overwrite to start again"),
+        (["detect", "train", "--resume", seg],
+         f"{seg} holds a `locvit segment train` run (partial: last.pth at iteration 30 of a 4-epoch schedule), not "
+         f"a `locvit detect train` run: continue it with `locvit segment train --resume {seg}`"),
+        (["segment", "train", "--resume", cls], "not a `locvit segment train` run: continue it with `locvit train "
+                                                f"--resume {cls}`"),
+        (["segment", "train", "--output", cls, "--iters", "9"],
+         f"{cls} holds a `locvit train` run (partial: last.pth after epoch 1 of 3), not a `locvit segment train` "
+         "run; choose another --output, or pass --overwrite"),
+    ]
+    for args, msg in cases:
+        proc = locvit(*args, "--data", missing, check=False)
+        assert proc.returncode == 2 and f"locvit {args[0]}: error: " in proc.stderr and msg in proc.stderr, \
+            (args, proc.stderr)
+    # with the flag, the check passes and the data are the next thing read
+    proc = locvit("segment", "train", "--output", seg, "--iters", "9", "--overwrite", "--data", missing, check=False)
+    assert proc.returncode == 2 and str(missing) in proc.stderr and "already holds" not in proc.stderr
+    assert sorted(p.name for p in seg.iterdir()) == ["config.yaml", "last.pth"]  # nothing moved before the data
+
 def test_detect_train_resume_and_eval(det_data, tmp_path):
     """`locvit detect train` with the default DataLoader workers and flips: the run directory as `locvit train`
     writes it; stopping halfway and resuming gives the uninterrupted run's weights bit for bit; `detect eval` of

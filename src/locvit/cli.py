@@ -134,13 +134,14 @@ def _train(p: argparse.ArgumentParser):
 
     def run(a: argparse.Namespace) -> int:
         from locvit.engine.config import TrainConfig, build_config
-        from locvit.engine.train import run_config, train
+        from locvit.engine.rundir import run_config
+        from locvit.engine.train import train
 
         overrides = _config_overrides(a, TrainConfig)
         saved = None
         if a.resume:
             # the interrupted run's settings are the base: `--resume` alone, or the same command again, continues it
-            state_file, saved = run_config(a.resume, a.output or "runs/train")
+            state_file, saved = run_config(a.resume, a.output or TrainConfig.output, TrainConfig.COMMAND)
             if a.output is None:
                 overrides["output"] = str(state_file.parent)
         cfg = build_config(a.config, overrides, run=saved)
@@ -429,9 +430,9 @@ def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
             return 0
         saved = None
         if a.resume:  # as `locvit train --resume`: the interrupted run's settings are the base
-            from locvit.engine.train import run_config
+            from locvit.engine.rundir import run_config
 
-            state_file, saved = run_config(a.resume, a.output or cls.output)
+            state_file, saved = run_config(a.resume, a.output or cls.output, cls.COMMAND)
             if a.output is None:
                 overrides["output"] = str(state_file.parent)
         cfg = build_task_config(cls, a.config, overrides, run=saved)
@@ -458,7 +459,8 @@ def _segment(p: argparse.ArgumentParser):
                  "(classification on digits, or --task detect / segment on generated shapes)")
 def _demo(p: argparse.ArgumentParser):
     p.add_argument("--task", choices=["classify", "detect", "segment"], default="classify")
-    p.add_argument("--output", default=None, help="default: runs/demo (classify), runs/demo_detect, runs/demo_segment")
+    p.add_argument("--output", default=None, help="default: runs/demo (classify), runs/demo_detect, runs/demo_segment; "
+                   "a rerun replaces the runs an earlier demo left there (one sub-folder per family)")
     p.add_argument("--epochs", type=int, help="override the demo's epochs (quicker, less accurate)")
     p.add_argument("--family", nargs="*", help="only these families (RegionViT, Focal, VVT, LocalViT)")
     p.add_argument("--workers", type=int, help="DataLoader workers (dense tasks; default 2)")
