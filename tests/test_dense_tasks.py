@@ -273,10 +273,11 @@ def _resume_bit_exact(tmp_path, cmd, n_iters):
 
 
 
-def test_train_refuses_a_run_folder_before_reading_data(tmp_path):
+def test_train_refuses_a_run_folder_before_reading_data(seg_data, tmp_path):
     """`locvit detect|segment train` share `locvit train`'s run-directory check (locvit.engine.rundir.start_run):
     a folder holding a run is refused unless --resume or --overwrite, another command's run is named with the
-    command that continues it -- all before the data (here: none) are read."""
+    command that continues it -- all before the data (here: none) are read. --overwrite replaces the run: only the
+    new run's files remain."""
     import yaml
 
     from locvit.engine.config import build_config
@@ -316,6 +317,14 @@ def test_train_refuses_a_run_folder_before_reading_data(tmp_path):
     proc = locvit("segment", "train", "--output", seg, "--iters", "9", "--overwrite", "--data", missing, check=False)
     assert proc.returncode == 2 and str(missing) in proc.stderr and "already holds" not in proc.stderr
     assert sorted(p.name for p in seg.iterdir()) == ["config.yaml", "last.pth"]  # nothing moved before the data
+    locvit("segment", "train", "--output", seg, "--overwrite", "--data", seg_data, "--iters", "2", "--model",
+           "vvt_tiny", "--model-kwargs", *kv(VVT), "--num-classes", "3", "--batch-size", "2", "--crop-size", "64",
+           "64", "--scale", "96", "64", "--test-scale", "96", "64", "--decoder-channels", "32", "--no-tensorboard",
+           "--warmup-iters", "0", "--workers", "0")
+    assert sorted(p.name for p in seg.iterdir()) == ["best.safetensors", "config.yaml", "curves.png", "last.pth",
+                                                     "metrics.csv", "model.safetensors"]
+    assert torch.load(seg / "last.pth", weights_only=True)["global_step"] == 2
+    assert "iters: 2" in (seg / "config.yaml").read_text()
 
 def test_detect_train_resume_and_eval(det_data, tmp_path):
     """`locvit detect train` with the default DataLoader workers and flips: the run directory as `locvit train`

@@ -85,10 +85,10 @@ def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total: int, step
                                 decay_rate=cfg.lr_gamma, **warmup)
 
 
-def fit(cfg: Any, task: Task, dist: DistInfo, start: RunStart, save_config: Callable[[Path], None]
+def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: Callable[[Path], None]
         ) -> dict[str, Any]:
     """Train ``task.model`` as ``cfg`` says (a :class:`locvit.tasks.config.DenseConfig`); returns the last
-    evaluation's row. ``start`` is what :func:`locvit.engine.rundir.start_run` decided about ``cfg.output``, before
+    evaluation's row. ``run_start`` is what :func:`locvit.engine.rundir.start_run` decided about ``cfg.output``, before
     the task read its data (the state to resume, the run ``--overwrite`` replaces); ``save_config(path)`` writes the
     resolved configuration into the run directory."""
     from timm.optim import create_optimizer_v2
@@ -97,7 +97,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, start: RunStart, save_config: Call
 
     device, main = dist.device, dist.main
     run_dir = Path(cfg.output)
-    resume_from = start.resume_from
+    resume_from = run_start.resume_from
     state = torch.load(resume_from, map_location="cpu", weights_only=True) if resume_from is not None else None
     if main:
         check_writable(run_dir)
@@ -139,7 +139,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, start: RunStart, save_config: Call
             print(f"resumed from {resume_from}: iteration {global_step} of {total}", flush=True)
     scheduler.step_update(num_updates=global_step)
     if main:
-        start.begin()  # --overwrite: the old run's files move to replaced_run/ before this run writes any
+        run_start.begin()  # --overwrite: the old run's files move to replaced_run/ before this run writes any
     logger = RunLogger(run_dir, cfg.tensorboard, history, x_key="iter", panels=task.panels) if main else None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, start: RunStart, save_config: Call
     if main:
         save_checkpoint(model, run_dir / "model.safetensors", metadata=dict(model=cfg.model, iter=global_step))
         logger.close()
-        start.finish()
+        run_start.finish()
     return metrics
 
 

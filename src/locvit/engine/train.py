@@ -92,8 +92,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     cfg.validate()
     run_dir = Path(cfg.output)
     # refuse before any work: a run of another command or with other settings to resume, a run in --output
-    start = start_run(cfg, dist.world)
-    resume_from, saved = start.resume_from, start.saved
+    run_start = start_run(cfg, dist.world)
+    resume_from, saved = run_start.resume_from, run_start.saved
     if main:
         check_writable(run_dir)
         remove_stale_temp_files(run_dir)  # temp files of writes a kill interrupted
@@ -220,7 +220,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         if main:
             print(f"resumed from {resume_from}: epoch {start_epoch + 1}, step {start_step} of {n_steps}")
     if main:
-        start.begin()  # --overwrite: the old run's files move to replaced_run/ before this run writes any
+        run_start.begin()  # --overwrite: the old run's files move to replaced_run/ before this run writes any
     logger = RunLogger(run_dir, cfg.tensorboard, history) if main else None
     if main:
         save_config(cfg, run_dir / "config.yaml")
@@ -333,6 +333,6 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         if ema is not None:
             save_checkpoint(ema.module, run_dir / "model_ema.safetensors", metadata=dict(model=cfg.model))
         logger.close()
-        start.finish()
+        run_start.finish()
     return metrics
 

@@ -215,7 +215,7 @@ def _norm(cfg: SegmentConfig) -> tuple[Any, Any]:
 def train_run(cfg: SegmentConfig) -> dict[str, Any]:
     """``locvit segment train``: train as configured (under ``torchrun`` for DDP); returns the last evaluation."""
     with session(cfg) as dist:
-        start = start_run(cfg, dist.world)  # --output and --resume checked before the data are read
+        run_start = start_run(cfg, dist.world)  # --output and --resume checked before the data are read
         num_classes = cfg.num_classes or 150
         mean, std = _norm(cfg)
         train_set = load_split(cfg, "train", num_classes, mean, std)  # data errors surface before the model
@@ -225,7 +225,7 @@ def train_run(cfg: SegmentConfig) -> dict[str, Any]:
         model = build_segmenter(cfg, num_classes, verbose=dist.main)
         report_size(model.to(dist.device), f"{cfg.head} on {cfg.model}", dist)
         task = SegmentationTask(cfg, model, train_set, val_set, num_classes, dist)
-        return fit(cfg, task, dist, start, lambda path: save_task_config(cfg, path))
+        return fit(cfg, task, dist, run_start, lambda path: save_task_config(cfg, path))
 
 
 def evaluate_run(cfg: SegmentConfig, weights: str | None) -> dict[str, Any]:
