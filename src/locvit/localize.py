@@ -396,9 +396,12 @@ def _check_layout(model: nn.Module, plans: list[_Plan], main_names: list[str]) -
 
     def watch(plan: _Plan) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else next(iter(kwargs.values()), None)
             feat_size = args[1] if len(args) > 1 else kwargs.get("feat_size")
             try:
-                _token_layout(args[0], feat_size, plan.grid)
+                if not isinstance(x, Tensor):
+                    raise RuntimeError(f"localize: the MLP of this block is called with {type(x).__name__}")
+                _token_layout(x, feat_size, plan.grid)
             except RuntimeError as e:
                 bad.setdefault(plan.name, str(e).removeprefix("localize: "))
         return hook

@@ -60,7 +60,7 @@ class DenseConfig:
     max_steps: int | None = None           # stop after this many optimiser steps (smoke tests)
     resume: str | None = None              # a run directory or checkpoint; 'auto' = output/last.pth
     allow_config_change: bool = False      # resume although model, data, batch size, seed... differ from the run
-    overwrite: bool = False                # start again in an --output that holds a run (its files: replaced_run/)
+    overwrite: bool = False                # start again in an --output holding a run; its files wait in replaced_run/
     deterministic: bool = False
     tensorboard: bool = True
 
