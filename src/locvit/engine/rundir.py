@@ -15,8 +15,9 @@ one check both training loops (``engine/train.py``, ``engine/loop.py``) make bef
 ``--overwrite`` never leaves a mix of two runs' files, and never loses the old run before the new one has its own:
 when the new run is about to write its first file (:meth:`RunStart.begin`, after its data and model are ready), the
 old run's files are moved, together, into ``OUTPUT/replaced_run/``; the new run deletes that folder when it ends
-(:meth:`RunStart.finish`). A new run that is killed before its end leaves ``replaced_run/`` in place, and a later
-``--overwrite`` keeps it (it is still the last run no finished run replaced) and discards the killed run's files.
+(:meth:`RunStart.finish`). A new run that is killed or fails (a non-finite loss...) before its end leaves
+``replaced_run/`` in place, and a later ``--overwrite`` keeps it (it is still the last run no finished run
+replaced) and discards the unfinished run's files.
 """
 from __future__ import annotations
 
@@ -198,7 +199,7 @@ class RunStart:
     def begin(self) -> None:
         """Called by the main process just before the run writes its first file: with ``--overwrite``, move the
         old run's files into ``replaced_run/`` (or, when an earlier ``--overwrite`` left one there, discard them:
-        they belong to a run that was killed before its end)."""
+        they belong to a run that stopped before its end)."""
         if self.replace is None:
             return
         kept, staging = self.output / REPLACED, self.output / _STAGING
