@@ -467,6 +467,60 @@ def _resume_bit_exact(tmp_path, cmd, n_iters):
     return full
 
 
+
+def test_train_refuses_a_run_folder_before_reading_data(seg_data, tmp_path):
+    """`locvit detect|segment train` share `locvit train`'s run-directory check (locvit.engine.rundir.start_run):
+    a folder holding a run is refused unless --resume or --overwrite, another command's run is named with the
+    command that continues it -- all before the data (here: none) are read. --overwrite replaces the run: only the
+    new run's files remain."""
+    import yaml
+
+    from locvit.engine.config import build_config
+
+    def fake_run(folder, config, **state):
+        folder.mkdir()
+        (folder / "config.yaml").write_text(yaml.safe_dump(dict(config, output=str(folder))))
+        torch.save(dict(state, config=dict(config, output=str(folder))), folder / "last.pth")
+        return folder
+
+    seg = fake_run(tmp_path / "seg", SegmentConfig(epochs=4).to_dict(), global_step=30,
+                   history=[dict(iter=30, epoch=2.0)])
+    det = fake_run(tmp_path / "det", DetectConfig(iters=50).to_dict(), global_step=50, history=[dict(iter=50)])
+    cls = fake_run(tmp_path / "cls", build_config(None, dict(data="digits", epochs=3, warmup_epochs=0)).to_dict(),
+                   epoch=0, epoch_totals=[None])
+    missing = tmp_path / "no-data"
+    cases = [
+        (["segment", "train", "--output", seg, "--iters", "9"],
+         f"{seg} already holds a `locvit segment train` run (partial: last.pth at iteration 30 of a 4-epoch "
+         "schedule); pass --resume to continue it or --overwrite to start again in it, or choose another --output"),
+        (["detect", "train", "--output", det, "--iters", "9"],
+         "already holds a `locvit detect train` run (finished, 50 iterations); pass --overwrite to start again"),
+        (["detect", "train", "--resume", seg],
+         f"{seg} holds a `locvit segment train` run (partial: last.pth at iteration 30 of a 4-epoch schedule), not "
+         f"a `locvit detect train` run: continue it with `locvit segment train --resume {seg}`"),
+        (["segment", "train", "--resume", cls], "not a `locvit segment train` run: continue it with `locvit train "
+                                                f"--resume {cls}`"),
+        (["segment", "train", "--output", cls, "--iters", "9"],
+         f"{cls} holds a `locvit train` run (partial: last.pth after epoch 1 of 3), not a `locvit segment train` "
+         "run; choose another --output, or pass --overwrite"),
+    ]
+    for args, msg in cases:
+        proc = locvit(*args, "--data", missing, check=False)
+        assert proc.returncode == 2 and f"locvit {args[0]}: error: " in proc.stderr and msg in proc.stderr, \
+            (args, proc.stderr)
+    # with the flag, the check passes and the data are the next thing read
+    proc = locvit("segment", "train", "--output", seg, "--iters", "9", "--overwrite", "--data", missing, check=False)
+    assert proc.returncode == 2 and str(missing) in proc.stderr and "already holds" not in proc.stderr
+    assert sorted(p.name for p in seg.iterdir()) == ["config.yaml", "last.pth"]  # nothing moved before the data
+    locvit("segment", "train", "--output", seg, "--overwrite", "--data", seg_data, "--iters", "2", "--model",
+           "vvt_tiny", "--model-kwargs", *kv(VVT), "--num-classes", "3", "--batch-size", "2", "--crop-size", "64",
+           "64", "--scale", "96", "64", "--test-scale", "96", "64", "--decoder-channels", "32", "--no-tensorboard",
+           "--warmup-iters", "0", "--workers", "0")
+    assert sorted(p.name for p in seg.iterdir()) == ["best.safetensors", "config.yaml", "curves.png", "last.pth",
+                                                     "metrics.csv", "model.safetensors"]
+    assert torch.load(seg / "last.pth", weights_only=True)["global_step"] == 2
+    assert "iters: 2" in (seg / "config.yaml").read_text()
+
 def test_detect_train_resume_and_eval(det_data, tmp_path):
     """`locvit detect train` with the default DataLoader workers and flips: the run directory as `locvit train`
     writes it; stopping halfway and resuming gives the uninterrupted run's weights bit for bit; `detect eval` of
@@ -526,19 +580,20 @@ def test_segment_train_resume_and_eval(seg_data, tmp_path):
     assert "12 views: ratios [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] with flips" in out.stdout
 
     # the wrong command on the run: refused with the right one, which works as given
-    for wrong, right in ((["detect", "eval", "--checkpoint", run], f"locvit segment eval --checkpoint {run}"),
-                         (["train", "--resume", run], f"locvit segment train --resume {run}")):
-        proc = locvit(*wrong, check=False)
-        assert proc.returncode == 2 and f"{run} is a `locvit segment` run (its config.yaml has head: upernet)" in \
-            proc.stderr and _advice(proc.stderr) == right, proc.stderr
-        locvit(*shlex.split(right)[1:], "--workers", "0")
+    proc = locvit("detect", "eval", "--checkpoint", run, check=False)
+    assert proc.returncode == 2 and f"{run} holds a `locvit segment train` run (finished, 6 iterations)" in \
+        proc.stderr and _advice(proc.stderr) == f"locvit segment eval --checkpoint {run}", proc.stderr
+    locvit(*shlex.split(_advice(proc.stderr))[1:], "--workers", "0")
+    proc = locvit("train", "--resume", run, check=False)  # finished: nothing to continue, so no --resume advice
+    assert proc.returncode == 2 and "not a `locvit train` run: start the `locvit train` run with another --output" \
+        in proc.stderr, proc.stderr
 
 
 def _advice(stderr: str) -> str:
     """The command an error message says to use instead."""
     import re
 
-    return re.search(r"use `(locvit [^`]+)`", stderr)[1]
+    return re.search(r"(?:score|continue) it with `(locvit [^`]+)`", stderr)[1]
 
 
 def test_run_of_another_command_named(tmp_path):
@@ -551,38 +606,35 @@ def test_run_of_another_command_named(tmp_path):
     runs = {k: tmp_path / k for k in ("detect", "segment", "train")}
     for run in runs.values():
         run.mkdir()
-        (run / "last.pth").write_bytes(b"")  # what --resume looks for (never read: the command is refused first)
+        # the position a loop saves in last.pth (never used further: the command is refused first)
+        torch.save(dict(global_step=0, epoch=0, epoch_totals=[None], history=[]), run / "last.pth")
     save_task_config(DetectConfig(iters=1), runs["detect"] / "config.yaml")
     save_task_config(SegmentConfig(iters=1), runs["segment"] / "config.yaml")
     tiny = dict(depth=1, embed_dim=32, num_heads=2, reduction=4)
-    save_config(build_config(None, dict(model="localvit_tiny", model_kwargs=tiny, img_size=32, data="digits")),
-                runs["train"] / "config.yaml")
+    save_config(build_config(None, dict(model="localvit_tiny", model_kwargs=tiny, img_size=32, data="digits",
+                                        epochs=2, warmup_epochs=0)), runs["train"] / "config.yaml")
     for k in ("detect", "segment"):
         (runs[k] / "best.safetensors").write_bytes(b"")
     save_checkpoint(create_model("localvit_tiny", num_classes=10, img_size=32, **tiny),
                     runs["train"] / "best.safetensors")
-    cases = [(["detect", "eval", "--checkpoint", runs["segment"]], "segment", "head: fpn",
+    cases = [(["detect", "eval", "--checkpoint", runs["segment"]], "segment train",
               f"locvit segment eval --checkpoint {runs['segment']}"),
-             (["segment", "eval", "--checkpoint", runs["detect"] / "best.safetensors"], "detect",
-              "detector: mask_rcnn", f"locvit detect eval --checkpoint {runs['detect']}"),
+             (["segment", "eval", "--checkpoint", runs["detect"] / "best.safetensors"], "detect train",
+              f"locvit detect eval --checkpoint {runs['detect']}"),
              (["eval", "--model", "localvit_tiny", "--data", "digits", "--checkpoint",
-               runs["segment"] / "best.safetensors"], "segment", "head: fpn",
+               runs["segment"] / "best.safetensors"], "segment train",
               f"locvit segment eval --checkpoint {runs['segment']}"),
-             (["train", "--resume", runs["detect"]], "detect", "detector: mask_rcnn",
-              f"locvit detect train --resume {runs['detect']}"),
-             (["detect", "train", "--resume", runs["segment"]], "segment", "head: fpn",
+             (["train", "--resume", runs["detect"]], "detect train", f"locvit detect train --resume {runs['detect']}"),
+             (["detect", "train", "--resume", runs["segment"]], "segment train",
               f"locvit segment train --resume {runs['segment']}"),
-             (["segment", "train", "--resume", runs["train"]], "train", "task: classify",
-              f"locvit train --resume {runs['train']}"),
-             (["segment", "eval", "--checkpoint", runs["train"]], "train", "task: classify",
-              f"locvit eval --model localvit_tiny --checkpoint {runs['train'] / 'best.safetensors'} --data digits "
-              "--img-size 32 --model-kwargs depth=1 embed_dim=32 num_heads=2 reduction=4")]
-    for args, kind, mark, right in cases:
+             (["segment", "train", "--resume", runs["train"]], "train", f"locvit train --resume {runs['train']}"),
+             (["segment", "eval", "--checkpoint", runs["train"]], "train", f"locvit eval --checkpoint {runs['train']}")]
+    for args, kind, right in cases:
         proc = locvit(*args, check=False)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (args, proc.stderr)
-        assert f"is a `locvit {kind}` run (its config.yaml has {mark}), not one" in proc.stderr, proc.stderr
+        assert f"holds a `locvit {kind}` run (" in proc.stderr, proc.stderr
         assert _advice(proc.stderr) == right, proc.stderr
-    out = locvit(*shlex.split(cases[-1][3])[1:], "--workers", "0")
+    out = locvit(*shlex.split(cases[-1][2])[1:], "--workers", "0")  # the classification run's own settings
     assert "localvit_tiny on digits (val, " in out.stdout
 
 

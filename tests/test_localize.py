@@ -174,6 +174,34 @@ def test_refuses_twice_and_bad_options():
         localize(timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1), reduction=0)
 
 
+
+def test_refusal_leaves_the_model_unchanged():
+    """CaiT's class-attention blocks get the class token alone, which does not lay out on the token grid: localize
+    refuses them after checking every block, before converting any, so the model keeps its weights and runs as
+    before; the error names the blocks and the ``blocks`` that do map, and localizing those works."""
+    def cait():
+        torch.manual_seed(0)
+        return timm.create_model("cait_xxs24_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                                 depth_token_only=1).eval()
+
+    model, x = cait(), _x(h=32, w=32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        logits = model(x)
+    with pytest.raises(LocalityError, match=r"left unchanged: blocks_token_only\.0 \(LayerScaleBlockClassAttn\): "
+                                            r"1 tokens .* 4x4 .*blocks=range\(0, 2\)"):
+        localize(model)
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
+    assert not localized_blocks(model) and not model.blocks[0]._forward_pre_hooks
+    assert not model.patch_embed._forward_hooks
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), logits, rtol=0, atol=0)
+    # what the error suggests converts the self-attention blocks and leaves the class-attention ones
+    fixed = localize(cait(), blocks=range(0, 2))
+    assert localized_blocks(fixed) == list(fixed.blocks)
+    assert fixed(x).shape == (2, 1000)
+
 # --- registered examples: timm host weights, one command ---------------------------------------------------------
 def test_registered_example_loads_the_host_checkpoint(tmp_path):
     host = timm.create_model("vit_small_patch16_224", depth=2)

@@ -321,3 +321,158 @@ def test_multistep_schedule_follows_its_milestones(tmp_path):
     assert got == [1.0] * 4 + [0.5] * 4 + [0.25] * 4
     proc = locvit("train", *TINY, "--data", "digits", "--sched", "multistep", "--output", tmp_path / "x", check=False)
     assert proc.returncode == 2 and "--decay-milestones" in proc.stderr
+
+
+# --- run directories: nothing overwritten without a word -------------------------------------------------------------
+def in_process(*args):
+    """``locvit ARGS`` in this process: (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from locvit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def fake_run(folder, config, **state):
+    """A run directory as the loops leave it: the run's config.yaml and, given ``state``, a last.pth holding the
+    position fields they save (and the config)."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(dict(config, output=str(folder))))
+    if state:
+        torch.save(dict(state, config=dict(config, output=str(folder)), model={}), folder / "last.pth")
+    return folder
+
+
+def test_output_holding_a_run_is_refused_before_any_work(tmp_path, monkeypatch):
+    """`locvit train` into a folder that holds a run refuses (exit 2, one line) unless --resume or --overwrite,
+    saying which run it holds and how far it got; the wrong command's run is named with the command that continues
+    it. Nothing is read or built first, nothing in the folder changes. Empty folders and unrelated files are fine."""
+    import locvit.engine.train as engine
+    from locvit.engine.rundir import start_run
+    from locvit.tasks.config import DetectConfig
+
+    def forbidden(*a, **k):
+        raise AssertionError("data read or model built before the run directory was checked")
+
+    monkeypatch.setattr(engine, "build_dataset", forbidden)
+    monkeypatch.setattr(engine, "create_model", forbidden)
+    cls = build_config(None, dict(model="localvit_tiny", data="digits", epochs=5, warmup_epochs=0)).to_dict()
+    after = fake_run(tmp_path / "after", cls, epoch=2, step_in_epoch=67, epoch_totals=[None], global_step=201)
+    inside = fake_run(tmp_path / "inside", cls, epoch=1, step_in_epoch=4, epoch_totals=[dict(seen=256)])
+    done = fake_run(tmp_path / "done", cls, epoch=4, step_in_epoch=67, epoch_totals=[None])
+    video = fake_run(tmp_path / "video", dict(cls, task="video"), epoch=0, epoch_totals=[None])
+    det = fake_run(tmp_path / "det", DetectConfig(iters=100).to_dict(), global_step=40, history=[])
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "best.safetensors").write_bytes(b"old")
+    cases = [
+        (["--output", after], f"{after} already holds a `locvit train` run (partial: last.pth after epoch 3 of 5); "
+                              "pass --resume to continue it or --overwrite to start again in it, or choose another "
+                              "--output"),
+        (["--output", inside], "(partial: last.pth in epoch 2 of 5, step 4); pass --resume to continue it"),
+        (["--output", done], "run (finished, 5 epochs); pass --overwrite to start again in it, or choose another"),
+        (["--output", video], f"{video} already holds a `locvit train --task video` run (partial: last.pth after "
+                              "epoch 1 of 5)"),
+        (["--output", det], f"{det} holds a `locvit detect train` run (partial: last.pth at iteration 40 of 100), "
+                            "not a `locvit train` run; choose another --output, or pass --overwrite to replace it"),
+        (["--resume", det], f"not a `locvit train` run: continue it with `locvit detect train --resume {det}`"),
+        (["--output", weights], f"{weights} already holds a run (partial: best.safetensors, no last.pth); pass "
+                                "--overwrite to start again in it"),
+        (["--output", after, "--resume", "--overwrite"], "--resume continues the run in"),
+    ]
+    listing = {p: sorted(p.iterdir()) for p in (after, inside, done, video, det, weights)}
+    for args, msg in cases:
+        rc, _, err = in_process("train", *QUICK, "--workers", "0", *args)
+        assert rc == 2 and err.startswith("locvit train: error: ") and msg in err, (args, err)
+    assert listing == {p: sorted(p.iterdir()) for p in listing}
+    assert (weights / "best.safetensors").read_bytes() == b"old"
+
+    # what holds no run is used as it is: a missing or empty folder, unrelated files (a config.yaml that is not a
+    # run's, a metrics.csv of something else, other weights)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text("lr: 0.1\n")
+    (other / "metrics.csv").write_text("name,score\n")
+    (other / "weights.safetensors").write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "new", tmp_path / "empty", other):
+        start = start_run(build_config(None, dict(data="digits", output=str(folder))))
+        assert start.resume_from is None and start.replace is None
+
+
+def test_overwrite_replaces_a_run_without_mixing_the_two(tmp_path):
+    """--overwrite moves the old run's files into replaced_run/ when the new run writes its first file and deletes
+    them when it ends: a new run killed on the way leaves the old weights at hand and no mix of the two runs'
+    files; the next --overwrite keeps that old run and discards the killed one's files."""
+    from safetensors.torch import save_file
+
+    from locvit.engine.rundir import read_run
+
+    run = tmp_path / "run"
+    args = [*QUICK, "--workers", "0", "--output", run]
+    config = build_config(None, dict(model="localvit_tiny", data="digits", epochs=2, warmup_epochs=0)).to_dict()
+    old = fake_run(run, config, epoch=1, epoch_totals=[None])
+    save_file({"w": torch.ones(2)}, str(run / "best.safetensors"))
+    save_file({"w": torch.ones(2)}, str(run / "model_ema.safetensors"))
+    (run / "metrics.csv").write_text("epoch,train_loss,top1\n1,2.0,50.0\n2,1.0,60.0\n")
+    (run / "unreadable.txt").write_text("bad.png\n")
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out").write_bytes(b"old")
+    before = {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()}
+
+    # the new run is killed after its first file: the old run is whole in replaced_run/, the folder holds the new
+    # run's config.yaml only
+    import locvit.engine.train as engine
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "save_checkpoint", killed)
+        rc, out, _ = in_process("train", *args, "--overwrite", "--no-model-ema", "--seed", "3")
+    assert rc == 130 and f"{run} held a `locvit train` run (finished, 2 epochs)" in out
+    kept = run / "replaced_run"
+    assert {p.relative_to(kept): p.read_bytes() for p in kept.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "replaced_run"]
+    assert "overwrite" not in yaml.safe_load((run / "config.yaml").read_text())  # a recipe never carries it
+    assert "partial: config.yaml, no last.pth" in str(read_run(run))
+
+    # the next --overwrite discards the killed run, keeps the old one until it ends, then only its own files remain
+    rc, out, err = in_process("train", *args, "--overwrite", "--no-model-ema", "--seed", "3")
+    assert rc == 0, err
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "last.pth", "model.safetensors"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 3
+    # and it is refused like any run, without the flag
+    rc, _, err = in_process("train", *args)
+    assert rc == 2 and "(partial: last.pth in epoch 1 of 2, step 3); pass --resume" in err
+
+
+def test_demo_reruns_replace_their_own_runs(tmp_path, monkeypatch):
+    """`locvit demo` (and `make demo`) run twice into the same folder: the demo passes `overwrite`, so the second
+    run gets past the run-directory check (to the data, stopped here) instead of refusing the first run's folders."""
+    import locvit.engine.train as engine
+    import locvit.tasks.segment as segment
+    from locvit.engine.demo import run_demo
+    from locvit.tasks.config import SegmentConfig
+    from locvit.tasks.demo import run_dense_demo
+
+    class ReachedTheData(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise ReachedTheData
+
+    monkeypatch.setattr(engine, "build_dataset", stop)
+    monkeypatch.setattr(segment, "load_split", stop)
+    fake_run(tmp_path / "demo" / "localvit", build_config("digits", dict(model="localvit_tiny")).to_dict(),
+             epoch=4, epoch_totals=[None])
+    (tmp_path / "seg" / "data" / "images").mkdir(parents=True)  # the generated data are there already
+    fake_run(tmp_path / "seg" / "vvt", SegmentConfig(epochs=12).to_dict(), global_step=144, history=[])
+    with pytest.raises(ReachedTheData):
+        run_demo(tmp_path / "demo", families=["LocalViT"])
+    with pytest.raises(ReachedTheData):
+        run_dense_demo("segment", tmp_path / "seg", families=["VVT"])

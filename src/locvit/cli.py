@@ -134,15 +134,14 @@ def _train(p: argparse.ArgumentParser):
 
     def run(a: argparse.Namespace) -> int:
         from locvit.engine.config import TrainConfig, build_config
-        from locvit.engine.train import run_config, train
-        from locvit.tasks.common import check_run_command
+        from locvit.engine.rundir import run_config
+        from locvit.engine.train import train
 
         overrides = _config_overrides(a, TrainConfig)
         saved = None
         if a.resume:
             # the interrupted run's settings are the base: `--resume` alone, or the same command again, continues it
-            state_file, saved = run_config(a.resume, a.output or "runs/train")
-            check_run_command(state_file.parent, "train", "resume", saved)
+            state_file, saved = run_config(a.resume, a.output or TrainConfig.output, TrainConfig.COMMAND)
             if a.output is None:
                 overrides["output"] = str(state_file.parent)
         cfg = build_config(a.config, overrides, run=saved)
@@ -178,12 +177,12 @@ def _eval(p: argparse.ArgumentParser):
         from pathlib import Path
 
         from locvit.engine.evaluate import evaluate_model, resolve_eval_args
+        from locvit.engine.rundir import check_scorer
         from locvit.engine.video import check_task, video_data_kwargs
-        from locvit.tasks.common import check_run_command
 
         if a.checkpoint:  # a detection / segmentation run's weights: say which command scores them
             ckpt = Path(a.checkpoint)
-            check_run_command(ckpt if ckpt.is_dir() else ckpt.parent, "train", "eval")
+            check_scorer(ckpt if ckpt.is_dir() else ckpt.parent, "locvit eval")
         a = resolve_eval_args(a, _parse_kv(a.model_kwargs))
         video = None
         if check_task(a.task):
@@ -437,7 +436,7 @@ def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
     _config_args(p, cls)
 
     def run(a: argparse.Namespace) -> int:
-        from locvit.tasks.common import check_run_command, eval_config
+        from locvit.tasks.common import eval_config
         from locvit.tasks.config import build_task_config
 
         module = importlib.import_module(f"locvit.tasks.{task}")
@@ -447,10 +446,9 @@ def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
             return 0
         saved = None
         if a.resume:  # as `locvit train --resume`: the interrupted run's settings are the base
-            from locvit.engine.train import run_config
+            from locvit.engine.rundir import run_config
 
-            state_file, saved = run_config(a.resume, a.output or cls.output)
-            check_run_command(state_file.parent, task, "resume", saved)
+            state_file, saved = run_config(a.resume, a.output or cls.output, cls.COMMAND)
             if a.output is None:
                 overrides["output"] = str(state_file.parent)
         cfg = build_task_config(cls, a.config, overrides, run=saved)
@@ -477,7 +475,8 @@ def _segment(p: argparse.ArgumentParser):
                  "(classification on digits, or --task detect / segment on generated shapes)")
 def _demo(p: argparse.ArgumentParser):
     p.add_argument("--task", choices=["classify", "detect", "segment"], default="classify")
-    p.add_argument("--output", default=None, help="default: runs/demo (classify), runs/demo_detect, runs/demo_segment")
+    p.add_argument("--output", default=None, help="default: runs/demo (classify), runs/demo_detect, runs/demo_segment; "
+                   "a rerun replaces the runs an earlier demo left there (one sub-folder per family)")
     p.add_argument("--epochs", type=int, help="override the demo's epochs (quicker, less accurate)")
     p.add_argument("--family", nargs="*", help="only these families (RegionViT, Focal, VVT, LocalViT)")
     p.add_argument("--workers", type=int, help="DataLoader workers (dense tasks; default 2)")

@@ -75,6 +75,22 @@ class _Grid:
                 return
 
 
+def _token_layout(x: Tensor, feat_size: Sequence[int] | None, grid: _Grid) -> tuple[int, int, int]:
+    """``(prefix tokens, H, W)`` of a block's MLP input ``x`` (``B x N x C``): the last ``H*W`` tokens are the
+    image's, laid out on the grid the block was called with (``feat_size``) or the one ``grid`` recorded. Raises
+    ``RuntimeError`` (message starting ``localize:``) when the tokens do not fit it -- checked by :func:`localize`
+    on the unchanged model before any block is converted, and by every converted block's call."""
+    H, W = feat_size if feat_size is not None else (grid.get() or (0, 0))
+    if x.ndim != 3:
+        raise RuntimeError(f"localize: the MLP of this block takes a {x.ndim}-D input of shape {tuple(x.shape)}, "
+                           "not B x N x C tokens")
+    N = x.shape[1]
+    prefix = N - H * W
+    if H * W == 0 or prefix < 0:
+        raise RuntimeError(f"localize: {N} tokens do not lay out on the {H}x{W} token grid of this block")
+    return prefix, H, W
+
+
 class LocalityBranch:
     """What a localized block calls in place of its MLP: the locality feed-forward's residual branch on the
     block's image tokens (prefix tokens get zero, so the block's ``x + branch`` leaves them unchanged).
@@ -87,11 +103,8 @@ class LocalityBranch:
         self.grid = grid
 
     def __call__(self, x: Tensor, feat_size: Sequence[int] | None = None) -> Tensor:
-        H, W = feat_size if feat_size is not None else (self.grid.get() or (0, 0))
+        prefix, H, W = _token_layout(x, feat_size, self.grid)
         B, N, C = x.shape
-        prefix = N - H * W
-        if H * W == 0 or prefix < 0:
-            raise RuntimeError(f"localize: {N} tokens do not lay out on the {H}x{W} token grid of this block")
         tokens = x[:, prefix:].transpose(1, 2).reshape(B, C, H, W)
         y = self.lff.conv(tokens).flatten(2).transpose(1, 2)
         return torch.cat([y.new_zeros(B, prefix, C), y], dim=1) if prefix else y
@@ -220,15 +233,41 @@ def _embed_module(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def _embed_grid(model: nn.Module) -> _Grid | None:
-    """A recorder of the grid of the model's patch embedding, or None when it has none."""
+class _Plan:
+    """The conversion of one block, built before the model is touched: its new feed-forward (weights carried)
+    and, for a rewired timm block, the grid recorder hooked on the block (removed again if the model is refused)."""
+
+    def __init__(self, name: str, block: nn.Module, kind: str, lff: LocalityFeedForward, grid: _Grid | None = None,
+                 hooks: Sequence[Any] = ()):
+        self.name, self.block, self.kind, self.lff, self.grid, self.hooks = name, block, kind, lff, grid, list(hooks)
+
+
+def _embed_grid(model: nn.Module) -> tuple[_Grid | None, list[Any]]:
+    """A recorder of the grid of the model's patch embedding (None when it has none) and its hook's handle."""
     embed = _embed_module(model)
     if embed is None:
-        return None
+        return None, []
     static = getattr(embed, "grid_size", None)
     grid = _Grid(tuple(static) if static is not None else None)
-    embed.register_forward_hook(grid.from_embed)
-    return grid
+    return grid, [embed.register_forward_hook(grid.from_embed)]
+
+
+def _plan(name: str, block: nn.Module, kind: str, act: str, reduction: Any, expand_ratio: float | None,
+          carry: bool, embed_grid: _Grid | None) -> _Plan:
+    """How ``block`` will be converted; the block itself is not changed (its MLP's weights are only read)."""
+    if kind == "t2t_token":  # LocalViT-T2T's tokens-to-token layers: the MLP's width, h-swish, no SE
+        from locvit.models.t2t import PerformerLayer
+
+        host = block.mlp
+        if isinstance(block, PerformerLayer):
+            host = nn.Module()
+            host.fc1, host.fc2 = block.mlp[0], block.mlp[2]
+        return _Plan(name, block, kind, _feed_forward(host, host.fc2.out_features, "hs", 4, None, carry))
+    lff = _feed_forward(block.mlp, _width(block, block.mlp), act, reduction, expand_ratio, carry)
+    if kind == "pvt":
+        return _Plan(name, block, kind, lff)
+    grid = _Grid(fallback=embed_grid)
+    return _Plan(name, block, kind, lff, grid, [block.register_forward_pre_hook(grid.from_block, with_kwargs=True)])
 
 
 def localize(
@@ -257,12 +296,13 @@ def localize(
         carry_weights: copy ``fc1``/``fc2`` into the 1x1 convs (biases into the following BatchNorms' shifts) and
             start the depth-wise conv as the identity (PVT v2: copy its own); False leaves LocalViT's
             from-scratch initialisation.
-        check: run one forward at the model's default input size to refuse, here, a model whose token layout
-            does not map.
+        check: run one forward of the unchanged model at its default input size, recording what each chosen
+            block's MLP receives, to refuse, here, a model whose token layout does not map.
 
     Raises:
         LocalityError: (a ``ValueError``) the model has no block to localize, holds an MLP kind whose weights
             cannot become the feed-forward (a gated MLP, ...), has no recognisable token grid, or is localized.
+            A refused model is left as it was: every block is planned and checked before any is converted.
     """
     act = act_from_code(act)
     if localized_blocks(model):
@@ -278,16 +318,29 @@ def localize(
     token_layers = [f for f in found if f[2] == "t2t_token"]
     main = [f for f in found if f[2] != "t2t_token"]
     chosen = [main[i] for i in _select(len(main), blocks)] + (token_layers if blocks == "all" else [])
-    embed_grid = _embed_grid(model) if any(k not in ("pvt", "t2t_token") for _, _, k in chosen) else None
-    for _, block, kind in chosen:
-        if kind == "pvt":
-            _native_pvt(block, act, reduction, expand_ratio, carry_weights)
-        elif kind == "t2t_token":
-            _native_t2t_token(block, carry_weights)
+    # plan every block, check the plan on the unchanged model, and only then convert: a refusal changes nothing
+    hooks: list[Any] = []
+    try:
+        embed_grid = None
+        if any(k not in ("pvt", "t2t_token") for _, _, k in chosen):
+            embed_grid, hooks = _embed_grid(model)
+        plans = []
+        for name, block, kind in chosen:
+            plans.append(_plan(name, block, kind, act, reduction, expand_ratio, carry_weights, embed_grid))
+            hooks += plans[-1].hooks
+        if check:
+            _check_layout(model, plans, [name for name, _, _ in main])
+    except BaseException:
+        for h in hooks:
+            h.remove()
+        raise
+    for plan in plans:
+        if plan.kind == "pvt":
+            _native_pvt(plan.block, plan.lff)
+        elif plan.kind == "t2t_token":
+            _native_t2t_token(plan.block, plan.lff)
         else:
-            _rewire(block, kind, act, reduction, expand_ratio, carry_weights, embed_grid)
-    if check:
-        _dry_run(model)
+            _rewire(plan.block, plan.kind, plan.lff, plan.grid)
     return model
 
 
@@ -296,12 +349,7 @@ def _width(block: nn.Module, mlp: nn.Module) -> int:
     return fc1.in_channels if isinstance(fc1, nn.Conv2d) else fc1.in_features
 
 
-def _rewire(block: nn.Module, norm: str, act: str, reduction: Any, expand_ratio: float | None, carry: bool,
-            embed_grid: _Grid | None) -> None:
-    mlp = block.mlp
-    lff = _feed_forward(mlp, _width(block, mlp), act, reduction, expand_ratio, carry)
-    grid = _Grid(fallback=embed_grid)
-    block.register_forward_pre_hook(grid.from_block, with_kwargs=True)
+def _rewire(block: nn.Module, norm: str, lff: LocalityFeedForward, grid: _Grid) -> None:
     del block.mlp
     setattr(block, norm, nn.Identity())
     if isinstance(block._modules.get("drop_path2"), nn.Module):  # a separate drop-path of the MLP branch
@@ -310,44 +358,68 @@ def _rewire(block: nn.Module, norm: str, act: str, reduction: Any, expand_ratio:
     block.__dict__["mlp"] = LocalityBranch(lff, grid)  # called by the block's forward; not a registered module
 
 
-def _native_pvt(block: nn.Module, act: str, reduction: Any, expand_ratio: float | None, carry: bool) -> None:
-    lff = _feed_forward(block.mlp, _width(block, block.mlp), act, reduction, expand_ratio, carry)
+def _native_pvt(block: nn.Module, lff: LocalityFeedForward) -> None:
     del block.mlp, block.norm2
     block.conv = lff
     block.locality = True
 
 
-def _native_t2t_token(layer: nn.Module, carry: bool) -> None:
-    """LocalViT-T2T's tokens-to-token layers: a feed-forward of the layer's MLP width with h-swish and no SE (the
-    performer layer keeps its then unused ``norm2``, as upstream)."""
+def _native_t2t_token(layer: nn.Module, lff: LocalityFeedForward) -> None:
+    """LocalViT-T2T's tokens-to-token layers (the performer layer keeps its then unused ``norm2``, as upstream)."""
     from locvit.models.t2t import PerformerLayer
 
-    if isinstance(layer, PerformerLayer):
-        host = nn.Module()
-        host.fc1, host.fc2 = layer.mlp[0], layer.mlp[2]
-    else:
-        host = layer.mlp
+    if not isinstance(layer, PerformerLayer):
         del layer.norm2
-    lff = _feed_forward(host, host.fc2.out_features, "hs", 4, None, carry)
     del layer.mlp
     layer.conv = lff
     layer.locality = True
 
 
+def _ranges(idx: list[int]) -> str:
+    """Block indices as :func:`localize`'s ``blocks`` argument: ``range(a, b)`` when contiguous, else a list."""
+    if idx and idx == list(range(idx[0], idx[-1] + 1)):
+        return f"range({idx[0]}, {idx[-1] + 1})"
+    return str(idx)
+
+
 @torch.no_grad()
-def _dry_run(model: nn.Module) -> None:
+def _check_layout(model: nn.Module, plans: list[_Plan], main_names: list[str]) -> None:
+    """One forward of the still unchanged ``model`` at its default input size, with each rewired block's MLP input
+    checked against the token grid its locality branch will use (:func:`_token_layout`); raises
+    :class:`LocalityError` naming every block that does not map, and the ``blocks`` that would."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = tuple(cfg.get("input_size") or (3, 224, 224))
     embed = _embed_module(model)
     if embed is not None and getattr(embed, "img_size", None) is not None:  # built for another (fixed) size
         size = (size[0], *embed.img_size)
+    bad: dict[str, str] = {}
+
+    def watch(plan: _Plan) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else next(iter(kwargs.values()), None)
+            feat_size = args[1] if len(args) > 1 else kwargs.get("feat_size")
+            try:
+                if not isinstance(x, Tensor):
+                    raise RuntimeError(f"localize: the MLP of this block is called with {type(x).__name__}")
+                _token_layout(x, feat_size, plan.grid)
+            except RuntimeError as e:
+                bad.setdefault(plan.name, str(e).removeprefix("localize: "))
+        return hook
+
+    handles = [p.block.mlp.register_forward_pre_hook(watch(p), with_kwargs=True) for p in plans if p.grid]
     was_training = model.training
     try:
         param = next(model.parameters())
         model.eval()(torch.zeros(1, *size, device=param.device, dtype=param.dtype))
-    except RuntimeError as e:
-        if "localize" in str(e):
-            raise LocalityError(f"localize: {type(model).__name__} does not map: {e}") from None
-        raise
     finally:
         model.train(was_training)
+        for h in handles:
+            h.remove()
+    if bad:
+        blocks = {p.name: p.block for p in plans}
+        listed = "; ".join(f"{n} ({type(blocks[n]).__name__}): {why}" for n, why in list(bad.items())[:4])
+        more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        fit = [i for i, n in enumerate(main_names) if n in blocks and n not in bad]
+        hint = (f"; localize only the blocks that map with blocks={_ranges(fit)}" if fit else "")
+        raise LocalityError(f"localize: {type(model).__name__} does not map, so it was left unchanged: {listed}{more}"
+                            f"{hint}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -20,6 +20,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 @dataclass
 class TrainConfig:
+    COMMAND: ClassVar[str] = "locvit train"  # what wrote a run directory (locvit.engine.rundir)
     # what to train, on what
     model: str = "localvit_tiny"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +91,7 @@ class TrainConfig:
     max_steps: int | None = None           # stop after this many optimiser steps (smoke tests)
     resume: str | None = None              # a run directory or checkpoint; 'auto' = output/last.pth
     allow_config_change: bool = False      # resume although model, data, batch size, seed... differ from the run
+    overwrite: bool = False                # start again in an --output holding a run; its files wait in replaced_run/
     deterministic: bool = False
     tensorboard: bool = True               # when tensorboard is installed
 
@@ -157,7 +159,7 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # settings of one invocation that a resumed run does not inherit from the run it continues
-PER_INVOCATION = ("resume", "allow_config_change", "max_steps")
+PER_INVOCATION = ("resume", "allow_config_change", "max_steps", "overwrite")
 
 
 def resolve_config_path(name: str, folder: Path = CONFIG_DIR) -> Path:
@@ -260,7 +262,11 @@ def check_resume(path: str | Path, state: dict[str, Any], current: dict[str, Any
     return saved
 
 
-def save_config(cfg: TrainConfig, path: str | Path) -> None:
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write a run's configuration (a :class:`TrainConfig` or a dense task's) as its ``config.yaml``, usable as
+    ``--config``; without ``overwrite``: permission to replace a run is given by a command, never carried along
+    by a recipe made from a run."""
     from locvit._io import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "overwrite"}
+    atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))

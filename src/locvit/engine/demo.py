@@ -31,7 +31,8 @@ RECIPE = "digits"  # the shipped recipe (locvit/configs/digits.yaml), as `locvit
 
 def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, families: list[str] | None = None,
              ) -> list[dict[str, Any]]:
-    """Train, evaluate and compare; returns the table rows."""
+    """Train, evaluate and compare; returns the table rows. Each family's run goes to ``output/<family>``,
+    replacing the run an earlier demo left there (``overwrite``)."""
     from locvit._registry import create_model
     from locvit.bench.flops import count_flops
     from locvit.bench.throughput import BenchSpec, benchmark
@@ -46,7 +47,8 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, famili
         print(f"\n== {fam}: {spec['model']} (small) on digits {IMG}x{IMG}", flush=True)
         cfg = build_config(RECIPE, dict(model=spec["model"], model_kwargs=spec["model_kwargs"],
                                         output=str(out / fam.lower()), epochs=epochs, tensorboard=False,
-                                        warmup_epochs=0 if epochs == 1 else None))
+                                        warmup_epochs=0 if epochs == 1 else None,
+                                        overwrite=True))  # a rerun replaces the demo's own earlier runs
         t0 = time.time()
         metrics = train(cfg)
         train_s = time.time() - t0

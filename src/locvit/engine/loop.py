@@ -1,7 +1,8 @@
 """The iteration-based training loop of the dense tasks (``locvit detect`` / ``locvit segment``).
 
-It runs on the classification engine's machinery -- per-step seeding, autocast and the grad scaler, resume-path
-rules and :class:`~locvit.engine.train.NonFiniteLossError` (``engine/train.py``), the deterministic resumable
+It runs on the classification engine's machinery -- per-step seeding, autocast and the grad scaler, the run
+directory's rules (:func:`~locvit.engine.rundir.start_run`: what to resume, a run in ``--output`` refused unless
+``--overwrite``), :class:`~locvit.engine.train.NonFiniteLossError` (``engine/train.py``), the deterministic resumable
 :class:`~locvit.data.loader.EpochSampler`, atomic checkpoints (:func:`locvit.save_checkpoint`), the
 :class:`~locvit.engine.logger.RunLogger`, torchrun/DDP glue -- and leaves the task to a :class:`Task` object: how a
 batch becomes a loss, and how the model is scored. The schedule is counted in optimiser steps (Detectron2's and
@@ -29,8 +30,9 @@ from locvit.checkpoint import save_checkpoint
 from locvit.data.loader import DataError, steps_per_epoch
 from locvit.engine.distributed import DistInfo, all_reduce_sum, barrier
 from locvit.engine.logger import RunLogger
+from locvit.engine.rundir import RunStart
 from locvit.engine.step import mixed_precision, optimizer_step, seed_step
-from locvit.engine.train import NonFiniteLossError, find_resume
+from locvit.engine.train import NonFiniteLossError
 
 __all__ = ["Task", "build_param_groups", "build_scheduler", "fit"]
 
@@ -84,21 +86,20 @@ def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total: int, step
                                 decay_rate=cfg.lr_gamma, **warmup)
 
 
-def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None]) -> dict[str, Any]:
+def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: Callable[[Path], None]
+        ) -> dict[str, Any]:
     """Train ``task.model`` as ``cfg`` says (a :class:`locvit.tasks.config.DenseConfig`); returns the last
-    evaluation's row. ``save_config(path)`` writes the resolved configuration into the run directory."""
+    evaluation's row. ``run_start`` is what :func:`locvit.engine.rundir.start_run` decided about ``cfg.output``, before
+    the task read its data (the state to resume, the run ``--overwrite`` replaces); ``save_config(path)`` writes the
+    resolved configuration into the run directory."""
     from timm.optim import create_optimizer_v2
 
     from locvit._io import check_writable, remove_stale_temp_files
-    from locvit.engine.config import check_resume
 
     device, main = dist.device, dist.main
     run_dir = Path(cfg.output)
-    resume_from = find_resume(cfg.resume, run_dir) if cfg.resume else None
-    state = None
-    if resume_from is not None:  # refuse before any work when the run was another one
-        state = torch.load(resume_from, map_location="cpu", weights_only=True)
-        check_resume(resume_from, state, cfg.to_dict(), dist.world, cfg.allow_config_change)
+    resume_from = run_start.resume_from
+    state = torch.load(resume_from, map_location="cpu", weights_only=True) if resume_from is not None else None
     if main:
         check_writable(run_dir)
         remove_stale_temp_files(run_dir)  # temp files of writes a kill interrupted
@@ -138,6 +139,8 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
         if main:
             print(f"resumed from {resume_from}: iteration {global_step} of {total}", flush=True)
     scheduler.step_update(num_updates=global_step)
+    if main:
+        run_start.begin()  # --overwrite: the old run's files move to replaced_run/ before this run writes any
     logger = RunLogger(run_dir, cfg.tensorboard, history, x_key="iter", panels=task.panels) if main else None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,6 +223,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
     if main:
         save_checkpoint(model, run_dir / "model.safetensors", metadata=dict(model=cfg.model, iter=global_step))
         logger.close()
+        run_start.finish()
     return metrics
 
 

@@ -4,7 +4,8 @@ Nothing is lost on a kill: the training state (model, optimiser, scheduler, EMA,
 metrics history) is written atomically to ``last.pth`` every ``checkpoint_interval`` steps and at the end of
 each epoch, and ``resume`` continues from it. All randomness of a step -- augmentation (seeded per sample by
 ``(seed, epoch, index)``), mixup and drop-path (seeded per step) -- is a function of the step's position, so a
-resumed run on CPU reproduces an uninterrupted one bit for bit.
+resumed run on CPU reproduces an uninterrupted one bit for bit. An ``--output`` that already holds a run is
+refused before any work unless ``--resume`` or ``--overwrite`` says what to do with it (:mod:`locvit.engine.rundir`).
 """
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ from locvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from locvit.data.datasets import build_dataset, check_readable
 from locvit.data.loader import build_loader, build_transform, steps_per_epoch
 from locvit.data.video import build_video_dataset, clip_eval_transform, clip_train_transform
-from locvit.engine.config import TrainConfig, check_resume, save_config
+from locvit.engine.config import TrainConfig, save_config
 from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
 from locvit.engine.evaluate import evaluate
 from locvit.engine.logger import RunLogger
+from locvit.engine.rundir import find_resume, run_config, start_run  # noqa: F401 (importable from here too)
 from locvit.engine.step import mixed_precision, optimizer_step, seed_step
 from locvit.engine.video import check_task, mix_batch, video_data_kwargs
 
@@ -76,32 +78,6 @@ def timm_milestones(milestones: list[int], updates_per_epoch: int = 1) -> list[f
     ``updates_per_epoch``) when it steps per update."""
     return [m + 1 / updates_per_epoch for m in milestones]
 
-def find_resume(resume: str, output: str | Path) -> Path:
-    """The training-state file ``--resume`` names: ``'auto'`` = ``OUTPUT/last.pth``, a run directory's
-    ``last.pth``, or a file. Raises ``FileNotFoundError`` when there is nothing to resume."""
-    p = Path(output) / "last.pth" if resume == "auto" else Path(resume)
-    if p.is_dir():
-        p = p / "last.pth"
-    if not p.is_file():
-        where = p.parent
-        found = "it holds no run" if not where.is_dir() or not any(where.iterdir()) else "it has no last.pth"
-        raise FileNotFoundError(f"nothing to resume in {where}: {found}. Check the run directory (--output or "
-                                f"--resume DIR), or start a new run without --resume")
-    return p
-
-
-def run_config(resume: str, output: str | Path) -> tuple[Path, dict[str, Any]]:
-    """The state file to resume and the configuration of the run that wrote it (its ``config.yaml``, else the
-    configuration stored in the state)."""
-    p = find_resume(resume, output)
-    saved = p.parent / "config.yaml"
-    if saved.is_file():
-        import yaml
-
-        return p, yaml.safe_load(saved.read_text()) or {}
-    state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    return p, dict(state.get("config") or {})
-
 
 def _disk_need(model: nn.Module, ema: bool) -> int:
     """Bytes this run's files take at most: last.pth (model, AdamW's two moments, EMA) twice while it is replaced,
@@ -126,11 +102,9 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     cfg.validate()
     run_dir = Path(cfg.output)
-    resume_from = find_resume(cfg.resume, run_dir) if cfg.resume else None
-    if resume_from is not None:  # refuse before any work when the run was another one
-        head = torch.load(resume_from, map_location="cpu", weights_only=True, mmap=True)
-        saved = check_resume(resume_from, head, cfg.to_dict(), dist.world, cfg.allow_config_change)
-        del head
+    # refuse before any work: a run of another command or with other settings to resume, a run in --output
+    run_start = start_run(cfg, dist.world)
+    resume_from, saved = run_start.resume_from, run_start.saved
     if main:
         check_writable(run_dir)
         remove_stale_temp_files(run_dir)  # temp files of writes a kill interrupted
@@ -258,6 +232,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
             start_epoch, start_step, partial = start_epoch + 1, 0, {}
         if main:
             print(f"resumed from {resume_from}: epoch {start_epoch + 1}, step {start_step} of {n_steps}")
+    if main:
+        run_start.begin()  # --overwrite: the old run's files move to replaced_run/ before this run writes any
     logger = RunLogger(run_dir, cfg.tensorboard, history) if main else None
     if main:
         save_config(cfg, run_dir / "config.yaml")
@@ -371,5 +347,6 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         if ema is not None:
             save_checkpoint(ema.module, run_dir / "model_ema.safetensors", metadata=dict(model=cfg.model))
         logger.close()
+        run_start.finish()
     return metrics
 

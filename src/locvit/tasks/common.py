@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from locvit.data.loader import build_loader
 from locvit.engine.distributed import DistInfo, cleanup, init_distributed
-from locvit.tasks.config import DenseConfig, DetectConfig, SegmentConfig, build_task_config
+from locvit.engine.rundir import EVAL_COMMAND, check_scorer
+from locvit.tasks.config import DenseConfig, build_task_config
 
 C = TypeVar("C", bound=DenseConfig)
 
@@ -94,15 +95,14 @@ def eval_config(cls: type[C], config: str | None, overrides: dict[str, Any]) -> 
     ckpt = overrides.get("checkpoint")
     weights = Path(ckpt) if ckpt else None
     base: dict[str, Any] = {}
-    command = "detect" if issubclass(cls, DetectConfig) else "segment"
-    if weights is not None and weights.is_file():  # a run's weights file: refuse another command's run
-        check_run_command(weights.parent, command, "eval")
+    scorer = EVAL_COMMAND[cls.COMMAND]
+    if weights is not None:  # a run, or a run's weights file: refuse another command's run
+        check_scorer(weights if weights.is_dir() else weights.parent, scorer)
     if weights is not None and weights.is_dir():
         saved = weights / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"{weights} is not a run directory (no config.yaml)")
         base = yaml.safe_load(saved.read_text()) or {}
-        check_run_command(weights, command, "eval", base)
         found = [weights / n for n in ("best.safetensors", "model.safetensors", "last.pth") if (weights / n).is_file()]
         if not found:
             raise FileNotFoundError(f"{weights} holds no weights (best.safetensors, model.safetensors, last.pth)")
@@ -119,66 +119,3 @@ def eval_config(cls: type[C], config: str | None, overrides: dict[str, Any]) -> 
     if merged.get("epochs") is None and merged.get("iters") is None:
         merged["iters"] = 1
     return build_task_config(cls, None, merged), weights
-
-
-# a field only each command's config.yaml has, shown in the message that names the run's command
-_MARKS = {"detect": "detector", "segment": "head", "train": "task"}
-
-
-def run_command(saved: dict[str, Any]) -> str | None:
-    """The command that wrote the run configuration ``saved`` (a run's ``config.yaml``): ``'detect'``, ``'segment'``
-    or ``'train'`` (classification, ``locvit train``); ``None`` unless its fields are those of exactly one."""
-    from locvit.engine.config import FIELDS
-
-    keys = set(saved)
-    found = [name for name, fields in (("detect", DetectConfig.__dataclass_fields__),
-                                       ("segment", SegmentConfig.__dataclass_fields__), ("train", FIELDS))
-             if keys <= set(fields)]
-    return found[0] if len(found) == 1 else None
-
-
-def check_run_command(run_dir: str | Path, command: str, action: str, saved: dict[str, Any] | None = None) -> None:
-    """Refuse a run directory written by a command other than ``locvit <command>`` (``'detect'``, ``'segment'`` or
-    ``'train'`` for classification), naming the run's command and the one to use instead. ``action``: ``'eval'``
-    (score the run) or ``'resume'`` (continue it). ``saved``: the run's configuration (default: read from
-    ``run_dir/config.yaml``; a directory without one is left to the caller's own checks)."""
-    run_dir = Path(run_dir)
-    if saved is None:
-        path = run_dir / "config.yaml"
-        if not path.is_file():
-            return
-        saved = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(saved, dict):
-        return
-    kind = run_command(saved)
-    if kind is None or kind == command:
-        return
-    mark = _MARKS[kind]
-    if action == "resume":
-        use = f"locvit {'train' if kind == 'train' else f'{kind} train'} --resume {run_dir}"
-    elif kind != "train":
-        use = f"locvit {kind} eval --checkpoint {run_dir}"
-    else:  # classification is scored by `locvit eval`, from the run's settings
-        weights = next((run_dir / n for n in ("best.safetensors", "model.safetensors") if (run_dir / n).is_file()),
-                       run_dir / "best.safetensors")
-        use = f"locvit eval --model {saved.get('model')} --checkpoint {weights} --data {saved.get('data') or 'DATA'}"
-        if saved.get("img_size"):
-            use += f" --img-size {saved['img_size']}"
-        if saved.get("model_kwargs"):
-            use += " --model-kwargs " + " ".join(f"{k}={_cli_value(v)}" for k, v in saved["model_kwargs"].items())
-        if saved.get("task") == "video":
-            use += (f" --task video --num-frames {saved.get('num_frames')} --frame-sampling "
-                    f"{saved.get('frame_sampling')} --frame-stride {saved.get('frame_stride')}")
-    if command == "train":
-        this = "train" if action == "resume" else "eval"
-    else:
-        this = f"{command} {'train' if action == 'resume' else 'eval'}"
-    raise ValueError(f"{run_dir} is a `locvit {kind}` run (its config.yaml has {mark}: {saved.get(mark)}), not one "
-                     f"`locvit {this}` can {'continue' if action == 'resume' else 'score'}: use `{use}`")
-
-
-def _cli_value(v: Any) -> str:
-    """``v`` as one word that the CLI's ``KEY=VALUE`` items read back (JSON is YAML; no spaces)."""
-    import json
-
-    return json.dumps(v, separators=(",", ":"))

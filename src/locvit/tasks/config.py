@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Any, ClassVar, TypeVar
 
 __all__ = ["DENSE_CONFIG_DIR", "DenseConfig", "DetectConfig", "SegmentConfig", "build_task_config", "load_recipe",
            "save_task_config"]
@@ -62,6 +60,7 @@ class DenseConfig:
     max_steps: int | None = None           # stop after this many optimiser steps (smoke tests)
     resume: str | None = None              # a run directory or checkpoint; 'auto' = output/last.pth
     allow_config_change: bool = False      # resume although model, data, batch size, seed... differ from the run
+    overwrite: bool = False                # start again in an --output holding a run; its files wait in replaced_run/
     deterministic: bool = False
     tensorboard: bool = True
 
@@ -74,6 +73,7 @@ class DenseConfig:
 class DetectConfig(DenseConfig):
     """``locvit detect``: a torchvision detector on a locvit backbone, COCO-format data, COCOeval scores."""
 
+    COMMAND: ClassVar[str] = "locvit detect train"  # what wrote a run directory (locvit.engine.rundir)
     output: str = "runs/detect"
     detector: str = "mask_rcnn"            # mask_rcnn | faster_rcnn | retinanet | keypoint_rcnn
     train_ann: str | None = None           # explicit files instead of `data`'s layout
@@ -96,6 +96,7 @@ class DetectConfig(DenseConfig):
 class SegmentConfig(DenseConfig):
     """``locvit segment``: Semantic FPN or UperNet (smp decoders) on a locvit encoder, ADE20K-style data."""
 
+    COMMAND: ClassVar[str] = "locvit segment train"  # what wrote a run directory (locvit.engine.rundir)
     output: str = "runs/segment"
     head: str = "fpn"                      # fpn (Semantic FPN) | upernet
     decoder_channels: int | None = None    # FPN pyramid width (256) / UperNet width (smp: 256, mmseg: 512)
@@ -192,6 +193,7 @@ def _check(cfg: DenseConfig) -> None:
 
 
 def save_task_config(cfg: DenseConfig, path: str | Path) -> None:
-    from locvit._io import atomic_write_text
+    """The run's ``config.yaml``, as :func:`locvit.engine.config.save_config` writes it."""
+    from locvit.engine.config import save_config
 
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    save_config(cfg, path)

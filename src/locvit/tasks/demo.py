@@ -41,7 +41,8 @@ DATA = dict(num_train=96, num_val=32, size=128)
 
 def run_dense_demo(task: str, output: str | Path = "runs/demo_detect", epochs: int | None = None,
                    families: list[str] | None = None, workers: int | None = None) -> list[dict[str, Any]]:
-    """Generate the data, train and score each family's small model; returns the table rows."""
+    """Generate the data, train and score each family's small model; returns the table rows. Each family's run
+    goes to ``output/<family>``, replacing the run an earlier demo left there (``overwrite``)."""
     from locvit.data.synthetic import make_detection_data, make_segmentation_data
     from locvit.tasks.config import DetectConfig, SegmentConfig, build_task_config
 
@@ -58,7 +59,7 @@ def run_dense_demo(task: str, output: str | Path = "runs/demo_detect", epochs: i
         if families and fam.lower() not in [f.lower() for f in families]:
             continue
         recipe = dict(DETECT if task == "detect" else SEGMENT, model=spec["model"], model_kwargs=spec["model_kwargs"],
-                      data=str(data), output=str(out / fam.lower()))
+                      data=str(data), output=str(out / fam.lower()), overwrite=True)  # a rerun replaces its runs
         if epochs:
             recipe.update(epochs=epochs, eval_interval=epochs, lr_steps=[s for s in recipe.get("lr_steps", [])
                                                                          if s <= epochs])

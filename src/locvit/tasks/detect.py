@@ -18,6 +18,7 @@ from locvit.data.datasets import check_readable
 from locvit.data.loader import DataError
 from locvit.engine.distributed import DistInfo, all_gather_objects
 from locvit.engine.loop import fit
+from locvit.engine.rundir import start_run
 from locvit.engine.step import mixed_precision
 from locvit.tasks.common import (
     backbone_kwargs,
@@ -195,12 +196,13 @@ def _datasets(cfg: DetectConfig, verbose: bool) -> tuple[CocoDetection, CocoDete
 def train_run(cfg: DetectConfig) -> dict[str, Any]:
     """``locvit detect train``: train as configured (under ``torchrun`` for DDP); returns the last evaluation."""
     with session(cfg) as dist:
+        run_start = start_run(cfg, dist.world)  # --output and --resume checked before the data are read
         train_set, val_set = _datasets(cfg, dist.main)  # every data error surfaces here, before the model
         num_classes = cfg.num_classes or len(train_set.cat_ids) + 1
         model = build_detector(cfg, num_classes, len(train_set.keypoint_names) or None, verbose=dist.main)
         report_size(model.to(dist.device), f"{cfg.detector} on {cfg.model}, {num_classes - 1} classes", dist)
         task = DetectionTask(cfg, model, train_set, val_set, dist)
-        return fit(cfg, task, dist, lambda path: save_task_config(cfg, path))
+        return fit(cfg, task, dist, run_start, lambda path: save_task_config(cfg, path))
 
 
 def evaluate_run(cfg: DetectConfig, weights: str | None) -> dict[str, Any]:

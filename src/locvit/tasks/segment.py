@@ -27,6 +27,7 @@ from locvit.data.loader import DataError
 from locvit.data.segmentation import SegmentationFolder, collate_segmentation, find_segmentation_split, rescale_size
 from locvit.engine.distributed import DistInfo, all_reduce_sum
 from locvit.engine.loop import fit
+from locvit.engine.rundir import start_run
 from locvit.engine.step import mixed_precision
 from locvit.tasks.common import (
     backbone_kwargs,
@@ -269,6 +270,7 @@ def _norm(cfg: SegmentConfig) -> tuple[Any, Any]:
 def train_run(cfg: SegmentConfig) -> dict[str, Any]:
     """``locvit segment train``: train as configured (under ``torchrun`` for DDP); returns the last evaluation."""
     with session(cfg) as dist:
+        run_start = start_run(cfg, dist.world)  # --output and --resume checked before the data are read
         num_classes = cfg.num_classes or 150
         mean, std = _norm(cfg)
         train_set = load_split(cfg, "train", num_classes, mean, std)  # data errors surface before the model
@@ -278,7 +280,7 @@ def train_run(cfg: SegmentConfig) -> dict[str, Any]:
         model = build_segmenter(cfg, num_classes, verbose=dist.main)
         report_size(model.to(dist.device), f"{cfg.head} on {cfg.model}", dist)
         task = SegmentationTask(cfg, model, train_set, val_set, num_classes, dist)
-        return fit(cfg, task, dist, lambda path: save_task_config(cfg, path))
+        return fit(cfg, task, dist, run_start, lambda path: save_task_config(cfg, path))
 
 
 def evaluate_run(cfg: SegmentConfig, weights: str | None) -> dict[str, Any]:
