@@ -10,7 +10,7 @@ import torch
 
 import locvit
 from locvit.layers import LocalityFeedForward
-from locvit.localize import LocalityError, localize, localized_blocks
+from locvit.models.localize import LocalityError, localize, localized_blocks
 
 SMALL = 64
 

@@ -46,6 +46,8 @@ def test_import_registers_the_models_and_binds_the_api_lazily():
         "assert callable(locvit.localize) and callable(locvit.create_model) and locvit.LoadReport\n"
         "from locvit import *\n"
         "assert callable(localize) and set(locvit.__all__) <= set(dir(locvit))\n"
+        "from locvit.localize import LocalityError as old  # the deprecated module path still imports\n"
+        "assert old is locvit.LocalityError\n"
         "mod = sys.modules['locvit.localize']\n"
         "assert locvit.localize is mod.localize\n"
         "try:\n    locvit.no_such_name\nexcept AttributeError as e:\n    print('OK', e)\n"

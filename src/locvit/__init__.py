@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 __version__ = "0.1.0"
 
@@ -27,7 +28,8 @@ _API = {
     "load_checkpoint": "locvit.checkpoint",
     "read_checkpoint": "locvit.checkpoint",
     "save_checkpoint": "locvit.checkpoint",
-    "localize": "locvit.localize",
+    "LocalityError": "locvit.models.localize",
+    "localize": "locvit.models.localize",
     "from_official": "locvit.official",
     "official_classes": "locvit.official",
     "official_model_args": "locvit.official",
@@ -53,8 +55,9 @@ def __dir__() -> list[str]:
 def register_models() -> None:
     """Register every locvit model with timm (what ``import locvit`` does; idempotent)."""
     importlib.import_module("locvit.models")
-    # ``locvit.localize`` is the function: bound here, since importing the submodule of the same name binds the module
-    globals()["localize"] = importlib.import_module("locvit.localize").localize
+    # deprecated: the module's path before it joined models/ (0.1), kept for one release; ``locvit.localize`` itself
+    # is the function
+    sys.modules.setdefault("locvit.localize", importlib.import_module("locvit.models.localize"))
 
 
 if not os.environ.get("_LOCVIT_DEFER_IMPORTS"):

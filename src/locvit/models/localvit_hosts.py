@@ -49,7 +49,7 @@ def _check_input(model: nn.Module, args: tuple) -> None:
 
 def _localized(host: str, pretrained: bool, kwargs: dict[str, Any], **lff: Any) -> nn.Module:
     from locvit.checkpoint import LoadReport
-    from locvit.localize import localize
+    from locvit.models.localize import localize
 
     kwargs.pop("pretrained_cfg", None)  # timm's tag for this name; the host resolves its own
     kwargs.pop("trust_pickle", None)  # timm's loader reads the host's weights itself

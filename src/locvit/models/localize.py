@@ -1,4 +1,4 @@
-"""``locvit.localize``: LocalViT's locality for any timm vision transformer.
+"""``locvit.localize`` (this module: ``locvit.models.localize``): LocalViT's locality for any timm vision transformer.
 
 LocalViT (Li et al.) keeps a transformer's attention and replaces each block's ``norm -> MLP`` residual branch by
 the locality feed-forward (:class:`~locvit.layers.LocalityFeedForward`: 1x1 expand, depth-wise 3x3, 1x1 project,
