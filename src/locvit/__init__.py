@@ -8,6 +8,7 @@ from locvit._registry import ALIASES, create_model, family_of, list_models, reso
 from locvit.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint, save_checkpoint
 from locvit.localize import localize
 from locvit.official import from_official, official_classes, official_model_args
+from locvit.predict import Prediction, Predictor
 from locvit.runtime import tune_cpu_allocator
 
 __version__ = "0.1.0"
@@ -16,6 +17,8 @@ __all__ = [
     "ALIASES",
     "CheckpointError",
     "LoadReport",
+    "Prediction",
+    "Predictor",
     "__version__",
     "create_model",
     "family_of",

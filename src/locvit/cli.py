@@ -195,6 +195,75 @@ def _eval(p: argparse.ArgumentParser):
     return run
 
 
+# --- locvit predict ---------------------------------------------------------------------------------------------
+@command("predict", "top-k classes, with their names, of image files, folders or globs; --output writes "
+                    "predictions.jsonl and pictures")
+def _predict(p: argparse.ArgumentParser):
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (every image below them) or globs ('photos/**/*.jpg'); a run directory "
+                        "given first stands for --checkpoint")
+    p.add_argument("--model", help="model name (default: the run directory's)")
+    p.add_argument("--checkpoint", help="weights (the authors' file or ours), or a `locvit train` run directory")
+    p.add_argument("--pretrained", action="store_true", help="the authors' ImageNet weights (downloaded, cached)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
+    p.add_argument("--topk", type=int, help="classes shown per image (default: 5, at most the model's classes)")
+    p.add_argument("--output", help="folder: predictions.jsonl (or .csv), images/ (each image with its top-k), "
+                                    "contact_sheet.png")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="of the predictions file")
+    p.add_argument("--no-pictures", action="store_true", help="with --output: only the predictions file")
+    p.add_argument("--label-names", metavar="FILE",
+                   help="class names, one a line in index order (default: the names the weights record; ImageNet's "
+                        "for the authors' ImageNet heads; else 'class N')")
+    p.add_argument("--img-size", type=int, help="input size (default: the run's, else the model's pretrained cfg)")
+    p.add_argument("--num-classes", type=int, help="default: the checkpoint's head")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, help="DataLoader processes (default: min(4, CPU cores))")
+    p.add_argument("--device", default=None)
+    p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
+
+    def run(a: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from locvit.data.loader import default_workers
+        from locvit.predict import Predictor, expand_inputs
+        from locvit.predict.core import is_run_dir
+
+        inputs, checkpoint = list(a.inputs), a.checkpoint
+        if checkpoint is None and len(inputs) > 1 and is_run_dir(inputs[0]):
+            checkpoint = inputs.pop(0)
+        if a.pretrained and checkpoint:
+            raise ValueError("--pretrained and --checkpoint both name weights: pass one of them")
+        if not (a.pretrained or checkpoint):
+            raise ValueError("no weights: pass --pretrained, --checkpoint FILE or a run directory (a model with "
+                             "random weights predicts nothing)")
+        files = expand_inputs(inputs)
+        names = None
+        if a.label_names:
+            names = [n.strip() for n in Path(a.label_names).read_text().splitlines() if n.strip()]
+        predictor = Predictor(a.model, checkpoint, pretrained=a.pretrained, label_names=names, img_size=a.img_size,
+                              num_classes=a.num_classes, model_kwargs=_parse_kv(a.model_kwargs), device=a.device,
+                              trust_pickle=a.trust_checkpoint, topk=a.topk, batch_size=a.batch_size,
+                              workers=default_workers() if a.workers is None else a.workers)
+        preds, unreadable = predictor.predict_files(files, progress=True)
+        for u in unreadable:
+            print(f"skipped {u.path}: not readable as an image ({u.reason})", file=sys.stderr)
+        if not preds:
+            raise ValueError(f"none of the {len(files)} inputs could be read as an image; nothing was predicted")
+        for pr in preds:
+            print(f"{pr.source}: " + ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(pr.names, pr.scores)))
+        if a.output:
+            from locvit.predict.output import write_outputs
+
+            written = write_outputs(a.output, preds, unreadable, fmt=a.format, pictures=not a.no_pictures)
+            print(f"wrote {len(written)} files to {a.output}")
+        if unreadable:
+            print(f"{len(preds)} of {len(files)} inputs predicted; {len(unreadable)} unreadable skipped",
+                  file=sys.stderr)
+        return 0
+
+    return run
+
+
 def _add_video_args(p: argparse.ArgumentParser, test: bool = False) -> None:
     """``--task video`` and the clip sampling flags (``locvit.data.video``); defaults as in training."""
     from locvit.engine.config import TrainConfig as D

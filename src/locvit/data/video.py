@@ -29,10 +29,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from locvit.data.datasets import SeededDataset, split_folder
+from locvit.data.datasets import IMAGE_EXTENSIONS, SeededDataset, split_folder
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".flv", ".wmv")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SAMPLINGS = ("uniform", "dense")
 EMBEDDED_VIDEO = ("motion",)
 

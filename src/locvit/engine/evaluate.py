@@ -64,11 +64,9 @@ def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, sp
     scores averaged over them).
 
     Raises ``ValueError`` when the model's outputs are not finite (NaN weights or an input it cannot take)."""
-    from timm.data import resolve_data_config
-
     from locvit._registry import create_model
     from locvit.data.datasets import build_dataset, check_readable
-    from locvit.data.loader import build_loader, build_transform, default_workers
+    from locvit.data.loader import build_loader, default_workers, eval_transform
     from locvit.data.video import build_video_dataset, clip_eval_transform
     from locvit.engine.video import MultiViewModel
 
@@ -87,8 +85,7 @@ def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, sp
                          trust_pickle=trust_pickle, **model_kwargs)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
-    data_cfg = resolve_data_config({"input_size": (3, img_size, img_size)} if img_size else {}, model=model)
-    dataset.transform = build_transform(data_cfg, training=False)
+    _, dataset.transform = eval_transform(model, img_size)
     if video is not None:
         dataset.transform = clip_eval_transform(dataset.transform, crops)
         model = MultiViewModel(model, chunk=batch_size)
