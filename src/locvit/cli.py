@@ -475,26 +475,47 @@ def _print_row(r: dict, vs: str | None) -> None:
 
 # --- locvit detect / segment ----------------------------------------------------------------------------------
 def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
-    """``locvit detect|segment train|eval``: the task's config flags; the runner calls locvit.tasks.<task>."""
+    """``locvit detect|segment train|eval|predict``: the task's config flags; the runner calls locvit.tasks.<task>
+    (predict: locvit.predict.dense)."""
     import importlib
 
     from locvit.tasks.config import DetectConfig, SegmentConfig
 
     cls = DetectConfig if task == "detect" else SegmentConfig
-    p.add_argument("action", choices=["train", "eval"],
+    p.add_argument("action", choices=["train", "eval", "predict"],
                    help="train: a run directory as `locvit train` writes it; eval: score --checkpoint (a run "
-                        "directory or its weights) on the validation split")
+                        "directory or its weights) on the validation split; predict: draw the predictions of "
+                        "--checkpoint on INPUT images into --output")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="predict: image files, folders or globs")
     p.add_argument("--config", help=f"YAML recipe (a path, or a shipped name such as {example})")
+    if task == "detect":
+        p.add_argument("--save-results", metavar="FILE",
+                       help="eval: also write the COCO results JSON here (always written to OUTPUT/results.json)")
+        p.add_argument("--score-thr", type=float, default=0.5, help="predict: draw detections scoring at least this")
     _config_args(p, cls)
 
     def run(a: argparse.Namespace) -> int:
         from locvit.tasks.common import eval_config
         from locvit.tasks.config import build_task_config
 
+        if a.inputs and a.action != "predict":
+            raise ValueError(f"INPUT files are for `locvit {task} predict`; {a.action} reads --data")
         module = importlib.import_module(f"locvit.tasks.{task}")
         overrides = _config_overrides(a, cls)
+        if a.action == "predict":
+            from locvit.predict.dense import predict_command
+
+            if not a.output:
+                raise ValueError(f"pass --output DIR: `locvit {task} predict` writes its pictures there")
+            if not a.inputs:
+                raise ValueError(f"pass the images to predict: locvit {task} predict --checkpoint RUN --output DIR "
+                                 "INPUT...")
+            cfg, weights = eval_config(cls, a.config, dict(overrides, output=None))
+            predict_command(task, cfg, weights, a.inputs, a.output, score_thr=getattr(a, "score_thr", 0.5))
+            return 0
         if a.action == "eval":
-            module.evaluate_run(*eval_config(cls, a.config, overrides))
+            extra = dict(save_results=a.save_results) if task == "detect" else {}
+            module.evaluate_run(*eval_config(cls, a.config, overrides), **extra)
             return 0
         saved = None
         if a.resume:  # as `locvit train --resume`: the interrupted run's settings are the base
@@ -649,7 +670,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `locvit detect predict --checkpoint RUN IMG...`: argparse fills INPUT where the first positional stands;
+        # inputs given after the options come back here and join them
+        if isinstance(getattr(args, "inputs", None), list) and not any(e.startswith("-") for e in extra):
+            args.inputs += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

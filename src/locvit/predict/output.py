@@ -6,18 +6,18 @@ so a failure (a full disk, a picture that cannot be drawn) leaves nothing half-w
 """
 from __future__ import annotations
 
+import contextlib
 import csv
-import io
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["annotate", "contact_sheet", "fit_tile", "write_outputs"]
+__all__ = ["annotate", "contact_sheet", "fit_tile", "staged", "write_outputs", "write_unreadable"]
 
 TILE = 256  # side of the square an image is fitted into in the pictures
 SHEET_MAX = 100  # images on the contact sheet (the first ones)
@@ -78,34 +78,51 @@ def contact_sheet(tiles: Sequence[Image.Image], columns: int = 8, pad: int = 4) 
     return Image.fromarray(grid.permute(1, 2, 0).numpy())
 
 
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def picture_name(index: int, source: str) -> str:
     """``images/0003_cat.png``: the input's position first, so files of the same name in two folders stay apart."""
     return f"{index:04d}_{Path(source).stem or 'input'}.png"
 
 
+@contextlib.contextmanager
+def staged(output: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder next to ``output`` to write into; when the block ends without an error its files move
+    into ``output`` (created), otherwise they are deleted and ``output`` is left as it was."""
+    from locvit._io import check_writable
+
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} is a file; choose a folder")
+    parent = output.parent if str(output.parent) else Path(".")
+    check_writable(parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+    try:
+        yield tmp
+        output.mkdir(parents=True, exist_ok=True)
+        for src in sorted(tmp.rglob("*")):
+            if src.is_file():
+                dst = output / src.relative_to(tmp)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
+
+
 def write_outputs(output: str | os.PathLike, predictions: Sequence[Any], unreadable: Sequence[Any] = (),
                   fmt: str = "jsonl", pictures: bool = True,
-                  extra: Callable[[Path], list[str]] | None = None) -> list[Path]:
+                  extra: Callable[[Path], None] | None = None) -> list[Path]:
     """Write the predictions (``jsonl``: one JSON object per input; ``csv``: one row per input and rank), the
-    pictures and the contact sheet into ``output``; ``extra(tmp)`` may add files (the ``--explain`` maps). Returns
-    the paths written."""
-    from locvit._io import check_writable
+    pictures and the contact sheet into ``output``, all or nothing (:func:`staged`); ``extra(tmp)`` may add files
+    (the ``--explain`` maps). Returns the paths written."""
     from locvit.predict.core import to_image
 
     if fmt not in ("jsonl", "csv"):
         raise ValueError(f"--format {fmt!r}: choose jsonl or csv")
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output} is a file; choose a folder")
-    check_writable(output.parent if output.parent != Path("") else Path("."))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged(output) as tmp:
         if fmt == "jsonl":
             (tmp / "predictions.jsonl").write_text("".join(json.dumps(p.to_dict()) + "\n" for p in predictions))
         else:
@@ -115,27 +132,22 @@ def write_outputs(output: str | os.PathLike, predictions: Sequence[Any], unreada
                 for p in predictions:
                     for r, (lab, name, s) in enumerate(zip(p.labels, p.names, p.scores), 1):
                         w.writerow([p.source, r, lab, name, f"{s:.6f}"])
-        if unreadable:
-            (tmp / "unreadable.txt").write_text("".join(f"{u.path}\t{u.reason}\n" for u in unreadable))
+        write_unreadable(tmp, unreadable)
         if pictures:
-            (tmp / "images").mkdir()
             tiles = []
             for i, p in enumerate(predictions):
                 tile = annotate(to_image(p.source), p.names, p.scores)
-                (tmp / "images" / picture_name(i, p.source)).write_bytes(_png(tile))
+                save_png(tile, tmp / "images" / picture_name(i, p.source))
                 if i < SHEET_MAX:
                     tiles.append(tile)
-            (tmp / "contact_sheet.png").write_bytes(_png(contact_sheet(tiles)))
+            save_png(contact_sheet(tiles), tmp / "contact_sheet.png")
         if extra is not None:
             extra(tmp)
-        written = []
-        output.mkdir(parents=True, exist_ok=True)
-        for src in sorted(tmp.rglob("*")):
-            if src.is_file():
-                dst = output / src.relative_to(tmp)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
-                written.append(dst)
-        return written
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        names = sorted(f.relative_to(tmp) for f in tmp.rglob("*") if f.is_file())
+    return [Path(output) / n for n in names]
+
+
+def write_unreadable(folder: Path, unreadable: Sequence[Any]) -> None:
+    """``unreadable.txt``: each skipped file and why, one a line (nothing when every file was read)."""
+    if unreadable:
+        (folder / "unreadable.txt").write_text("".join(f"{u.path}\t{u.reason}\n" for u in unreadable))
