@@ -214,6 +214,13 @@ def _predict(p: argparse.ArgumentParser):
     p.add_argument("--label-names", metavar="FILE",
                    help="class names, one a line in index order (default: the names the weights record; ImageNet's "
                         "for the authors' ImageNet heads; else 'class N')")
+    p.add_argument("--explain", action="store_true",
+                   help="with --output: a Grad-CAM map of the evidence for the predicted (or --target) class, drawn "
+                        "over each image (explain/; docs/predict.md says what it shows)")
+    p.add_argument("--target", help="with --explain: the class to explain (index or name; default: the predicted)")
+    p.add_argument("--mechanism", action="store_true",
+                   help="with --explain: also the family's own evidence as `locvit viz` draws it, at the map's peak "
+                        "(mechanism/)")
     p.add_argument("--img-size", type=int, help="input size (default: the run's, else the model's pretrained cfg)")
     p.add_argument("--num-classes", type=int, help="default: the checkpoint's head")
     p.add_argument("--batch-size", type=int, default=32)
@@ -236,6 +243,10 @@ def _predict(p: argparse.ArgumentParser):
         if not (a.pretrained or checkpoint):
             raise ValueError("no weights: pass --pretrained, --checkpoint FILE or a run directory (a model with "
                              "random weights predicts nothing)")
+        if (a.explain or a.target is not None or a.mechanism) and not a.output:
+            raise ValueError("--explain draws its maps into a folder: pass --output DIR")
+        if (a.target is not None or a.mechanism) and not a.explain:
+            raise ValueError("--target and --mechanism go with --explain")
         files = expand_inputs(inputs)
         names = None
         if a.label_names:
@@ -244,6 +255,7 @@ def _predict(p: argparse.ArgumentParser):
                               num_classes=a.num_classes, model_kwargs=_parse_kv(a.model_kwargs), device=a.device,
                               trust_pickle=a.trust_checkpoint, topk=a.topk, batch_size=a.batch_size,
                               workers=default_workers() if a.workers is None else a.workers)
+        target = predictor.class_index(a.target)
         preds, unreadable = predictor.predict_files(files, progress=True)
         for u in unreadable:
             print(f"skipped {u.path}: not readable as an image ({u.reason})", file=sys.stderr)
@@ -254,7 +266,16 @@ def _predict(p: argparse.ArgumentParser):
         if a.output:
             from locvit.predict.output import write_outputs
 
-            written = write_outputs(a.output, preds, unreadable, fmt=a.format, pictures=not a.no_pictures)
+            extra = None
+            if a.explain:
+                from locvit.predict.explain import write_explanations
+
+                def extra(tmp):
+                    for line in write_explanations(predictor, preds, tmp, target, mechanism=a.mechanism):
+                        print(line)
+
+            written = write_outputs(a.output, preds, unreadable, fmt=a.format, pictures=not a.no_pictures,
+                                    extra=extra)
             print(f"wrote {len(written)} files to {a.output}")
         if unreadable:
             print(f"{len(preds)} of {len(files)} inputs predicted; {len(unreadable)} unreadable skipped",

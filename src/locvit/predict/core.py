@@ -273,3 +273,32 @@ class Predictor:
             if images.numel():
                 preds += self._results(self.logits(images), [dataset.samples[i] for i in index.tolist()], topk)
         return preds, unreadable
+
+    def explain(self, inputs: Any, target: int | str | None = None) -> list[Any]:
+        """Grad-CAM maps (:class:`locvit.predict.explain.Explanation`) of one input or a list, for the predicted
+        class or ``target`` (an index or a class name)."""
+        from locvit.predict.explain import explain
+
+        target = self.class_index(target)
+        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        return [explain(self, x, str(x) if isinstance(x, (str, os.PathLike)) else f"<input {i}>", target)
+                for i, x in enumerate(items)]
+
+    def class_index(self, target: int | str | None) -> int | None:
+        """``target`` as a class index: an index (also as a string), or a class name; ``ValueError`` naming the
+        choices otherwise."""
+        if target is None or isinstance(target, int):
+            index = target
+        elif str(target).lstrip("-").isdigit():
+            index = int(target)
+        elif self.label_names and str(target) in self.label_names:
+            index = self.label_names.index(str(target))
+        else:
+            known = f"one of {self.label_names[:10]}{'...' if len(self.label_names) > 10 else ''}" \
+                if self.label_names else "an index (the model's class names are unknown)"
+            raise ValueError(f"--target {target!r} is not a class of the model: pass {known}")
+        if index is not None and not 0 <= index < self.num_classes:
+            raise ValueError(f"--target {index}: the model has {self.num_classes} classes (0 to "
+                             f"{self.num_classes - 1})")
+        return index
+
