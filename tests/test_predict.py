@@ -203,3 +203,64 @@ def test_bad_inputs_each_get_one_clear_message(tmp_path, weights, capsys, monkey
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 1
     assert len((out / "unreadable.txt").read_text().splitlines()) == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary folder left
+
+
+def test_video_predict_gives_the_logits_eval_computes(tmp_path, capsys):
+    av = pytest.importorskip("av")
+    from locvit.data.video import MotionClips
+    from locvit.engine.evaluate import evaluate_model
+
+    vkw = ["embed_dim=[32,64,64,64]", "depth=[1,1,1,1]", "num_heads=[2,2,2,2]", "window_size=4"]
+    run = tmp_path / "run"
+    assert run_cli("train", "--model", "regionvit_video_tiny", "--task", "video", "--data", "motion",
+                   "--num-frames", "4", "--img-size", "32", "--model-kwargs", *vkw, "--max-steps", "1", "--epochs",
+                   "1", "--batch-size", "4", "--workers", "0", "--no-tensorboard", "--no-model-ema",
+                   "--warmup-epochs", "0", "--output", run) == 0
+    assert read_label_names(run / "model.safetensors") == ["left", "right"]
+    clips = MotionClips("val", clip_frames=8)
+    files = []
+    for i in range(4):  # two video files, two frame folders
+        folder = tmp_path / "clips" / clips.classes[clips.target(i)]
+        folder.mkdir(parents=True, exist_ok=True)
+        frames = clips.frames(i)
+        if i < 2:
+            path = folder / f"clip{i}.mp4"
+            with av.open(str(path), "w") as c:
+                s = c.add_stream("mpeg4", rate=8)
+                s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+                for f in frames:
+                    for packet in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                        c.mux(packet)
+                for packet in s.encode():
+                    c.mux(packet)
+        else:
+            path = folder / f"clip{i}"
+            path.mkdir()
+            for t, f in enumerate(frames):
+                Image.fromarray(f).save(path / f"{t:03d}.png")
+        files.append(path)
+    files_in_eval_order = sorted(files, key=lambda p: (p.parent.name, p.name))
+    targets = torch.tensor([("left", "right").index(p.parent.name) for p in files_in_eval_order])
+
+    pred = locvit.Predictor(None, run, device="cpu", test_clips=2)
+    assert pred.video and pred.label_names == ["left", "right"]
+    preds, unreadable = pred.predict_files(files_in_eval_order)
+    assert not unreadable and all(p.names[0] in ("left", "right") for p in preds)
+    res = evaluate_model("regionvit_video_tiny", str(tmp_path / "clips"), checkpoint=str(run / "model.safetensors"),
+                         img_size=32, batch_size=2, workers=0, device="cpu",
+                         model_kwargs=dict(embed_dim=[32, 64, 64, 64], depth=[1, 1, 1, 1], num_heads=[2, 2, 2, 2],
+                                           window_size=4),
+                         video=dict(num_frames=4, sampling="uniform", frame_stride=4, num_clips=2, crops=1))
+    logits = torch.stack([p.logits for p in preds])
+    assert abs(F.cross_entropy(logits.double(), targets).item() - res["loss"]) < 1e-6
+
+    # the command: a folder of clips, a video that does not decode named and skipped, the middle frames drawn
+    (tmp_path / "clips" / "left" / "broken.mp4").write_bytes(b"not a video at all")
+    out = tmp_path / "out"
+    assert run_cli("predict", run, tmp_path / "clips", "--workers", "0", "--output", out) == 0
+    captured = capsys.readouterr()
+    assert f"skipped {tmp_path / 'clips' / 'left' / 'broken.mp4'}: not readable as a clip" in captured.err
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4
+    assert len(list((out / "images").iterdir())) == 4
+    assert run_cli("predict", run, tmp_path / "clips", "--workers", "0", "--output", out, "--explain") == 2
+    assert "does not apply to clips" in capsys.readouterr().err

@@ -227,6 +227,13 @@ def _predict(p: argparse.ArgumentParser):
     p.add_argument("--workers", type=int, help="DataLoader processes (default: min(4, CPU cores))")
     p.add_argument("--device", default=None)
     p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--task", choices=["classify", "video"],
+                   help="video: INPUTs are video files or frame folders, for a clip model (default: the run's task)")
+    p.add_argument("--num-frames", type=int, help="video: frames per clip (default: the run's)")
+    p.add_argument("--frame-sampling", choices=["uniform", "dense"], help="video: default the run's")
+    p.add_argument("--frame-stride", type=int, help="video: frame step of dense sampling (default: the run's)")
+    p.add_argument("--test-clips", type=int, default=1, help="video: temporal clips per video (scores averaged)")
+    p.add_argument("--test-crops", type=int, default=1, help="video: spatial crops per clip (1 or 3)")
 
     def run(a: argparse.Namespace) -> int:
         from pathlib import Path
@@ -247,20 +254,25 @@ def _predict(p: argparse.ArgumentParser):
             raise ValueError("--explain draws its maps into a folder: pass --output DIR")
         if (a.target is not None or a.mechanism) and not a.explain:
             raise ValueError("--target and --mechanism go with --explain")
-        files = expand_inputs(inputs)
         names = None
         if a.label_names:
             names = [n.strip() for n in Path(a.label_names).read_text().splitlines() if n.strip()]
         predictor = Predictor(a.model, checkpoint, pretrained=a.pretrained, label_names=names, img_size=a.img_size,
                               num_classes=a.num_classes, model_kwargs=_parse_kv(a.model_kwargs), device=a.device,
                               trust_pickle=a.trust_checkpoint, topk=a.topk, batch_size=a.batch_size,
-                              workers=default_workers() if a.workers is None else a.workers)
+                              workers=default_workers() if a.workers is None else a.workers, task=a.task,
+                              num_frames=a.num_frames, frame_sampling=a.frame_sampling, frame_stride=a.frame_stride,
+                              test_clips=a.test_clips, test_crops=a.test_crops)
+        if a.explain and predictor.video:
+            raise ValueError("--explain draws maps over images; it does not apply to clips (--task video)")
+        files = expand_inputs(inputs, video=predictor.video)
         target = predictor.class_index(a.target)
         preds, unreadable = predictor.predict_files(files, progress=True)
+        what = "a clip" if predictor.video else "an image"
         for u in unreadable:
-            print(f"skipped {u.path}: not readable as an image ({u.reason})", file=sys.stderr)
+            print(f"skipped {u.path}: not readable as {what} ({u.reason})", file=sys.stderr)
         if not preds:
-            raise ValueError(f"none of the {len(files)} inputs could be read as an image; nothing was predicted")
+            raise ValueError(f"none of the {len(files)} inputs could be read as {what}; nothing was predicted")
         for pr in preds:
             print(f"{pr.source}: " + ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(pr.names, pr.scores)))
         if a.output:
@@ -275,7 +287,7 @@ def _predict(p: argparse.ArgumentParser):
                         print(line)
 
             written = write_outputs(a.output, preds, unreadable, fmt=a.format, pictures=not a.no_pictures,
-                                    extra=extra)
+                                    extra=extra, picture=predictor.preview)
             print(f"wrote {len(written)} files to {a.output}")
         if unreadable:
             print(f"{len(preds)} of {len(files)} inputs predicted; {len(unreadable)} unreadable skipped",

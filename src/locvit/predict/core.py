@@ -70,25 +70,35 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / "config.yaml").is_file() and any((p / n).is_file() for n in _RUN_WEIGHTS)
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+def expand_inputs(inputs: Iterable[str | os.PathLike], video: bool = False) -> list[Path]:
     """Files to predict from ``inputs``: files as given (an unreadable one is reported when it is read), folders as
     the image files anywhere below them, and glob patterns (``'photos/**/*.jpg'``) as their matches; in order,
-    each file once. An empty folder, a pattern without matches or a missing path is a ``ValueError`` /
-    ``FileNotFoundError`` naming it."""
+    each file once. With ``video``: video files and frame folders (a folder holding frame images is one clip;
+    another folder stands for the clips anywhere below it). An empty folder, a pattern without matches or a missing
+    path is a ``ValueError`` / ``FileNotFoundError`` naming it."""
     from locvit.data.datasets import IMAGE_EXTENSIONS
+    from locvit.data.video import VIDEO_EXTENSIONS, is_clip
 
-    def images_in(folder: Path) -> list[Path]:
-        found = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    def found_in(folder: Path) -> list[Path]:
+        if video:
+            if is_clip(folder):
+                return [folder]
+            found = sorted(f for f in folder.rglob("*") if is_clip(f))
+            what = f"clips (video files {', '.join(VIDEO_EXTENSIONS[:5])}, ... or folders of frame images)"
+        else:
+            found = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            what = f"image files ({', '.join(IMAGE_EXTENSIONS)})"
         if not found:
-            raise ValueError(f"{folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)}): nothing to predict "
-                             "there; pass a folder of images, image files or a glob such as 'photos/*.jpg'")
+            raise ValueError(f"{folder} holds no {what}: nothing to predict there; pass "
+                             + ("video files or frame folders" if video else
+                                "a folder of images, image files or a glob such as 'photos/*.jpg'"))
         return found
 
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += images_in(p)
+            files += found_in(p)
         elif p.is_file():
             files.append(p)
         elif glob.has_magic(str(item)):
@@ -96,7 +106,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
             if not matches:
                 raise FileNotFoundError(f"no file matches {str(item)!r}")
             for m in map(Path, matches):
-                files += images_in(m) if m.is_dir() else [m]
+                files += found_in(m) if m.is_dir() else [m]
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
     if not files:
@@ -153,14 +163,23 @@ class Predictor:
         trust_pickle: allow checkpoints that pickle Python objects.
         topk: classes per prediction (default: 5, or all of them when the model has fewer).
         batch_size, workers: of the DataLoader that reads files.
+        task: ``'video'`` for a clip model (default: the run's task, else ``'classify'``); its clips are sampled
+            as ``locvit eval --task video`` samples them: ``num_frames``, ``frame_sampling``, ``frame_stride``
+            (default: the run's, else the training defaults), ``test_clips`` x ``test_crops`` views per video with
+            their scores averaged.
     """
 
     def __init__(self, model: str | nn.Module | None = None, checkpoint: str | os.PathLike | None = None, *,
                  pretrained: bool = False, label_names: Sequence[str] | None = None, img_size: int | None = None,
                  num_classes: int | None = None, model_kwargs: dict[str, Any] | None = None,
                  device: str | torch.device | None = None, trust_pickle: bool = False, topk: int | None = None,
-                 batch_size: int = 32, workers: int = 0):
+                 batch_size: int = 32, workers: int = 0, task: str | None = None, num_frames: int | None = None,
+                 frame_sampling: str | None = None, frame_stride: int | None = None, test_clips: int = 1,
+                 test_crops: int = 1):
         from locvit.data.loader import eval_transform
+        from locvit.data.video import clip_eval_transform
+        from locvit.engine.config import TrainConfig
+        from locvit.engine.video import MultiViewModel, check_task, video_data_kwargs
         from locvit.labels import check_label_names, label_names_of, read_label_names
 
         if batch_size < 1:
@@ -170,8 +189,17 @@ class Predictor:
             run, checkpoint = read_run(checkpoint)
         elif checkpoint is not None and not Path(checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-        if run.get("task", "classify") != "classify":
-            raise ValueError(f"the run was trained with --task {run['task']}: predict its clips with --task video")
+        run_task = run.get("task", "classify")
+        if task is not None and run and task != run_task:
+            raise ValueError(f"the run was trained with --task {run_task}; predict with --task {run_task}")
+        self.video = check_task(task or run_task)
+        self.clip: dict[str, Any] = {}
+        if self.video:
+            self.clip = video_data_kwargs(num_frames or run.get("num_frames") or TrainConfig.num_frames,
+                                          frame_sampling or run.get("frame_sampling") or TrainConfig.frame_sampling,
+                                          frame_stride or run.get("frame_stride") or TrainConfig.frame_stride,
+                                          test_clips)
+            model_kwargs = dict(model_kwargs or {}, num_frames=self.clip["num_frames"])
         if isinstance(model, nn.Module):
             self.model = model
             if checkpoint is not None:
@@ -209,6 +237,10 @@ class Predictor:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
         self.data_cfg, self.transform = eval_transform(self.model, img_size)
+        self.net: nn.Module = self.model
+        if self.video:  # as `locvit eval --task video`: scores averaged over clips x crops
+            self.transform = clip_eval_transform(self.transform, test_crops)
+            self.net = MultiViewModel(self.model, chunk=batch_size)
         self.batch_size, self.workers = batch_size, workers
 
     def _check_topk(self, topk: int) -> int:
@@ -219,7 +251,7 @@ class Predictor:
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """The model's outputs for a preprocessed batch, float32 on the CPU; ``ValueError`` when not finite."""
-        out = self.model(images.to(self.device)).float().cpu()
+        out = self.net(images.to(self.device)).float().cpu()
         if not torch.isfinite(out).all():
             raise ValueError(f"{self.name} gave NaN/inf outputs" + (f" with {self.checkpoint}" if self.checkpoint
                                                                     else "") + ": the weights are broken")
@@ -239,6 +271,11 @@ class Predictor:
         floats in [0, 1]). Inputs are read here; a file that does not decode raises ``ValueError`` naming it."""
         topk = self._check_topk(topk or self.topk)
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if self.video:  # clips are files or frame folders
+            preds, unreadable = self.predict_files(items, topk)
+            if unreadable:
+                raise ValueError(f"{unreadable[0].path} could not be read as a clip ({unreadable[0].reason})")
+            return preds
         out: list[Prediction] = []
         for start in range(0, len(items), self.batch_size):
             chunk = items[start:start + self.batch_size]
@@ -261,9 +298,11 @@ class Predictor:
 
         from locvit.data.datasets import FileListDataset
         from locvit.data.loader import build_loader
+        from locvit.data.video import VideoFileList
 
         topk = self._check_topk(topk or self.topk)
-        dataset = FileListDataset(paths, self.transform)
+        dataset = (VideoFileList(paths, transform=self.transform, **self.clip) if self.video
+                   else FileListDataset(paths, self.transform))
         loader = build_loader(dataset, self.batch_size, training=False, workers=self.workers)
         preds: list[Prediction] = []
         unreadable: list[Any] = []
@@ -271,7 +310,7 @@ class Predictor:
             images, index = batch
             unreadable += batch.unreadable
             if images.numel():
-                preds += self._results(self.logits(images), [dataset.samples[i] for i in index.tolist()], topk)
+                preds += self._results(self.logits(images), [str(dataset.samples[i]) for i in index.tolist()], topk)
         return preds, unreadable
 
     def explain(self, inputs: Any, target: int | str | None = None) -> list[Any]:
@@ -279,10 +318,18 @@ class Predictor:
         class or ``target`` (an index or a class name)."""
         from locvit.predict.explain import explain
 
+        if self.video:
+            raise ValueError("--explain draws maps over images; it does not apply to clips (--task video)")
         target = self.class_index(target)
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         return [explain(self, x, str(x) if isinstance(x, (str, os.PathLike)) else f"<input {i}>", target)
                 for i, x in enumerate(items)]
+
+    def preview(self, source: str | os.PathLike) -> Image.Image:
+        """The picture of an input: the image, or a clip's middle frame."""
+        from locvit.data.video import middle_frame
+
+        return middle_frame(source) if self.video else to_image(source)
 
     def class_index(self, target: int | str | None) -> int | None:
         """``target`` as a class index: an index (also as a string), or a class name; ``ValueError`` naming the

@@ -113,11 +113,12 @@ def save_png(image: Image.Image, path: Path) -> None:
 
 
 def write_outputs(output: str | os.PathLike, predictions: Sequence[Any], unreadable: Sequence[Any] = (),
-                  fmt: str = "jsonl", pictures: bool = True,
-                  extra: Callable[[Path], None] | None = None) -> list[Path]:
+                  fmt: str = "jsonl", pictures: bool = True, extra: Callable[[Path], None] | None = None,
+                  picture: Callable[[str], Image.Image] | None = None) -> list[Path]:
     """Write the predictions (``jsonl``: one JSON object per input; ``csv``: one row per input and rank), the
     pictures and the contact sheet into ``output``, all or nothing (:func:`staged`); ``extra(tmp)`` may add files
-    (the ``--explain`` maps). Returns the paths written."""
+    (the ``--explain`` maps); ``picture(source)`` gives the image to draw on (default: the file itself; a clip's
+    middle frame for video). Returns the paths written."""
     from locvit.predict.core import to_image
 
     if fmt not in ("jsonl", "csv"):
@@ -136,7 +137,7 @@ def write_outputs(output: str | os.PathLike, predictions: Sequence[Any], unreada
         if pictures:
             tiles = []
             for i, p in enumerate(predictions):
-                tile = annotate(to_image(p.source), p.names, p.scores)
+                tile = annotate((picture or to_image)(p.source), p.names, p.scores)
                 save_png(tile, tmp / "images" / picture_name(i, p.source))
                 if i < SHEET_MAX:
                     tiles.append(tile)
