@@ -89,6 +89,10 @@ def test_predict_gives_the_logits_eval_computes(tmp_path, weights):
     arr = np.array(rgb)
     for x in (rgb, arr, torch.from_numpy(arr).permute(2, 0, 1), torch.from_numpy(arr).permute(2, 0, 1) / 255.0):
         assert (pred(x)[0].logits - ref).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="divide it by 255"):
+        pred(torch.from_numpy(arr).permute(2, 0, 1).float())
+    with pytest.raises(ValueError, match="H x W or H x W x 1/3/4"):
+        pred(np.zeros((4, 5, 6, 7), np.uint8))
 
 
 def test_cli_writes_predictions_pictures_and_names(tmp_path, weights, capsys):

@@ -139,6 +139,10 @@ def to_image(x: Any) -> Image.Image:
         if arr.dtype != np.uint8:
             if not np.issubdtype(arr.dtype, np.floating):
                 raise ValueError(f"an image array must be uint8, or floats in [0, 1]; got {arr.dtype}")
+            top = float(np.nanmax(arr)) if arr.size else 0.0
+            if top > 1.0 + 1e-6:
+                raise ValueError(f"a float image must hold values in [0, 1], this one reaches {top:g}: divide it "
+                                 "by 255, or pass it as uint8")
             arr = (np.nan_to_num(arr).clip(0, 1) * 255).round().astype(np.uint8)
         return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
     raise ValueError(f"cannot predict a {type(x).__name__}: pass a file path, a PIL image, a numpy array or a tensor")
