@@ -343,8 +343,10 @@ def _fit_segmenter(root: Path, out: Path, **overrides):
     train, val = (SegmentationFolder(*find_segmentation_split(root, s), 3, train=s == "train", crop_size=(64, 64),
                                      scale=(96, 64), test_scale=(96, 64), reduce_zero_label=cfg.reduce_zero_label)
                   for s in ("train", "val"))
+    from locvit.engine.rundir import start_run
+
     task = SegmentationTask(cfg, build_segmenter(cfg, 3, verbose=False), train, val, 3, DistInfo())
-    return fit(cfg, task, DistInfo(), lambda path: save_task_config(cfg, path))
+    return fit(cfg, task, DistInfo(), start_run(cfg, 1), lambda path: save_task_config(cfg, path))
 
 
 def test_dense_run_without_a_usable_sample_is_an_error(seg_data, tmp_path):

@@ -94,3 +94,24 @@ def test_readme_runs_and_its_claims_hold(executed):
     assert "regionvit_small" in out and "GMACs" in out
     # viz wrote its pictures
     assert len(list((work / "figs").glob("*.png"))) >= 2
+
+
+def test_readme_predict_section(executed):
+    """The Predict section: names '0'..'9' from the run's weights, the pictures it shows, the names carried through
+    `convert` into `local-dir:`, and the Grad-CAM map."""
+    import json
+
+    work, outputs = executed
+    digits = [str(i) for i in range(10)]
+    rows = [json.loads(line) for line in (work / "preds" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(set(r["names"]) <= set(digits) for r in rows)
+    right = sum(r["names"][0] == re.search(r"_is_(\d)", r["source"]).group(1) for r in rows)
+    assert right >= 13, f"the README's trained model names {right} of 16 held-out digits"
+    assert (work / "preds" / "contact_sheet.png").is_file() and len(list((work / "preds" / "images").iterdir())) == 16
+    assert (README.parent / "docs" / "images" / "predict_digits.png").is_file()
+    assert json.loads((work / "hub" / "digits" / "config.json").read_text())["label_names"] == digits
+    out = _output_of(outputs, "locvit predict --model local-dir:hub/digits")
+    assert re.search(r"03_is_\d\.png: \d \d+\.\d%", out) and "evidence for '" in out, out
+    assert len(list((work / "explained" / "explain").glob("*.png"))) == 1
+    python_block = next(out for code, out in outputs.items() if "locvit.Predictor" in code)
+    assert re.search(r"digits/00_is_\d\.png \['\d', '\d', '\d'\]", python_block), python_block

@@ -33,6 +33,8 @@ _API = {
     "from_official": "locvit.official",
     "official_classes": "locvit.official",
     "official_model_args": "locvit.official",
+    "Prediction": "locvit.predict",
+    "Predictor": "locvit.predict",
     "tune_cpu_allocator": "locvit.runtime",
 }
 

@@ -206,6 +206,108 @@ def _eval(p: argparse.ArgumentParser):
     return run
 
 
+# --- locvit predict ---------------------------------------------------------------------------------------------
+@command("predict", "top-k classes, with their names, of image files, folders or globs; --output writes "
+                    "predictions.jsonl and pictures")
+def _predict(p: argparse.ArgumentParser):
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (every image below them) or globs ('photos/**/*.jpg'); a run directory "
+                        "given first stands for --checkpoint")
+    p.add_argument("--model", help="model name (default: the run directory's)")
+    p.add_argument("--checkpoint", help="weights (the authors' file or ours), or a `locvit train` run directory")
+    p.add_argument("--pretrained", action="store_true", help="the authors' ImageNet weights (downloaded, cached)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
+    p.add_argument("--topk", type=int, help="classes shown per image (default: 5, at most the model's classes)")
+    p.add_argument("--output", help="folder: predictions.jsonl (or .csv), images/ (each image with its top-k), "
+                                    "contact_sheet.png")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="of the predictions file")
+    p.add_argument("--no-pictures", action="store_true", help="with --output: only the predictions file")
+    p.add_argument("--label-names", metavar="FILE",
+                   help="class names, one a line in index order (default: the names the weights record; ImageNet's "
+                        "for the authors' ImageNet heads; else 'class N')")
+    p.add_argument("--explain", action="store_true",
+                   help="with --output: a Grad-CAM map of the evidence for the predicted (or --target) class, drawn "
+                        "over each image (explain/; docs/predict.md says what it shows)")
+    p.add_argument("--target", help="with --explain: the class to explain (index or name; default: the predicted)")
+    p.add_argument("--mechanism", action="store_true",
+                   help="with --explain: also the family's own evidence as `locvit viz` draws it, at the map's peak "
+                        "(mechanism/)")
+    p.add_argument("--img-size", type=int, help="input size (default: the run's, else the model's pretrained cfg)")
+    p.add_argument("--num-classes", type=int, help="default: the checkpoint's head")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, help="DataLoader processes (default: min(4, CPU cores))")
+    p.add_argument("--device", default=None)
+    p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--task", choices=["classify", "video"],
+                   help="video: INPUTs are video files or frame folders, for a clip model (default: the run's task)")
+    p.add_argument("--num-frames", type=int, help="video: frames per clip (default: the run's)")
+    p.add_argument("--frame-sampling", choices=["uniform", "dense"], help="video: default the run's")
+    p.add_argument("--frame-stride", type=int, help="video: frame step of dense sampling (default: the run's)")
+    p.add_argument("--test-clips", type=int, default=1, help="video: temporal clips per video (scores averaged)")
+    p.add_argument("--test-crops", type=int, default=1, help="video: spatial crops per clip (1 or 3)")
+
+    def run(a: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from locvit.data.loader import default_workers
+        from locvit.engine.rundir import is_run
+        from locvit.predict import Predictor, expand_inputs
+
+        inputs, checkpoint = list(a.inputs), a.checkpoint
+        if checkpoint is None and len(inputs) > 1 and is_run(inputs[0]):
+            checkpoint = inputs.pop(0)
+        if a.pretrained and checkpoint:
+            raise ValueError("--pretrained and --checkpoint both name weights: pass one of them")
+        if not (a.pretrained or checkpoint):
+            raise ValueError("no weights: pass --pretrained, --checkpoint FILE or a run directory (a model with "
+                             "random weights predicts nothing)")
+        if (a.explain or a.target is not None or a.mechanism) and not a.output:
+            raise ValueError("--explain draws its maps into a folder: pass --output DIR")
+        if (a.target is not None or a.mechanism) and not a.explain:
+            raise ValueError("--target and --mechanism go with --explain")
+        names = None
+        if a.label_names:
+            names = [n.strip() for n in Path(a.label_names).read_text().splitlines() if n.strip()]
+        predictor = Predictor(a.model, checkpoint, pretrained=a.pretrained, label_names=names, img_size=a.img_size,
+                              num_classes=a.num_classes, model_kwargs=_parse_kv(a.model_kwargs), device=a.device,
+                              trust_pickle=a.trust_checkpoint, topk=a.topk, batch_size=a.batch_size,
+                              workers=default_workers() if a.workers is None else a.workers, task=a.task,
+                              num_frames=a.num_frames, frame_sampling=a.frame_sampling, frame_stride=a.frame_stride,
+                              test_clips=a.test_clips, test_crops=a.test_crops)
+        if a.explain and predictor.video:
+            raise ValueError("--explain draws maps over images; it does not apply to clips (--task video)")
+        files = expand_inputs(inputs, video=predictor.video)
+        target = predictor.class_index(a.target)
+        preds, unreadable = predictor.predict_files(files, progress=True)
+        what = "a clip" if predictor.video else "an image"
+        for u in unreadable:
+            print(f"skipped {u.path}: not readable as {what} ({u.reason})", file=sys.stderr)
+        if not preds:
+            raise ValueError(f"none of the {len(files)} inputs could be read as {what}; nothing was predicted")
+        for pr in preds:
+            print(f"{pr.source}: " + ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(pr.names, pr.scores)))
+        if a.output:
+            from locvit.predict.output import write_outputs
+
+            extra = None
+            if a.explain:
+                from locvit.predict.explain import write_explanations
+
+                def extra(tmp):
+                    for line in write_explanations(predictor, preds, tmp, target, mechanism=a.mechanism):
+                        print(line)
+
+            written = write_outputs(a.output, preds, unreadable, fmt=a.format, pictures=not a.no_pictures,
+                                    extra=extra, picture=predictor.preview)
+            print(f"wrote {len(written)} files to {a.output}")
+        if unreadable:
+            print(f"{len(preds)} of {len(files)} inputs predicted; {len(unreadable)} unreadable skipped",
+                  file=sys.stderr)
+        return 0
+
+    return run
+
+
 def _add_video_args(p: argparse.ArgumentParser, test: bool = False, defaults: bool = True) -> None:
     """``--task video`` and the clip sampling flags (``locvit.data.video``); defaults as in training
     (``defaults=False``: ``None``, for a command that fills them from a recipe or run first)."""
@@ -423,26 +525,47 @@ def _print_row(r: dict, vs: str | None) -> None:
 
 # --- locvit detect / segment ----------------------------------------------------------------------------------
 def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
-    """``locvit detect|segment train|eval``: the task's config flags; the runner calls locvit.tasks.<task>."""
+    """``locvit detect|segment train|eval|predict``: the task's config flags; the runner calls locvit.tasks.<task>
+    (predict: locvit.predict.dense)."""
     import importlib
 
     from locvit.tasks.config import DetectConfig, SegmentConfig
 
     cls = DetectConfig if task == "detect" else SegmentConfig
-    p.add_argument("action", choices=["train", "eval"],
+    p.add_argument("action", choices=["train", "eval", "predict"],
                    help="train: a run directory as `locvit train` writes it; eval: score --checkpoint (a run "
-                        "directory or its weights) on the validation split")
+                        "directory or its weights) on the validation split; predict: draw the predictions of "
+                        "--checkpoint on INPUT images into --output")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="predict: image files, folders or globs")
     p.add_argument("--config", help=f"YAML recipe (a path, or a shipped name such as {example})")
+    if task == "detect":
+        p.add_argument("--save-results", metavar="FILE",
+                       help="eval: also write the COCO results JSON here (always written to OUTPUT/results.json)")
+        p.add_argument("--score-thr", type=float, default=0.5, help="predict: draw detections scoring at least this")
     _config_args(p, cls)
 
     def run(a: argparse.Namespace) -> int:
         from locvit.tasks.common import eval_config
         from locvit.tasks.config import build_task_config
 
+        if a.inputs and a.action != "predict":
+            raise ValueError(f"INPUT files are for `locvit {task} predict`; {a.action} reads --data")
         module = importlib.import_module(f"locvit.tasks.{task}")
         overrides = _config_overrides(a, cls)
+        if a.action == "predict":
+            from locvit.predict.dense import predict_command
+
+            if not a.output:
+                raise ValueError(f"pass --output DIR: `locvit {task} predict` writes its pictures there")
+            if not a.inputs:
+                raise ValueError(f"pass the images to predict: locvit {task} predict --checkpoint RUN --output DIR "
+                                 "INPUT...")
+            cfg, weights = eval_config(cls, a.config, dict(overrides, output=None))
+            predict_command(task, cfg, weights, a.inputs, a.output, score_thr=getattr(a, "score_thr", 0.5))
+            return 0
         if a.action == "eval":
-            module.evaluate_run(*eval_config(cls, a.config, overrides))
+            extra = dict(save_results=a.save_results) if task == "detect" else {}
+            module.evaluate_run(*eval_config(cls, a.config, overrides), **extra)
             return 0
         saved = None
         if a.resume:  # as `locvit train --resume`: the interrupted run's settings are the base
@@ -598,7 +721,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `locvit detect predict --checkpoint RUN IMG...`: argparse fills INPUT where the first positional stands;
+        # inputs given after the options come back here and join them
+        if isinstance(getattr(args, "inputs", None), list) and not any(e.startswith("-") for e in extra):
+            args.inputs += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -14,12 +14,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from locvit.checkpoint import CheckpointError, LoadReport
+from locvit.labels import LABEL_KEY, check_label_names, read_label_names
 
 __all__ = ["ConvertResult", "convert", "model_card", "push_to_hub"]
 
@@ -64,6 +65,7 @@ def convert(
     trust_pickle: bool = False,
     model_kwargs: Mapping[str, Any] | None = None,
     atol: float = 1e-5,
+    label_names: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ConvertResult:
     """Convert the authors' checkpoint of ``model_name`` into a hub-style folder ``output``.
@@ -75,6 +77,9 @@ def convert(
         trust_pickle: allow files that pickle more than tensors (Focal's yacs config).
         model_kwargs: for the model (``num_classes`` when the file's classifier is not ImageNet-1k's, ...).
         atol: largest accepted logit difference between the official file's model and the folder's.
+        label_names: the class names of the head, written to ``config.json`` as ``label_names``; by default the
+            names ``checkpoint`` records (a ``locvit train`` run's weights), else none (an ImageNet head gets
+            ImageNet's names from timm when it is loaded).
         log: receives progress lines (e.g. ``print``).
 
     Returns:
@@ -105,6 +110,11 @@ def convert(
         log(str(report))
     arch = model.pretrained_cfg["architecture"]
     model._model_args = {k: v for k, v in getattr(model, "_model_args", {}).items() if k not in _LOAD_ONLY_ARGS}
+    if label_names is None and checkpoint is not None:
+        label_names = read_label_names(checkpoint)
+    model_config = {}
+    if label_names:
+        model_config[LABEL_KEY] = check_label_names(label_names, model.num_classes, str(checkpoint or model_name))
     x = _check_input(model)
     with torch.no_grad():
         reference = model(x)
@@ -112,7 +122,7 @@ def convert(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
-        save_for_hf(model, str(tmp), safe_serialization=True)
+        save_for_hf(model, str(tmp), model_config=model_config, safe_serialization=True)
         reloaded = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval()
         with torch.no_grad():
             diff = (reloaded(x) - reference).abs().max().item()

@@ -27,6 +27,7 @@ CIFAR = ("cifar10", "cifar100")
 _CIFAR_URL = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
               "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"}
 _CIFAR_DIR = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # what a folder of images holds
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -129,6 +130,29 @@ class ImageFolderDataset(SeededDataset):
 
     def describe(self, index: int) -> str:
         return str(self.samples[index][0])
+
+
+class FileListDataset(SeededDataset):
+    """Image files given one by one (``locvit predict``): the target of each is its index in ``paths``, so a
+    prediction finds its file after unreadable ones were skipped. Decoding as :class:`ImageFolderDataset`."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable | None = None):
+        super().__init__(transform)
+        self.samples = [str(p) for p in paths]
+        self.classes = []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        with Image.open(self.samples[index]) as im:
+            return to_rgb(im), index
+
+    def target(self, index: int) -> int:
+        return index
+
+    def describe(self, index: int) -> str:
+        return self.samples[index]
 
 
 class ArrayDataset(SeededDataset):

@@ -141,6 +141,16 @@ def build_transform(data_cfg: dict[str, Any], training: bool, aug: dict[str, Any
     ))
 
 
+def eval_transform(model: torch.nn.Module, img_size: int | None = None) -> tuple[dict[str, Any], Any]:
+    """The evaluation preprocessing of ``model``: timm's ``resolve_data_config`` on its pretrained cfg (``img_size``
+    replacing the input size) and :func:`build_transform`. ``locvit eval`` and ``locvit predict`` both take it from
+    here, so a file predicted alone gives the logits its evaluation computed. Returns ``(data_cfg, transform)``."""
+    from timm.data import resolve_data_config
+
+    data_cfg = resolve_data_config({"input_size": (3, img_size, img_size)} if img_size else {}, model=model)
+    return data_cfg, build_transform(data_cfg, training=False)
+
+
 def build_loader(dataset: SeededDataset, batch_size: int, training: bool, workers: int = 0, seed: int = 0,
                  rank: int = 0, world: int = 1, repeats: int = 1, pin_memory: bool = False,
                  collate_fn: Any = skip_unreadable_collate) -> DataLoader:

@@ -29,10 +29,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from locvit.data.datasets import SeededDataset, split_folder
+from locvit.data.datasets import IMAGE_EXTENSIONS, SeededDataset, split_folder
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".flv", ".wmv")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SAMPLINGS = ("uniform", "dense")
 EMBEDDED_VIDEO = ("motion",)
 
@@ -229,18 +228,63 @@ class VideoFolderDataset(ClipDataset):
 
     def load(self, index: int) -> tuple[list[list[Image.Image]], int]:
         path, target = self.samples[index]
-
-        def select(n: int) -> list[list[int]]:
-            return self.clip_indices(n, index, path)
-
-        clips = read_frame_folder(path, select) if path.is_dir() else read_video(path, select)
-        return clips, target
+        return read_clips(self, path, index), target
 
     def target(self, index: int) -> int:
         return self.samples[index][1]
 
     def describe(self, index: int) -> str:
         return str(self.samples[index][0])
+
+
+def read_clips(dataset: ClipDataset, path: Path, index: int) -> list[list[Image.Image]]:
+    """The clips ``dataset``'s sampling takes from the video file or frame folder ``path`` (sample ``index``)."""
+
+    def select(n: int) -> list[list[int]]:
+        return dataset.clip_indices(n, index, path)
+
+    return read_frame_folder(path, select) if path.is_dir() else read_video(path, select)
+
+
+def is_clip(path: str | os.PathLike) -> bool:
+    """A video file (by its extension) or a folder holding frame images."""
+    p = Path(path)
+    return (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS) or (p.is_dir() and bool(frame_files(p)))
+
+
+class VideoFileList(ClipDataset):
+    """Clips given one by one (``locvit predict --task video``): video files or frame folders, the target of each
+    its index in ``paths``; decoding and sampling as :class:`VideoFolderDataset` (a file that does not decode gives
+    an ``Unreadable`` record naming it)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], **kwargs: Any):
+        kwargs.setdefault("training", False)
+        super().__init__(**kwargs)
+        self.samples = [Path(p) for p in paths]
+        self.classes = []
+        if any(p.is_file() for p in self.samples):
+            _require_av()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[list[list[Image.Image]], int]:
+        return read_clips(self, self.samples[index], index), index
+
+    def target(self, index: int) -> int:
+        return index
+
+    def describe(self, index: int) -> str:
+        return str(self.samples[index])
+
+
+def middle_frame(path: str | os.PathLike) -> Image.Image:
+    """The middle frame of a video file or frame folder (the picture ``locvit predict --task video`` draws on)."""
+    def select(n: int) -> list[list[int]]:
+        return [[n // 2]]
+
+    p = Path(path)
+    return (read_frame_folder(p, select) if p.is_dir() else read_video(p, select))[0][0]
 
 
 class MotionClips(ClipDataset):

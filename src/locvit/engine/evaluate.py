@@ -64,11 +64,9 @@ def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, sp
     scores averaged over them).
 
     Raises ``ValueError`` when the model's outputs are not finite (NaN weights or an input it cannot take)."""
-    from timm.data import resolve_data_config
-
     from locvit._registry import create_model
     from locvit.data.datasets import build_dataset, check_readable
-    from locvit.data.loader import build_loader, build_transform, default_workers
+    from locvit.data.loader import build_loader, default_workers, eval_transform
     from locvit.data.video import build_video_dataset, clip_eval_transform
     from locvit.engine.video import MultiViewModel
 
@@ -87,8 +85,7 @@ def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, sp
                          trust_pickle=trust_pickle, **model_kwargs)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
-    data_cfg = resolve_data_config({"input_size": (3, img_size, img_size)} if img_size else {}, model=model)
-    dataset.transform = build_transform(data_cfg, training=False)
+    _, dataset.transform = eval_transform(model, img_size)
     if video is not None:
         dataset.transform = clip_eval_transform(dataset.transform, crops)
         model = MultiViewModel(model, chunk=batch_size)
@@ -108,8 +105,8 @@ EVAL_FIELDS = ("model", "data", "img_size", "task", "num_frames", "frame_samplin
 
 def resolve_eval_args(args: Any, model_kwargs: dict[str, Any] | None = None) -> Any:
     """``locvit eval``'s arguments with what was not given filled in: from ``--config`` (a training recipe), then
-    from the run directory ``--checkpoint`` names (its ``config.yaml``; its ``best.safetensors``, else
-    ``model.safetensors``, becomes the checkpoint), then :class:`~locvit.engine.config.TrainConfig`'s defaults. So a
+    from the run directory ``--checkpoint`` names (:func:`locvit.engine.rundir.open_run`: its ``config.yaml``, and its
+    weights become the checkpoint), then :class:`~locvit.engine.config.TrainConfig`'s defaults. So a
     recipe's test protocol (``test_clips`` x ``test_crops``, the clip sampling) is what eval runs by default.
 
     Returns a new namespace (``model_kwargs`` a dict: the recipe's or run's, updated by ``model_kwargs``); raises
@@ -117,26 +114,18 @@ def resolve_eval_args(args: Any, model_kwargs: dict[str, Any] | None = None) -> 
     import argparse
     from pathlib import Path
 
-    import yaml
-
     from locvit.engine.config import TrainConfig, load_yaml, resolve_config_path
 
     a = argparse.Namespace(**vars(args))
     layers: list[dict[str, Any]] = []
     if getattr(a, "config", None):
         layers.append(load_yaml(resolve_config_path(a.config)))
-    run = Path(a.checkpoint) if a.checkpoint else None
-    if run is not None and run.is_dir():
-        saved = run / "config.yaml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"{run} is a folder but not a run directory (no config.yaml): pass the weights "
-                                    "file as --checkpoint")
-        layers.append(yaml.safe_load(saved.read_text()) or {})  # (the CLI refused dense runs before)
-        found = [run / n for n in ("best.safetensors", "model.safetensors") if (run / n).is_file()]
-        if not found:
-            raise FileNotFoundError(f"{run} holds no weights yet (best.safetensors or model.safetensors): the run "
-                                    "has not finished an epoch")
-        a.checkpoint = str(found[0])
+    if a.checkpoint and Path(a.checkpoint).is_dir():
+        from locvit.engine.rundir import open_run
+
+        saved, weights = open_run(a.checkpoint)
+        layers.append(saved)
+        a.checkpoint = str(weights)
     defaults = TrainConfig.__dataclass_fields__
     for name in EVAL_FIELDS:
         if getattr(a, name, None) is None:

@@ -29,8 +29,8 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["EVAL_COMMAND", "REPLACED", "RUN_FILES", "RunInfo", "RunStart", "check_scorer", "command_of", "find_resume",
-           "read_run", "run_config", "start_run"]
+__all__ = ["EVAL_COMMAND", "REPLACED", "RUN_FILES", "RUN_WEIGHTS", "RunInfo", "RunStart", "check_scorer", "command_of",
+           "find_resume", "is_run", "open_run", "read_run", "run_config", "start_run"]
 
 RUN_FILES = ("config.yaml", "last.pth", "metrics.csv", "curves.png", "tensorboard", "best.safetensors",
              "model.safetensors", "model_ema.safetensors", "unreadable.txt")
@@ -173,6 +173,34 @@ def _check_command(path: Path, config: Mapping[str, Any], command: str) -> None:
         resume = f"continue it with `{theirs} --resume {path.parent}`, or " if info.resumable else ""
         raise ValueError(f"{path.parent} holds {info}, not a `{command}` run: {resume}start the `{command}` run "
                          "with another --output")
+
+
+# a run's weights, in the order a command that scores or uses the run takes them
+RUN_WEIGHTS = ("best.safetensors", "model.safetensors", "last.pth")
+
+
+def open_run(folder: str | Path) -> tuple[dict[str, Any], Path]:
+    """A run directory's settings (its ``config.yaml``) and its weights (``best.safetensors``, else
+    ``model.safetensors``, else the training state ``last.pth``): what ``eval``, ``predict`` and the dense ``eval``
+    commands read when ``--checkpoint`` names a run. Raises ``FileNotFoundError`` naming what is missing."""
+    import yaml
+
+    folder = Path(folder)
+    config_file = folder / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} is not a run directory (no config.yaml): pass a weights file, or the "
+                                "folder a training command's --output wrote")
+    found = [folder / n for n in RUN_WEIGHTS if (folder / n).is_file()]
+    if not found:
+        raise FileNotFoundError(f"{folder} holds no weights yet ({', '.join(RUN_WEIGHTS)}): the run has not "
+                                "finished an epoch or an evaluation")
+    return yaml.safe_load(config_file.read_text()) or {}, found[0]
+
+
+def is_run(folder: str | Path) -> bool:
+    """Whether ``folder`` is a run directory :func:`open_run` reads (a ``config.yaml`` and weights)."""
+    folder = Path(folder)
+    return (folder / "config.yaml").is_file() and any((folder / n).is_file() for n in RUN_WEIGHTS)
 
 
 # the command that scores the runs each training command writes

@@ -37,6 +37,7 @@ from locvit.engine.logger import RunLogger
 from locvit.engine.rundir import find_resume, run_config, start_run  # noqa: F401 (importable from here too)
 from locvit.engine.step import mixed_precision, optimizer_step, seed_step
 from locvit.engine.video import check_task, mix_batch, video_data_kwargs
+from locvit.labels import label_metadata
 
 
 class NonFiniteLossError(RuntimeError):
@@ -119,6 +120,10 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     val_set = make_dataset(cfg.data, "val", seed=cfg.seed, class_to_idx=class_to_idx, **vkw)
     check_readable(train_set)
     num_classes = cfg.num_classes or len(train_set.classes)
+    # the names of the data's classes travel with the weights (safetensors metadata, last.pth): `locvit predict`
+    # and `locvit convert` read them; a head sized otherwise (--num-classes) gets none rather than wrong ones
+    class_names = list(train_set.classes) if len(train_set.classes) == num_classes else None
+    names = label_metadata(class_names)
 
     # model
     kwargs = dict(cfg.model_kwargs)
@@ -246,7 +251,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
                      scaler=scaler.state_dict() if scaler is not None else None, epoch=epoch,
                      step_in_epoch=step_in_epoch, samples_in_epoch=step_in_epoch * cfg.batch_size * dist.world,
                      global_step=global_step, history=logger.history, best=best, config=cfg.to_dict(),
-                     world_size=dist.world, epoch_totals=totals)
+                     world_size=dist.world, epoch_totals=totals, label_names=class_names)
         save_checkpoint(state, run_dir / "last.pth")
 
     metrics: dict[str, Any] = history[-1] if history else {}
@@ -336,16 +341,17 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
                 print(msg, flush=True)
                 if val["top1"] > best:
                     best = val["top1"]
-                    save_checkpoint(model, run_dir / "best.safetensors", metadata=dict(epoch=epoch + 1, top1=best))
+                    save_checkpoint(model, run_dir / "best.safetensors",
+                                    metadata=dict(epoch=epoch + 1, top1=best, **names))
         save_state(epoch, step_in_epoch if not finished_epoch else n_steps, None if finished_epoch else tot.state())
         barrier()
         if stop:
             break
 
     if main:
-        save_checkpoint(model, run_dir / "model.safetensors", metadata=dict(model=cfg.model))
+        save_checkpoint(model, run_dir / "model.safetensors", metadata=dict(model=cfg.model, **names))
         if ema is not None:
-            save_checkpoint(ema.module, run_dir / "model_ema.safetensors", metadata=dict(model=cfg.model))
+            save_checkpoint(ema.module, run_dir / "model_ema.safetensors", metadata=dict(model=cfg.model, **names))
         logger.close()
         run_start.finish()
     return metrics

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
 from locvit.data.loader import build_loader
 from locvit.engine.distributed import DistInfo, cleanup, init_distributed
-from locvit.engine.rundir import EVAL_COMMAND, check_scorer
+from locvit.engine.rundir import EVAL_COMMAND, check_scorer, open_run
 from locvit.tasks.config import DenseConfig, build_task_config
 
 C = TypeVar("C", bound=DenseConfig)
@@ -99,14 +98,7 @@ def eval_config(cls: type[C], config: str | None, overrides: dict[str, Any]) -> 
     if weights is not None:  # a run, or a run's weights file: refuse another command's run
         check_scorer(weights if weights.is_dir() else weights.parent, scorer)
     if weights is not None and weights.is_dir():
-        saved = weights / "config.yaml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"{weights} is not a run directory (no config.yaml)")
-        base = yaml.safe_load(saved.read_text()) or {}
-        found = [weights / n for n in ("best.safetensors", "model.safetensors", "last.pth") if (weights / n).is_file()]
-        if not found:
-            raise FileNotFoundError(f"{weights} holds no weights (best.safetensors, model.safetensors, last.pth)")
-        weights = found[0]
+        base, weights = open_run(weights)
     elif weights is not None and not weights.is_file():
         raise FileNotFoundError(f"checkpoint {weights} does not exist")
     if config:

@@ -7,12 +7,16 @@ boxes and keypoints (OKS), the others on boxes.
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from locvit._io import atomic_write_text
 from locvit.data.coco import CocoDetection, collate_detection, find_coco_split
 from locvit.data.datasets import check_readable
 from locvit.data.loader import DataError
@@ -32,8 +36,8 @@ from locvit.tasks.common import (
 from locvit.tasks.config import DetectConfig, save_task_config
 from locvit.tasks.metrics import coco_evaluate
 
-__all__ = ["DetectionTask", "build_detector", "evaluate_detector", "evaluate_run", "load_split", "to_coco_results",
-           "train_run"]
+__all__ = ["DetectionTask", "build_detector", "detect_dataset", "evaluate_detector", "evaluate_run", "load_split",
+           "score_detections", "test_size", "to_coco_results", "train_run"]
 
 IOU_TYPES = {"mask_rcnn": ("bbox", "segm"), "faster_rcnn": ("bbox",), "retinanet": ("bbox",),
              "keypoint_rcnn": ("bbox", "keypoints")}
@@ -108,23 +112,34 @@ def to_coco_results(output: dict[str, torch.Tensor], image_id: int, label_to_cat
     return res
 
 
-@torch.no_grad()
-def evaluate_detector(model: nn.Module, dataset: CocoDetection, cfg: DetectConfig, dist: DistInfo,
-                      verbose: bool = True) -> dict[str, Any]:
-    """COCOeval scores of ``model`` on ``dataset`` (all ranks' detections gathered; every rank gets the scores)."""
-    from tqdm import tqdm
-
+@contextlib.contextmanager
+def test_size(model: nn.Module, cfg: DetectConfig) -> Iterator[None]:
+    """The detector's resize set to the recipe's test scale (``test_size``, else the largest training scale) while
+    the block runs; the training scales are restored after."""
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     saved = inner.transform.min_size, inner.transform.max_size
     short, long = cfg.test_size or (cfg.min_size[-1], cfg.max_size)
     inner.transform.min_size, inner.transform.max_size = (short,), long
+    try:
+        yield
+    finally:
+        inner.transform.min_size, inner.transform.max_size = saved
+
+
+@torch.no_grad()
+def detect_dataset(model: nn.Module, dataset: CocoDetection, cfg: DetectConfig, dist: DistInfo,
+                   verbose: bool = True) -> tuple[list[dict[str, Any]], int]:
+    """``model``'s detections on ``dataset`` as COCO results (the file's own category and image ids; all ranks'
+    gathered) and the number of unreadable images skipped."""
+    from tqdm import tqdm
+
     autocast, _ = mixed_precision(cfg.amp, dist.device)
     label_to_cat = {v: k for k, v in dataset.cat_to_label.items()}
     iou_types = IOU_TYPES[cfg.detector]
     results: list[dict[str, Any]] = []
     skipped, first_skipped = 0, None
     model.eval()
-    try:
+    with test_size(model, cfg):
         loader = eval_loader(dataset, cfg.batch_size, cfg.workers, dist, collate_detection)
         for batch in tqdm(loader, desc="eval", leave=False, disable=not (verbose and dist.main), dynamic_ncols=True):
             images, targets = batch
@@ -136,20 +151,30 @@ def evaluate_detector(model: nn.Module, dataset: CocoDetection, cfg: DetectConfi
                 outputs = model([im.to(dist.device) for im in images])
             for out, t in zip(outputs, targets):
                 results += to_coco_results(out, int(t["image_id"]), label_to_cat, iou_types)
-    finally:
-        inner.transform.min_size, inner.transform.max_size = saved
     gathered = all_gather_objects((results, skipped))
-    results = [r for part, _ in gathered for r in part]
-    scores: dict[str, Any] = dict(skipped=sum(s for _, s in gathered))
-    if scores["skipped"] == len(dataset):
+    skipped = sum(s for _, s in gathered)
+    if skipped == len(dataset):
         raise DataError(f"none of the {len(dataset)} validation images of {dataset.ann_file} could be read (first: "
                         f"{first_skipped}); replace them with readable ones")
+    return [r for part, _ in gathered for r in part], skipped
+
+
+def score_detections(results: list[dict[str, Any]], dataset: CocoDetection, cfg: DetectConfig,
+                     verbose: bool = True) -> dict[str, Any]:
+    """COCOeval scores of COCO ``results`` on ``dataset``, for each IoU type of the detector."""
+    scores: dict[str, Any] = {}
     gt = dataset.coco()
-    img_ids = dataset.ids
-    for iou_type in iou_types:
-        scores.update(coco_evaluate(gt, results, iou_type, img_ids=img_ids, kpt_oks_sigmas=cfg.kpt_oks_sigmas,
-                                    verbose=verbose and dist.main))
+    for iou_type in IOU_TYPES[cfg.detector]:
+        scores.update(coco_evaluate(gt, results, iou_type, img_ids=dataset.ids, kpt_oks_sigmas=cfg.kpt_oks_sigmas,
+                                    verbose=verbose))
     return scores
+
+
+def evaluate_detector(model: nn.Module, dataset: CocoDetection, cfg: DetectConfig, dist: DistInfo,
+                      verbose: bool = True) -> dict[str, Any]:
+    """COCOeval scores of ``model`` on ``dataset`` (all ranks' detections gathered; every rank gets the scores)."""
+    results, skipped = detect_dataset(model, dataset, cfg, dist, verbose)
+    return dict(score_detections(results, dataset, cfg, verbose=verbose and dist.main), skipped=skipped)
 
 
 class DetectionTask:
@@ -205,8 +230,11 @@ def train_run(cfg: DetectConfig) -> dict[str, Any]:
         return fit(cfg, task, dist, run_start, lambda path: save_task_config(cfg, path))
 
 
-def evaluate_run(cfg: DetectConfig, weights: str | None) -> dict[str, Any]:
-    """``locvit detect eval``: score trained weights (or, without, the freshly built detector) on the val split."""
+def evaluate_run(cfg: DetectConfig, weights: str | None, save_results: str | None = None) -> dict[str, Any]:
+    """``locvit detect eval``: score trained weights (or, without, the freshly built detector) on the val split.
+
+    The detections are written as a COCO results JSON (xywh boxes, RLE masks, keypoints; the annotation file's
+    category and image ids) to ``OUTPUT/results.json`` and, when given, to ``save_results``."""
     with session(cfg) as dist:
         val_set = load_split(cfg, "val")
         if dist.main:
@@ -215,4 +243,10 @@ def evaluate_run(cfg: DetectConfig, weights: str | None) -> dict[str, Any]:
         model = build_detector(cfg, num_classes, len(val_set.keypoint_names) or None, verbose=False)
         if weights:
             load_weights(model, weights, cfg.trust_checkpoint)
-        return evaluate_detector(model.to(dist.device), val_set, cfg, dist)
+        results, skipped = detect_dataset(model.to(dist.device), val_set, cfg, dist)
+        if dist.main:  # the detections as COCO results: pycocotools' loadRes takes the file and re-scores it
+            text = json.dumps(results)
+            for path in [Path(cfg.output) / "results.json"] + ([Path(save_results)] if save_results else []):
+                atomic_write_text(path, text)
+                print(f"wrote {len(results)} detections of {len(val_set)} images to {path}", flush=True)
+        return dict(score_detections(results, val_set, cfg, verbose=dist.main), skipped=skipped)

@@ -41,6 +41,10 @@ def coco_evaluate(gt: Any, results: Sequence[dict[str, Any]], iou_type: str, *,
         if verbose:
             print(f"{iou_type}: no detections, every AP and AR is 0")
         return {f"{iou_type}_{n}": 0.0 for n in names}
+    if iou_type == "segm":
+        # without 'bbox', loadRes takes each detection's area from its mask: COCOeval's small/medium/large buckets
+        # (APs/APm/APl) are then mask areas, as for the ground truth, not box areas (detectron2 and mmdet drop it too)
+        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         dt = gt.loadRes(list(results))

@@ -14,7 +14,7 @@ from torch import nn
 from locvit._registry import create_model
 from locvit.viz import draw
 from locvit.viz.erf import effective_receptive_fields, plot_erf_grid
-from locvit.viz.image import check_query, model_input_size, prepare, read_image
+from locvit.viz.image import Prepared, check_query, model_input_size, prepare, read_image
 
 
 def mechanism(model: nn.Module) -> str | None:
@@ -32,6 +32,34 @@ def mechanism(model: nn.Module) -> str | None:
         return "vvt"
     if any(isinstance(m, LocalityFeedForward) for m in model.modules()):
         return "localvit"
+    return None
+
+
+def mechanism_figure(model: nn.Module, name: str, prep: Prepared, out: Path, query: tuple[int, int], stage: int = 0,
+                     block: int = 0, note: str = "", stem: str | None = None) -> Path | None:
+    """The figure of ``model``'s own locality mechanism on the prepared photo (attention of the ``query`` pixel per
+    level for RegionViT, Focal and VVT; depth-wise kernels and receptive fields for LocalViT), written to
+    ``out/<stem>_<figure>.png`` (``stem`` defaults to ``name``); ``None`` for a model of no such family."""
+    from locvit.viz.focal import focal_attention, plot_focal
+    from locvit.viz.localvit import depthwise_kernels, localvit_erfs, plot_localvit
+    from locvit.viz.regionvit import plot_regionvit, regionvit_attention
+    from locvit.viz.vvt import plot_vvt, vvt_attention
+
+    kind = mechanism(model)
+    x, stem = prep.tensor, stem or name
+    if kind == "regionvit":
+        maps = regionvit_attention(model, x, query, stage, block)
+        return plot_regionvit(maps, prep.display, out / f"{stem}_regional_local_attention.png", name, note, query)
+    if kind == "focal":
+        maps = focal_attention(model, x, query, stage, block)
+        return plot_focal(maps, prep.display, out / f"{stem}_focal_levels.png", name, note, query)
+    if kind == "vvt":
+        maps = vvt_attention(model, x, query, stage, block)
+        return plot_vvt(maps, prep.display, out / f"{stem}_vicinity.png", name, note, query)
+    if kind == "localvit":
+        ours, host, host_label = localvit_erfs(name, model, x)
+        return plot_localvit(depthwise_kernels(model), ours, host, host_label, out / f"{stem}_locality.png", name,
+                             note)
     return None
 
 
@@ -62,11 +90,6 @@ def render(
         erf: also compute effective receptive fields (one figure per model, plus a comparison grid).
         seed: random-init seed.
     """
-    from locvit.viz.focal import focal_attention, plot_focal
-    from locvit.viz.localvit import depthwise_kernels, localvit_erfs, plot_localvit
-    from locvit.viz.regionvit import plot_regionvit, regionvit_attention
-    from locvit.viz.vvt import plot_vvt, vvt_attention
-
     if checkpoints and len(checkpoints) != len(models):
         raise ValueError(f"got {len(checkpoints)} checkpoints for {len(models)} models: pass one per model")
     out = Path(output)
@@ -82,24 +105,11 @@ def render(
         prep = prepare(photo, model, size, label)
         q = check_query(query, size) if query is not None else (size[0] // 2, size[1] // 2)
         note = draw.weights_note(ckpt)
-        kind = mechanism(model)
         x = prep.tensor
-        if kind == "regionvit":
-            maps = regionvit_attention(model, x, q, stage, block)
-            written.append(plot_regionvit(maps, prep.display, out / f"{name}_regional_local_attention.png", name,
-                                          note, q))
-        elif kind == "focal":
-            maps = focal_attention(model, x, q, stage, block)
-            written.append(plot_focal(maps, prep.display, out / f"{name}_focal_levels.png", name, note, q))
-        elif kind == "vvt":
-            maps = vvt_attention(model, x, q, stage, block)
-            written.append(plot_vvt(maps, prep.display, out / f"{name}_vicinity.png", name, note, q))
-        elif kind == "localvit":
-            ours, host, host_label = localvit_erfs(name, model, x)
-            written.append(plot_localvit(depthwise_kernels(model), ours, host, host_label,
-                                         out / f"{name}_locality.png", name, note))
-        if kind is not None:
-            log(f"{name}: {written[-1]}")
+        figure = mechanism_figure(model, name, prep, out, q, stage, block, note)
+        if figure is not None:
+            written.append(figure)
+            log(f"{name}: {figure}")
         if erf:
             erfs = effective_receptive_fields(model, x)
             rows.append((name, erfs))
