@@ -527,10 +527,12 @@ def _viz(p: argparse.ArgumentParser):
 
 
 # --- locvit export -----------------------------------------------------------------------------------------------
-@command("export", "export a model to ONNX or a torch.export program (.pt2), verified against eager PyTorch")
+@command("export", "export a model to ONNX, OpenVINO IR (fp32, or INT8 behind an accuracy gate) or a torch.export "
+                   "program (.pt2), verified against eager PyTorch")
 def _export(p: argparse.ArgumentParser):
     p.add_argument("--model", required=True)
-    p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "pt2", "openvino"], default=None,
+                   help="default: onnx (openvino with --int8); openvino writes NAME.xml + NAME.bin")
     p.add_argument("--checkpoint", help="weights (official release file or ours); default: random init")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
     p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the model's)")
@@ -538,17 +540,33 @@ def _export(p: argparse.ArgumentParser):
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
                    help="let the exported file take any batch size (default: on)")
     p.add_argument("--num-classes", type=int, help="default: the checkpoint's head, else the model's")
-    p.add_argument("--output", help="file to write (default: MODEL.onnx / MODEL.pt2)")
+    p.add_argument("--output", help="file to write (default: MODEL.onnx / MODEL.pt2 / MODEL.xml, MODEL_int8.xml)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |exported - eager| difference")
     p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--int8", action="store_true",
+                   help="post-training static INT8 (NNCF, OpenVINO IR), written only if it passes the accuracy gate")
+    p.add_argument("--calib", metavar="DATA",
+                   help="calibration images: digits, cifar10:ROOT, or a folder (its train/ split, or class folders)")
+    p.add_argument("--val", metavar="DATA", help="validation images for the gate (its val/ split; default: --calib's)")
+    p.add_argument("--max-drop", type=float, default=0.5, help="largest accepted top-1 drop in points (default 0.5)")
+    p.add_argument("--calib-images", type=int, default=300, help="at most this many calibration images")
+    p.add_argument("--val-images", type=int, default=None, help="at most this many validation images (default all)")
 
     def run(a: argparse.Namespace) -> int:
         from locvit.export import export
 
-        res = export(a.model, a.format, output=a.output, checkpoint=a.checkpoint, img_size=a.img_size,
+        fmt = a.format or ("openvino" if a.int8 else "onnx")
+        if not a.int8 and (a.calib or a.val):
+            raise ValueError("--calib/--val are the INT8 calibration and validation images: add --int8")
+        res = export(a.model, fmt, output=a.output, checkpoint=a.checkpoint, img_size=a.img_size,
                      batch_size=a.batch_size, dynamic_batch=a.dynamic_batch, num_classes=a.num_classes,
                      atol=a.atol, trust_pickle=a.trust_checkpoint, model_kwargs=_parse_kv(a.model_kwargs),
-                     log=print)
+                     log=print, int8=a.int8, calib=a.calib, val=a.val, max_drop=a.max_drop,
+                     calib_images=a.calib_images, val_images=a.val_images)
+        if res.int8 is not None:
+            print(f"exported {a.model} -> {res.path} (INT8 OpenVINO IR, input {res.input_shape}, {res.size_mb:.1f} MB); "
+                  f"{res.int8.summary()}")
+            return 0
         print(f"exported {a.model} -> {res.path} ({res.format}, input {res.input_shape}, "
               f"{res.size_mb:.1f} MB); verified against eager: max |diff| {res.max_abs_diff:.2e} "
               f"(atol {a.atol:g})")
