@@ -327,6 +327,11 @@ def _bench(p: argparse.ArgumentParser):
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--backend", nargs="+", metavar="BACKEND",
+                   choices=["eager", "compile", "onnxruntime", "openvino", "openvino-int8"],
+                   help="time the model in these runtimes round-robin on one input (eager always included; exported "
+                        "files checked against eager first; openvino-int8 is calibrated on random inputs: speed only, "
+                        "see `locvit export --int8` for the accuracy gate); ratios vs eager and vs --vs")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -375,6 +380,12 @@ def _bench(p: argparse.ArgumentParser):
                         m = "infer" if mode == "latency" else mode
                         spec = tp.BenchSpec(name, bs, size, m, a.device, a.threads, a.channels_last, a.compile,
                                             a.amp, num_frames=a.num_frames)
+                        if a.backend:
+                            vs = tp.BenchSpec(a.vs, bs, size, m, a.device, a.threads) if a.vs else None
+                            for r in tp.benchmark_backends(spec, a.backend, vs, a.warmup, a.runs):
+                                rows.append(r.row())
+                                _print_backend_row(rows[-1])
+                            continue
                         if a.vs:
                             vs = tp.BenchSpec(a.vs, bs, size, m, a.device, a.threads, a.channels_last, a.compile,
                                               a.amp, num_frames=a.num_frames)
@@ -408,6 +419,14 @@ def _bench(p: argparse.ArgumentParser):
         return 0
 
     return run
+
+
+def _print_backend_row(r: dict) -> None:
+    diff = f"  max |d| vs eager {r['max_abs_diff']:.1e}" if r.get("max_abs_diff") is not None else ""
+    vs = f"  x{r['ratio_vs']:.2f} vs --vs" if r.get("ratio_vs") is not None else ""
+    print(f"{r['model']:28s} {r['backend']:13s} bs {r['batch_size']:3d} {r['img_size']:>9s}  "
+          f"{r['images_per_s']:8.1f} img/s ({r['spread']})  x{r['ratio_vs_eager']:.2f} vs eager{vs}{diff}",
+          flush=True)
 
 
 def _print_row(r: dict, vs: str | None) -> None:

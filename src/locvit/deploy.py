@@ -301,10 +301,16 @@ def quantize_int8(fp32_model: Any, calib: Sequence[np.ndarray], family: str | No
     nncf = require("nncf", "INT8 export")
     if not calib:
         raise ValueError("no calibration images")
+    import logging
+
+    from locvit.export import _quiet
+
     dataset = nncf.Dataset(list(calib))
-    return nncf.quantize(fp32_model, dataset, preset=nncf.QuantizationPreset.MIXED,
-                         model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib),
-                         ignored_scope=ignored_scope(fp32_model, family))
+    nncf.set_log_level(logging.ERROR)
+    with _quiet():  # NNCF's progress bars
+        return nncf.quantize(fp32_model, dataset, preset=nncf.QuantizationPreset.MIXED,
+                             model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib),
+                             ignored_scope=ignored_scope(fp32_model, family))
 
 
 def compile_openvino(model: Any, threads: int | None = None, precision: str = "f32") -> Callable[[np.ndarray],

@@ -319,8 +319,7 @@ def export(
                                       f"(> atol {atol:g}); nothing written")
                 say(f"fp32 graph verified against eager (max |diff| {worst:.2e}); quantizing with NNCF on "
                     f"{sum(len(b) for b in calib_batches)} calibration images")
-                with _quiet():
-                    quantized = deploy.quantize_int8(ov_model, calib_batches, family)
+                quantized = deploy.quantize_int8(ov_model, calib_batches, family)
                 kept = deploy.ignored_scope(ov_model, family)
                 report = deploy.accuracy_gate(fp32_run, deploy.compile_openvino(quantized), val_batches, max_drop,
                                               sum(len(b) for b in calib_batches),
