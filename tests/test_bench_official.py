@@ -80,6 +80,26 @@ def test_harness_end_to_end(bench, tmp_path, capsys):
 
 
 
+@pytest.mark.slow
+def test_backends_against_the_official_model(bench, tmp_path, capsys):
+    """--backend: locvit eager and its exported ONNX/OpenVINO files against the official eager model in one
+    round-robin; the per-family table is rendered from the saved run."""
+    pytest.importorskip("openvino")
+    out = tmp_path / "run.json"
+    assert bench.main(["--official-root", str(stand_in_root(tmp_path / "official")), "--models", "vvt_test",
+                       "--img-size", "32", "--batch-size", "2", "--warmup", "1", "--rounds", "2", "--threads", "1",
+                       "--backend", "onnxruntime", "openvino", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["backend"] for r in rows] == ["eager", "onnxruntime", "openvino", "official eager"]
+    assert rows[-1]["ratio_vs_official"] == 1.0 and rows[0]["ratio_vs_eager"] == 1.0
+    assert all(r["export_max_abs_diff"] <= 1e-4 and r["ratio_vs_official"] > 0 for r in rows[1:3])
+    capsys.readouterr()
+    assert bench.main(["--table", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| model | batch | official eager | locvit eager | ORT fp32 | OpenVINO fp32 |" in printed
+    assert re.search(r"\| `vvt_test` \| 2 \| [\d.]+ \(\*\*1.00x\*\*\) \|", printed)
+
+
 def test_disagreeing_logits_are_reported_and_not_timed(bench, tmp_path, capsys):
     root = stand_in_root(tmp_path / "official", shift=1.0)
     out = tmp_path / "run.json"

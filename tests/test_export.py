@@ -179,8 +179,8 @@ def test_int8_export_passes_the_gate_or_refuses_with_the_measured_drop(tmp_path)
     from locvit.deploy import Int8Refused, Runtime
 
     model = _digits_trained()
-    res = export(model, "openvino", output=tmp_path / "ok" / "q.xml", img_size=32, batch_size=2, int8=True, calib="digits",
-                 calib_images=64, val_images=160, max_drop=100)
+    res = export(model, "openvino", output=tmp_path / "ok" / "q.xml", img_size=32, batch_size=2, int8=True,
+                 calib="digits", calib_images=64, val_images=160, max_drop=100)
     rep = res.int8
     assert rep.images == 160 and rep.calibration_images == 64 and rep.top1_fp32 > 40  # trained: far above chance
     assert 0 <= rep.agreement <= 100 and f"drop {rep.drop:+.2f} pt" in rep.summary()
@@ -191,8 +191,8 @@ def test_int8_export_passes_the_gate_or_refuses_with_the_measured_drop(tmp_path)
     blank = _white_class_folder(tmp_path / "blank")
     with pytest.raises(Int8Refused, match=r"INT8 model refused: top-1 fp32 .*drop \+\d+\.\d\d pt, budget 0.01 pt.*"
                                           r"nothing written"):
-        export(model, "openvino", output=tmp_path / "no" / "q.xml", img_size=32, batch_size=2, int8=True, calib=str(blank),
-               val="digits", val_images=160, max_drop=0.01)
+        export(model, "openvino", output=tmp_path / "no" / "q.xml", img_size=32, batch_size=2, int8=True,
+               calib=str(blank), val="digits", val_images=160, max_drop=0.01)
     assert list((tmp_path / "no").iterdir()) == []
 
 

@@ -583,8 +583,8 @@ def _export(p: argparse.ArgumentParser):
                      log=print, int8=a.int8, calib=a.calib, val=a.val, max_drop=a.max_drop,
                      calib_images=a.calib_images, val_images=a.val_images)
         if res.int8 is not None:
-            print(f"exported {a.model} -> {res.path} (INT8 OpenVINO IR, input {res.input_shape}, {res.size_mb:.1f} MB); "
-                  f"{res.int8.summary()}")
+            print(f"exported {a.model} -> {res.path} (INT8 OpenVINO IR, input {res.input_shape}, "
+                  f"{res.size_mb:.1f} MB); {res.int8.summary()}")
             return 0
         print(f"exported {a.model} -> {res.path} ({res.format}, input {res.input_shape}, "
               f"{res.size_mb:.1f} MB); verified against eager: max |diff| {res.max_abs_diff:.2e} "

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -301,23 +301,26 @@ def round_ratio(t_ref: list[float], t: list[float]) -> float:
 
 
 def benchmark_backends(spec: BenchSpec, backends: list[str], vs: BenchSpec | None = None, warmup: int = 2,
-                       runs: int = 5, vs_model: nn.Module | None = None) -> list[BenchResult]:
+                       runs: int = 5, vs_model: nn.Module | None = None, model: nn.Module | None = None
+                       ) -> list[BenchResult]:
     """One model in several backends (and optionally a ``vs`` model in eager PyTorch), timed round-robin on the same
     input; returns one result per backend (eager first, then the others, then ``vs``'s), each with
     ``ratio_vs_eager`` and ``ratio_vs`` (median per-round speed ratios).
 
     Eager PyTorch is always timed (the first ratio's denominator) even when not asked for. The model is built once
     and every backend runs that module (the exported ones: the file exported from it). ``vs_model``: an already
-    built module for ``vs`` (e.g. the official implementation, ``scripts/bench_official.py``).
+    built module for ``vs`` (e.g. the official implementation, ``scripts/bench_official.py``); ``model``: the same for
+    ``spec`` (e.g. carrying the official weights).
     """
     from dataclasses import replace
 
     if spec.threads:
         torch.set_num_threads(spec.threads)
     order = list(dict.fromkeys(["eager", *backends]))
-    model, kw = create_at_size(spec.model, spec.img_size, spec.model_kwargs)
+    if model is None:
+        model, kw = create_at_size(spec.model, spec.img_size, spec.model_kwargs)
+        spec = replace(spec, model_kwargs=kw)
     model.eval()
-    spec = replace(spec, model_kwargs=kw)
     runners = [Runner(replace(spec, backend=b), model=model) for b in order]
     if vs is not None:
         if vs_model is None:
