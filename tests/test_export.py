@@ -11,6 +11,8 @@ variant) and ONNX for one model per family; every other registered model is mark
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -172,11 +174,11 @@ def _white_class_folder(root, n: int = 8):
 
 
 @pytest.mark.slow
-def test_int8_export_passes_the_gate_or_refuses_with_the_measured_drop(tmp_path):
+def test_int8_export_passes_the_gate_or_refuses_with_the_measured_drop(tmp_path, capsys):
     """Calibrated on the digits, the INT8 IR passes a generous budget and is written; calibrated on blank images its
     activation ranges are wrong, and a tiny budget refuses it, naming the drop, with nothing written."""
     pytest.importorskip("nncf")
-    from locvit.deploy import Int8Refused, Runtime
+    from locvit.deploy import Runtime
 
     model = _digits_trained()
     res = export(model, "openvino", output=tmp_path / "ok" / "q.xml", img_size=32, batch_size=2, int8=True,
@@ -188,11 +190,24 @@ def test_int8_export_passes_the_gate_or_refuses_with_the_measured_drop(tmp_path)
     logits = Runtime(res.path)(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 10)
 
+    # the command line, from a checkpoint: blank calibration images, a tiny budget -> refused, measured drop named
+    import json
+
+    from locvit.cli import main
+
     blank = _white_class_folder(tmp_path / "blank")
-    with pytest.raises(Int8Refused, match=r"INT8 model refused: top-1 fp32 .*drop \+\d+\.\d\d pt, budget 0.01 pt.*"
-                                          r"nothing written"):
-        export(model, "openvino", output=tmp_path / "no" / "q.xml", img_size=32, batch_size=2, int8=True,
-               calib=str(blank), val="digits", val_images=160, max_drop=0.01)
+    locvit.save_checkpoint(model, tmp_path / "w.safetensors")
+    (tmp_path / "no").mkdir()
+    rc = main(["export", "--model", "localvit_tiny", "--checkpoint", str(tmp_path / "w.safetensors"), "--img-size",
+               "32", "32", "--model-kwargs", "patch_size=4", "depth=1", "embed_dim=48", "num_heads=2", "--int8",
+               "--calib", str(blank), "--val", "digits", "--val-images", "160", "--max-drop", "0.01",
+               "--output", str(tmp_path / "no" / "q.xml"), "--report", str(tmp_path / "gate.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(r"locvit export: error: INT8 model refused: top-1 fp32 .*drop \+\d+\.\d\d pt, "
+                                 r"budget 0.01 pt.*nothing written", err), err
+    gate = json.loads((tmp_path / "gate.json").read_text())
+    assert gate["passed"] is False and gate["drop"] > 0.01 and gate["output"] is None
+    assert gate["top1_fp32"] == pytest.approx(rep.top1_fp32)  # the same model and validation images as above
     assert list((tmp_path / "no").iterdir()) == []
 
 

@@ -570,6 +570,8 @@ def _export(p: argparse.ArgumentParser):
     p.add_argument("--max-drop", type=float, default=0.5, help="largest accepted top-1 drop in points (default 0.5)")
     p.add_argument("--calib-images", type=int, default=300, help="at most this many calibration images")
     p.add_argument("--val-images", type=int, default=None, help="at most this many validation images (default all)")
+    p.add_argument("--report", metavar="JSON",
+                   help="with --int8: write the accuracy gate's measurements here (also when the model is refused)")
 
     def run(a: argparse.Namespace) -> int:
         from locvit.export import export
@@ -577,12 +579,31 @@ def _export(p: argparse.ArgumentParser):
         fmt = a.format or ("openvino" if a.int8 else "onnx")
         if not a.int8 and (a.calib or a.val):
             raise ValueError("--calib/--val are the INT8 calibration and validation images: add --int8")
-        res = export(a.model, fmt, output=a.output, checkpoint=a.checkpoint, img_size=a.img_size,
-                     batch_size=a.batch_size, dynamic_batch=a.dynamic_batch, num_classes=a.num_classes,
-                     atol=a.atol, trust_pickle=a.trust_checkpoint, model_kwargs=_parse_kv(a.model_kwargs),
-                     log=print, int8=a.int8, calib=a.calib, val=a.val, max_drop=a.max_drop,
-                     calib_images=a.calib_images, val_images=a.val_images)
+        import json
+
+        from locvit._io import atomic_write_text
+        from locvit.deploy import Int8Refused
+
+        if a.report and not a.int8:
+            raise ValueError("--report writes the INT8 accuracy gate's measurements: add --int8")
+
+        def report(rep, path) -> None:
+            if a.report:
+                atomic_write_text(a.report, json.dumps(dict(rep.as_dict(), model=a.model, output=path,
+                                                            checkpoint=a.checkpoint), indent=1) + "\n")
+
+        try:
+            res = export(a.model, fmt, output=a.output, checkpoint=a.checkpoint, img_size=a.img_size,
+                         batch_size=a.batch_size, dynamic_batch=a.dynamic_batch, num_classes=a.num_classes,
+                         atol=a.atol, trust_pickle=a.trust_checkpoint, model_kwargs=_parse_kv(a.model_kwargs),
+                         log=print, int8=a.int8, calib=a.calib, val=a.val, max_drop=a.max_drop,
+                         calib_images=a.calib_images, val_images=a.val_images)
+        except Int8Refused as e:
+            if e.report is not None:
+                report(e.report, None)
+            raise
         if res.int8 is not None:
+            report(res.int8, str(res.path))
             print(f"exported {a.model} -> {res.path} (INT8 OpenVINO IR, input {res.input_shape}, "
                   f"{res.size_mb:.1f} MB); {res.int8.summary()}")
             return 0

@@ -187,7 +187,11 @@ def publish(pairs: Iterable[tuple[Path, Path]]) -> None:
 
 # --- INT8 -----------------------------------------------------------------------------------------------------------
 class Int8Refused(ValueError):
-    """The INT8 model loses more top-1 than the budget allows; nothing was written."""
+    """The INT8 model loses more top-1 than the budget allows; nothing was written. ``report``: the measurements."""
+
+    def __init__(self, message: str, report: Int8Report | None = None):
+        super().__init__(message)
+        self.report = report
 
 
 #: What stays in float per family, beyond what NNCF's transformer mode keeps in float for every model (softmax,
@@ -248,6 +252,12 @@ class Int8Report:
     @property
     def drop(self) -> float:
         return self.top1_fp32 - self.top1_int8
+
+    def as_dict(self) -> dict[str, Any]:
+        """The measurements and the verdict, for ``locvit export --report``."""
+        from dataclasses import asdict
+
+        return dict(asdict(self), drop=self.drop, passed=self.drop <= self.max_drop)
 
     def summary(self) -> str:
         return (f"top-1 fp32 {self.top1_fp32:.2f}%, int8 {self.top1_int8:.2f}% (drop {self.drop:+.2f} pt, budget "
@@ -338,7 +348,7 @@ def accuracy_gate(fp32: Callable[[np.ndarray], np.ndarray], int8: Callable[[np.n
                         max_drop=max_drop, calibration_images=calibration_images, kept_float=kept_float or [])
     if report.drop > max_drop:
         raise Int8Refused(f"INT8 model refused: {report.summary()}; nothing written. Calibrate on more or more "
-                          f"representative images (--calib), or raise --max-drop")
+                          f"representative images (--calib), or raise --max-drop", report)
     return report
 
 
