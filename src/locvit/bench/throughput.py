@@ -90,9 +90,11 @@ class Runner:
         spec: what to run; ``spec.model`` names the model to build.
         model: an already built model to run instead of building ``spec.model`` (which then only labels the
             results), e.g. another implementation of the same architecture.
+        files: exported backends: the files already exported from ``model`` (shared by the runners of one model;
+            see :meth:`_prepare_exported`).
     """
 
-    def __init__(self, spec: BenchSpec, model: nn.Module | None = None):
+    def __init__(self, spec: BenchSpec, model: nn.Module | None = None, files: dict[str, Any] | None = None):
         from locvit._registry import create_model
 
         self.spec = spec
@@ -124,7 +126,7 @@ class Runner:
             if spec.mode != "infer" or self.device.type != "cpu" or spec.amp or self.num_frames:
                 raise ValueError(f"backend {spec.backend} times CPU inference of image models in fp32 only "
                                  "(no --mode train, --device cuda, --amp or video models)")
-            self._prepare_exported(model)
+            self._prepare_exported(model, files)
             return
         fwd = torch.compile(model) if (spec.compile or spec.backend == "compile") else model
         if spec.mode == "train":
@@ -148,30 +150,44 @@ class Runner:
             raise ValueError(f"mode must be 'infer' or 'train', got {spec.mode!r}")
         self.step = step
 
-    def _prepare_exported(self, model: nn.Module) -> None:
-        """Export ``model`` (``locvit.export.export``, verified there against eager) into a temporary folder, load it
-        in :class:`locvit.deploy.Runtime` with torch's thread count, and compare its output on the timed input."""
+    def _prepare_exported(self, model: nn.Module, files: dict[str, Any] | None = None) -> None:
+        """Export ``model`` into a temporary folder, load the file in :class:`locvit.deploy.Runtime` with torch's
+        thread count, and check its output on the timed input against eager PyTorch (fp32 files: at most 1e-4, as
+        ``locvit export`` verifies; INT8: reported). ``files``, shared by the runners of one model, holds what is
+        already exported, so ONNX is translated once: OpenVINO converts that file, INT8 quantizes that IR."""
         import tempfile
 
         from locvit import deploy
-        from locvit.export import export, max_abs_diff
+        from locvit.export import ExportError, export, max_abs_diff
 
         fmt, int8 = BACKENDS[self.spec.backend]
         model.eval()
-        self._tmp = tempfile.TemporaryDirectory(prefix="locvit-bench-")
-        out = f"{self._tmp.name}/model{'.onnx' if fmt == 'onnx' else '.xml'}"
-        export(model, fmt, output=out, img_size=self.spec.img_size, batch_size=max(2, self.spec.batch_size))
+        files = {} if files is None else files
+        if "dir" not in files:
+            files["dir"] = tempfile.TemporaryDirectory(prefix="locvit-bench-")
+        tmp = files["dir"].name
+        if "onnx" not in files:  # written and verified against eager by locvit.export
+            files["onnx"] = str(export(model, "onnx", output=f"{tmp}/model.onnx", img_size=self.spec.img_size,
+                                       batch_size=max(2, self.spec.batch_size)).path)
+        out = files["onnx"]
+        if fmt == "openvino":
+            if "openvino" not in files:
+                files["openvino"] = str(deploy.save_openvino(deploy.openvino_model(out), f"{tmp}/model.xml")[0])
+            out = files["openvino"]
         if int8:  # speed only: calibrated on the timed input's distribution (the accuracy gate is export --int8)
             gen = torch.Generator().manual_seed(1)
             calib = [torch.randn(self.spec.batch_size, *self.input_shape, generator=gen).numpy() for _ in range(4)]
-            family = _family(self.spec.model)
-            quantized = deploy.quantize_int8(deploy.require("openvino", "OpenVINO").Core().read_model(out), calib,
-                                             family)
-            out = str(deploy.save_openvino(quantized, f"{self._tmp.name}/model_int8.xml")[0])
+            ov = deploy.require("openvino", "OpenVINO")
+            quantized = deploy.quantize_int8(ov.Core().read_model(out), calib, _family(self.spec.model))
+            out = str(deploy.save_openvino(quantized, f"{tmp}/model_int8.xml")[0])
+        self._files = files  # keeps the folder alive as long as this runner
         self.runtime = deploy.Runtime(out, threads=torch.get_num_threads())
         x = self.x.numpy()
         with torch.inference_mode():
             self.max_abs_diff = max_abs_diff(model(self.x), self.runtime(x))
+        if not int8 and not self.max_abs_diff <= 1e-4:
+            raise ExportError(f"{self.spec.model}: {self.spec.backend} differs from eager PyTorch by "
+                              f"{self.max_abs_diff:.3g} on the timed input (> 1e-4); not timed")
         self.params = sum(p.numel() for p in model.parameters())
         self.step = lambda: self.runtime(x)
 
@@ -321,7 +337,8 @@ def benchmark_backends(spec: BenchSpec, backends: list[str], vs: BenchSpec | Non
         model, kw = create_at_size(spec.model, spec.img_size, spec.model_kwargs)
         spec = replace(spec, model_kwargs=kw)
     model.eval()
-    runners = [Runner(replace(spec, backend=b), model=model) for b in order]
+    files: dict[str, Any] = {}
+    runners = [Runner(replace(spec, backend=b), model=model, files=files) for b in order]
     if vs is not None:
         if vs_model is None:
             vs_model, vs_kw = create_at_size(vs.model, vs.img_size, vs.model_kwargs)
