@@ -24,6 +24,12 @@ For each model, in one process:
    their range. ``infer`` is a forward under ``torch.inference_mode``; ``train`` a forward, cross-entropy, backward
    and AdamW step in train mode.
 
+``--backend onnxruntime openvino openvino-int8`` times, in the same round-robin, the files ``locvit export`` writes
+from the locvit model (:func:`locvit.bench.throughput.benchmark_backends`; each checked against locvit's eager output
+before timing): one row per backend with its speed-up over the official eager model and over locvit's eager model.
+The INT8 row is a speed measurement (calibrated on random inputs); its accuracy is measured by ``locvit export --int8``
+on digits-trained models (``scripts/bench_deploy.sh``).
+
 "Peak share" is ``2 x MACs x images/s`` (``x 3`` for a training step) over the fp32 matmul rate measured at the
 start of the run (:func:`locvit.bench.throughput.matmul_peak_gflops`), MACs counted on the locvit model
 (:func:`locvit.bench.flops.count_flops`). ``--tune-malloc`` applies :func:`locvit.tune_cpu_allocator` to the whole
@@ -156,6 +162,8 @@ def compare(root: Path, model: str, modes: list[str], args: argparse.Namespace, 
     if not hasattr(official, "num_classes"):  # Runner draws training labels below num_classes
         official.num_classes = ours.num_classes
     rows = []
+    if args.backend:
+        return rows + backend_rows(ours, official, ours_name, off_name, base, args, size)
     for mode in modes:
         spec = dict(batch_size=args.batch_size, img_size=size, mode=mode, threads=args.threads)
         ra = Runner(BenchSpec(ours_name, **spec), model=ours)
@@ -177,6 +185,61 @@ def compare(root: Path, model: str, modes: list[str], args: argparse.Namespace, 
                 print(f"\n{label} {runner.spec.model}, one {mode} step: self CPU time by op\n"
                       f"{profile_step(runner.step, args.profile)}", flush=True)
     return rows
+
+
+def backend_rows(ours: nn.Module, official: nn.Module, ours_name: str, off_name: str, base: dict[str, Any],
+                 args: argparse.Namespace, size: tuple[int, int]) -> list[dict[str, Any]]:
+    """locvit's eager model and its exported files in ``args.backend`` against the official eager model, all in one
+    round-robin; one row per locvit backend, then the official model's."""
+    from locvit.bench.throughput import BenchSpec, benchmark_backends
+
+    spec = BenchSpec(ours_name, args.batch_size, size, threads=args.threads)
+    vs = BenchSpec(off_name, args.batch_size, size, threads=args.threads)
+    results = benchmark_backends(spec, args.backend, vs, args.warmup, args.rounds, vs_model=official, model=ours)
+    rows = []
+    for r in results:
+        official_row = r is results[-1]
+        row = dict(base, mode="infer", backend="official eager" if official_row else r.backend,
+                   batch=args.batch_size, img_s=r.images_per_s, ratio_vs_official=r.ratio_vs,
+                   ratio_vs_eager=r.ratio_vs_eager, spread=list(r.spread), export_max_abs_diff=r.max_abs_diff)
+        rows.append(row)
+        diff = f", max |d| vs eager {r.max_abs_diff:.1e}" if r.max_abs_diff is not None else ""
+        print(f"bs {args.batch_size} {ours_name:22s} {row['backend']:14s} {r.images_per_s:8.2f} img/s  "
+              f"x{r.ratio_vs:.2f} vs official, x{r.ratio_vs_eager:.2f} vs locvit eager{diff}", flush=True)
+    return rows
+
+
+BACKEND_COLUMNS = ("official eager", "eager", "onnxruntime", "openvino", "openvino-int8")
+BACKEND_TITLES = {"official eager": "official eager", "eager": "locvit eager", "onnxruntime": "ORT fp32",
+                  "openvino": "OpenVINO fp32", "openvino-int8": "OpenVINO INT8"}
+
+
+def backend_markdown(runs: list[dict[str, Any]]) -> str:
+    """One table per family from ``--backend`` runs (e.g. one at batch 1 and one at batch 8): a row per model and
+    batch, a column per backend with images/s and the speed-up over the official eager model."""
+    import locvit
+
+    cells: dict[tuple[str, int], dict[str, str]] = {}
+    for run in runs:
+        for r in run["rows"]:
+            if "backend" not in r:
+                continue
+            key = (r["model"], r["batch"])
+            if "error" in r:
+                cells.setdefault(key, {})["official eager"] = f"not timed: {r['error']}"
+                continue
+            cells.setdefault(key, {})[r["backend"]] = f"{r['img_s']:.1f} (**{r['ratio_vs_official']:.2f}x**)"
+    out = []
+    for family in dict.fromkeys(locvit.family_of(m) for m, _ in cells):
+        members = {k: v for k, v in cells.items() if locvit.family_of(k[0]) == family}
+        cols = [c for c in BACKEND_COLUMNS if any(c in v for v in members.values())]
+        out += [f"**{family}** (images/s, speed-up over the official eager model)", "",
+                "| model | batch | " + " | ".join(BACKEND_TITLES[c] for c in cols) + " |",
+                "|---|---|" + "---|" * len(cols)]
+        for (m, b), v in members.items():
+            out.append(f"| `{m}` | {b} | " + " | ".join(v.get(c, "-") for c in cols) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def profile_step(step: Callable[[], Any], rows: int) -> str:
@@ -236,6 +299,9 @@ def print_tables(run: dict[str, Any]) -> None:
                 f"matmul peak {run['peak_gflops']:.1f} GFLOP/s")
     if "rounds" in run:
         settings += f", {run['warmup']} warm-up + {run['rounds']} rounds"
+    if any("backend" in r for r in run["rows"]):
+        print(f"\nbackends ({settings})\n\n{backend_markdown([run])}")
+        return
     for mode in dict.fromkeys(r["mode"] for r in run["rows"]):
         print(f"\n{mode} ({settings})\n\n{markdown(run, mode)}")
 
@@ -264,10 +330,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of timing, count the official models' GMACs (locvit's counter, batch 1; "
                              "default models: every locvit model) and add them to this {official name: GMACs} file, "
                              "the input of `locvit flops --official-counts`")
+    parser.add_argument("--backend", nargs="+", default=None,
+                        choices=("eager", "compile", "onnxruntime", "openvino", "openvino-int8"),
+                        help="time locvit's exported files in these runtimes (and locvit eager) against the official "
+                             "eager model, round-robin; inference only")
     parser.add_argument("--json", type=Path, default=None, help="write the run (settings and rows) to this file")
     parser.add_argument("--table", type=Path, nargs="+", default=None, metavar="RUN_JSON",
                         help="print the tables of saved runs instead of measuring")
     args = parser.parse_args(argv)
+    if args.backend and args.mode != ["infer"]:
+        parser.error("--backend times inference only (leave out --mode train)")
     if args.table:
         for path in args.table:
             print(f"## {path}")

@@ -53,6 +53,26 @@ def test_benchmark_and_interleaved_pair():
     assert ratio > 0 and ra.runs == rb.runs == 3
 
 
+@pytest.mark.slow
+def test_backends_are_verified_and_timed_round_robin():
+    """eager + ONNX Runtime + OpenVINO on one tiny model: the exported outputs match eager on the timed input, every
+    backend runs the same number of rounds, ratios are against eager (1.0 for itself) and against --vs."""
+    pytest.importorskip("openvino")
+    from locvit.bench.throughput import benchmark_backends
+
+    kw = dict(depth=1, embed_dim=32, num_heads=2, reduction=4, num_classes=3, patch_size=4)
+    spec = BenchSpec("localvit_tiny", 2, (32, 32), threads=1, model_kwargs=kw)
+    vs = BenchSpec("localvit_tiny", 2, (32, 32), threads=1, model_kwargs=dict(kw, depth=2))
+    rows = benchmark_backends(spec, ["onnxruntime", "openvino"], vs, warmup=1, runs=2)
+    assert [r.backend for r in rows] == ["eager", "onnxruntime", "openvino", "eager"]
+    assert rows[0].ratio_vs_eager == 1.0 and rows[-1].ratio_vs == 1.0 and rows[0].max_abs_diff is None
+    for r in rows[1:3]:
+        assert r.max_abs_diff <= 1e-4 and r.ratio_vs_eager > 0 and r.ratio_vs > 0 and r.runs == 2
+        assert r.img_size == "32x32" and r.threads == 1 and r.row()["backend"] == r.backend
+    with pytest.raises(ValueError, match="backend onnxruntime times CPU inference of image models in fp32 only"):
+        benchmark_backends(BenchSpec("localvit_tiny", 2, (32, 32), mode="train", model_kwargs=kw), ["onnxruntime"])
+
+
 def _cli(*args):
     out = subprocess.run([sys.executable, "-m", "locvit", *map(str, args)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]

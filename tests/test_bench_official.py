@@ -80,6 +80,58 @@ def test_harness_end_to_end(bench, tmp_path, capsys):
 
 
 
+@pytest.mark.slow
+def test_backends_against_the_official_model(bench, tmp_path, capsys):
+    """--backend: locvit eager and its exported ONNX/OpenVINO files against the official eager model in one
+    round-robin; the per-family table is rendered from the saved run."""
+    pytest.importorskip("openvino")
+    out = tmp_path / "run.json"
+    assert bench.main(["--official-root", str(stand_in_root(tmp_path / "official")), "--models", "vvt_test",
+                       "--img-size", "32", "--batch-size", "2", "--warmup", "1", "--rounds", "2", "--threads", "1",
+                       "--backend", "onnxruntime", "openvino", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["backend"] for r in rows] == ["eager", "onnxruntime", "openvino", "official eager"]
+    assert rows[-1]["ratio_vs_official"] == 1.0 and rows[0]["ratio_vs_eager"] == 1.0
+    assert all(r["export_max_abs_diff"] <= 1e-4 and r["ratio_vs_official"] > 0 for r in rows[1:3])
+    capsys.readouterr()
+    assert bench.main(["--table", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| model | batch | official eager | locvit eager | ORT fp32 | OpenVINO fp32 |" in printed
+    assert re.search(r"\| `vvt_test` \| 2 \| [\d.]+ \(\*\*1.00x\*\*\) \|", printed)
+
+
+def test_deploy_tables_render_from_the_saved_runs(tmp_path, monkeypatch):
+    """scripts/bench_deploy.py --render: the per-family speed table, the INT8 gate table and the sweep table come from
+    the JSON files the benchmark writes, between the doc's markers (the rest of the doc untouched)."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location("bench_deploy", REPO / "scripts" / "bench_deploy.py")
+    deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy)
+    from locvit.deploy import Int8Report
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    meta = dict(date="2026-12-07", threads=2, torch="2.14.1", command="scripts/bench_official.py ...")
+    speed = [dict(model="vvt_tiny", official="vvt_tiny", backend=b, batch=8, img_s=v, ratio_vs_official=r)
+             for b, v, r in (("eager", 20.0, 1.4), ("openvino", 30.0, 2.1), ("official eager", 14.0, 1.0))]
+    (runs / "deploy_bs8.json").write_text(json.dumps(dict(meta, batch=8, rows=speed)))
+    gate = Int8Report(images=360, top1_fp32=97.5, top1_int8=97.2, agreement=99.4, max_drop=0.5, calibration_images=300)
+    (runs / "deploy_int8.json").write_text(json.dumps(dict(meta, rows=[dict(gate.as_dict(), family="vvt",
+                                                                            model="vvt_tiny")])))
+    sweep = [dict(model="vvt_tiny", backend="openvino", img_size=f"{s}x{s}", step_ms=s * s / 1000, batch_size=1)
+             for s in (224, 448)]
+    (runs / "deploy_sweep.json").write_text(json.dumps(sweep))
+    text = deploy.render(runs)
+    assert "| `vvt_tiny` | 8 | 14.0 (**1.00x**) | 20.0 (**1.40x**) | 30.0 (**2.10x**) |" in text
+    assert "| model | batch | official eager | locvit eager | OpenVINO fp32 |" in text
+    assert "| vvt | `vvt_tiny` | 97.50% | 97.20% | +0.30 | 99.40% | passed |" in text
+    assert "| `vvt_tiny` | openvino | 50 | 201 | 1.00 |" in text  # time linear in pixels: k = 1
+    doc = tmp_path / "README.md"
+    doc.write_text(f"before\n{deploy.START}\nold\n{deploy.END}\nafter\n")
+    deploy.update_doc(text, doc)
+    assert doc.read_text() == f"before\n{deploy.START}\n{text}{deploy.END}\nafter\n"
+
+
 def test_disagreeing_logits_are_reported_and_not_timed(bench, tmp_path, capsys):
     root = stand_in_root(tmp_path / "official", shift=1.0)
     out = tmp_path / "run.json"

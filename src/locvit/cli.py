@@ -428,6 +428,11 @@ def _bench(p: argparse.ArgumentParser):
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--backend", nargs="+", metavar="BACKEND",
+                   choices=["eager", "compile", "onnxruntime", "openvino", "openvino-int8"],
+                   help="time the model in these runtimes round-robin on one input (eager always included; exported "
+                        "files checked against eager first; openvino-int8 is calibrated on random inputs: speed only, "
+                        "see `locvit export --int8` for the accuracy gate); ratios vs eager and vs --vs")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -476,6 +481,12 @@ def _bench(p: argparse.ArgumentParser):
                         m = "infer" if mode == "latency" else mode
                         spec = tp.BenchSpec(name, bs, size, m, a.device, a.threads, a.channels_last, a.compile,
                                             a.amp, num_frames=a.num_frames)
+                        if a.backend:
+                            vs = tp.BenchSpec(a.vs, bs, size, m, a.device, a.threads) if a.vs else None
+                            for r in tp.benchmark_backends(spec, a.backend, vs, a.warmup, a.runs):
+                                rows.append(r.row())
+                                _print_backend_row(rows[-1])
+                            continue
                         if a.vs:
                             vs = tp.BenchSpec(a.vs, bs, size, m, a.device, a.threads, a.channels_last, a.compile,
                                               a.amp, num_frames=a.num_frames)
@@ -509,6 +520,14 @@ def _bench(p: argparse.ArgumentParser):
         return 0
 
     return run
+
+
+def _print_backend_row(r: dict) -> None:
+    diff = f"  max |d| vs eager {r['max_abs_diff']:.1e}" if r.get("max_abs_diff") is not None else ""
+    vs = f"  x{r['ratio_vs']:.2f} vs --vs" if r.get("ratio_vs") is not None else ""
+    print(f"{r['model']:28s} {r['backend']:13s} bs {r['batch_size']:3d} {r['img_size']:>9s}  "
+          f"{r['images_per_s']:8.1f} img/s ({r['spread']})  x{r['ratio_vs_eager']:.2f} vs eager{vs}{diff}",
+          flush=True)
 
 
 def _print_row(r: dict, vs: str | None) -> None:
@@ -649,10 +668,12 @@ def _viz(p: argparse.ArgumentParser):
 
 
 # --- locvit export -----------------------------------------------------------------------------------------------
-@command("export", "export a model to ONNX or a torch.export program (.pt2), verified against eager PyTorch")
+@command("export", "export a model to ONNX, OpenVINO IR (fp32, or INT8 behind an accuracy gate) or a torch.export "
+                   "program (.pt2), verified against eager PyTorch")
 def _export(p: argparse.ArgumentParser):
     p.add_argument("--model", required=True)
-    p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "pt2", "openvino"], default=None,
+                   help="default: onnx (openvino with --int8); openvino writes NAME.xml + NAME.bin")
     p.add_argument("--checkpoint", help="weights (official release file or ours); default: random init")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
     p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the model's)")
@@ -660,17 +681,54 @@ def _export(p: argparse.ArgumentParser):
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
                    help="let the exported file take any batch size (default: on)")
     p.add_argument("--num-classes", type=int, help="default: the checkpoint's head, else the model's")
-    p.add_argument("--output", help="file to write (default: MODEL.onnx / MODEL.pt2)")
+    p.add_argument("--output", help="file to write (default: MODEL.onnx / MODEL.pt2 / MODEL.xml, MODEL_int8.xml)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |exported - eager| difference")
     p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--int8", action="store_true",
+                   help="post-training static INT8 (NNCF, OpenVINO IR), written only if it passes the accuracy gate")
+    p.add_argument("--calib", metavar="DATA",
+                   help="calibration images: digits, cifar10:ROOT, or a folder (its train/ split, or class folders)")
+    p.add_argument("--val", metavar="DATA", help="validation images for the gate (its val/ split; default: --calib's)")
+    p.add_argument("--max-drop", type=float, default=0.5, help="largest accepted top-1 drop in points (default 0.5)")
+    p.add_argument("--calib-images", type=int, default=300, help="at most this many calibration images")
+    p.add_argument("--val-images", type=int, default=None, help="at most this many validation images (default all)")
+    p.add_argument("--report", metavar="JSON",
+                   help="with --int8: write the accuracy gate's measurements here (also when the model is refused)")
 
     def run(a: argparse.Namespace) -> int:
         from locvit.export import export
 
-        res = export(a.model, a.format, output=a.output, checkpoint=a.checkpoint, img_size=a.img_size,
-                     batch_size=a.batch_size, dynamic_batch=a.dynamic_batch, num_classes=a.num_classes,
-                     atol=a.atol, trust_pickle=a.trust_checkpoint, model_kwargs=_parse_kv(a.model_kwargs),
-                     log=print)
+        fmt = a.format or ("openvino" if a.int8 else "onnx")
+        if not a.int8 and (a.calib or a.val):
+            raise ValueError("--calib/--val are the INT8 calibration and validation images: add --int8")
+        import json
+
+        from locvit._io import atomic_write_text
+        from locvit.deploy import Int8Refused
+
+        if a.report and not a.int8:
+            raise ValueError("--report writes the INT8 accuracy gate's measurements: add --int8")
+
+        def report(rep, path) -> None:
+            if a.report:
+                atomic_write_text(a.report, json.dumps(dict(rep.as_dict(), model=a.model, output=path,
+                                                            checkpoint=a.checkpoint), indent=1) + "\n")
+
+        try:
+            res = export(a.model, fmt, output=a.output, checkpoint=a.checkpoint, img_size=a.img_size,
+                         batch_size=a.batch_size, dynamic_batch=a.dynamic_batch, num_classes=a.num_classes,
+                         atol=a.atol, trust_pickle=a.trust_checkpoint, model_kwargs=_parse_kv(a.model_kwargs),
+                         log=print, int8=a.int8, calib=a.calib, val=a.val, max_drop=a.max_drop,
+                         calib_images=a.calib_images, val_images=a.val_images)
+        except Int8Refused as e:
+            if e.report is not None:
+                report(e.report, None)
+            raise
+        if res.int8 is not None:
+            report(res.int8, str(res.path))
+            print(f"exported {a.model} -> {res.path} (INT8 OpenVINO IR, input {res.input_shape}, "
+                  f"{res.size_mb:.1f} MB); {res.int8.summary()}")
+            return 0
         print(f"exported {a.model} -> {res.path} ({res.format}, input {res.input_shape}, "
               f"{res.size_mb:.1f} MB); verified against eager: max |diff| {res.max_abs_diff:.2e} "
               f"(atol {a.atol:g})")

@@ -29,20 +29,13 @@ def resolution_sweep(models: list[str], sizes: list[int], batch_size: int = 1, r
                      device: str = "cpu", threads: int | None = None,
                      model_kwargs: dict[str, dict[str, Any]] | None = None, progress: bool = True) -> list[dict]:
     """One row per (model, size): GMACs, ms per image, images/s and peak activation memory."""
-    from locvit._registry import create_model
+    from locvit.bench.throughput import create_at_size
 
     rows = []
     for name in models:
         kw = (model_kwargs or {}).get(name, {})
         for s in sizes:
-            kw_s = dict(kw, img_size=s)  # fixed-size models (timm's DeiT/Swin) need it; ours size tables once
-            try:
-                model = create_model(name, **kw_s)
-            except TypeError as e:  # models without an input size (e.g. timm's PVT v2) take any size as built
-                if "img_size" not in str(e):
-                    raise
-                kw_s = dict(kw)
-                model = create_model(name, **kw_s)
+            model, kw_s = create_at_size(name, s, kw)
             gmacs = count_flops(model, (3, s, s)).gmacs
             del model
             res = benchmark(BenchSpec(name, batch_size, (s, s), "infer", device, threads, model_kwargs=kw_s),

@@ -5,6 +5,11 @@ timed runs). ``--vs`` interleaves two models run by run in one process, so a slo
 and their ratio stays meaningful. Peak memory is the largest amount of tensor memory alive during one step
 beyond what was allocated before it: from the CUDA allocator on GPUs, from the profiler's allocation events on
 the CPU.
+
+``--backend`` times one model in several runtimes on the same input, round-robin in one process: eager PyTorch,
+``torch.compile``, and the files ``locvit export`` writes run by :class:`locvit.deploy.Runtime` (ONNX Runtime,
+OpenVINO fp32, OpenVINO INT8). Every backend gets the same number of intra-op threads, and each exported file's output
+is compared with eager PyTorch on the timed input before timing (the largest absolute difference is reported).
 """
 from __future__ import annotations
 
@@ -33,6 +38,13 @@ class BenchSpec:
     amp: str | None = None              # None | bf16 | fp16
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     num_frames: int | None = None       # video models: frames per clip (default: the model's)
+    backend: str = "eager"              # eager | compile | onnxruntime | openvino | openvino-int8
+
+
+#: ``--backend`` choices: torch in-process, or a file written by ``locvit export`` (format, INT8) and run by
+#: :class:`locvit.deploy.Runtime`
+BACKENDS = {"eager": None, "compile": None, "onnxruntime": ("onnx", False), "openvino": ("openvino", False),
+            "openvino-int8": ("openvino", True)}
 
 
 @dataclass
@@ -55,6 +67,10 @@ class BenchResult:
     malloc_tuned: bool = False          # locvit.runtime.tune_cpu_allocator was in effect
     num_frames: int | None = None       # video models: frames per clip; images_per_s then counts clips
     input_shape: tuple[int, ...] = ()   # one sample: (C, H, W) or (C, T, H, W)
+    backend: str = "eager"
+    max_abs_diff: float | None = None   # exported backends: |output - eager| on the timed input
+    ratio_vs_eager: float | None = None  # benchmark_backends: speed over eager PyTorch's, same rounds
+    ratio_vs: float | None = None       # benchmark_backends: speed over the --vs model's, same rounds
 
     def row(self) -> dict[str, Any]:
         d = asdict(self)
@@ -74,9 +90,11 @@ class Runner:
         spec: what to run; ``spec.model`` names the model to build.
         model: an already built model to run instead of building ``spec.model`` (which then only labels the
             results), e.g. another implementation of the same architecture.
+        files: exported backends: the files already exported from ``model`` (shared by the runners of one model;
+            see :meth:`_prepare_exported`).
     """
 
-    def __init__(self, spec: BenchSpec, model: nn.Module | None = None):
+    def __init__(self, spec: BenchSpec, model: nn.Module | None = None, files: dict[str, Any] | None = None):
         from locvit._registry import create_model
 
         self.spec = spec
@@ -101,7 +119,16 @@ class Runner:
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[spec.amp]
             self.autocast = lambda: torch.autocast(self.device.type, dtype=dtype)
         self.model = model
-        fwd = torch.compile(model) if spec.compile else model
+        self.max_abs_diff: float | None = None
+        if spec.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {spec.backend!r}; choose from {', '.join(BACKENDS)}")
+        if BACKENDS[spec.backend] is not None:
+            if spec.mode != "infer" or self.device.type != "cpu" or spec.amp or self.num_frames:
+                raise ValueError(f"backend {spec.backend} times CPU inference of image models in fp32 only "
+                                 "(no --mode train, --device cuda, --amp or video models)")
+            self._prepare_exported(model, files)
+            return
+        fwd = torch.compile(model) if (spec.compile or spec.backend == "compile") else model
         if spec.mode == "train":
             model.train()
             self.opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
@@ -122,6 +149,47 @@ class Runner:
         else:
             raise ValueError(f"mode must be 'infer' or 'train', got {spec.mode!r}")
         self.step = step
+
+    def _prepare_exported(self, model: nn.Module, files: dict[str, Any] | None = None) -> None:
+        """Export ``model`` into a temporary folder, load the file in :class:`locvit.deploy.Runtime` with torch's
+        thread count, and check its output on the timed input against eager PyTorch (fp32 files: at most 1e-4, as
+        ``locvit export`` verifies; INT8: reported). ``files``, shared by the runners of one model, holds what is
+        already exported, so ONNX is translated once: OpenVINO converts that file, INT8 quantizes that IR."""
+        import tempfile
+
+        from locvit import deploy
+        from locvit.export import ExportError, export, max_abs_diff
+
+        fmt, int8 = BACKENDS[self.spec.backend]
+        model.eval()
+        files = {} if files is None else files
+        if "dir" not in files:
+            files["dir"] = tempfile.TemporaryDirectory(prefix="locvit-bench-")
+        tmp = files["dir"].name
+        if "onnx" not in files:  # written and verified against eager by locvit.export
+            files["onnx"] = str(export(model, "onnx", output=f"{tmp}/model.onnx", img_size=self.spec.img_size,
+                                       batch_size=max(2, self.spec.batch_size)).path)
+        out = files["onnx"]
+        if fmt == "openvino":
+            if "openvino" not in files:
+                files["openvino"] = str(deploy.save_openvino(deploy.openvino_model(out), f"{tmp}/model.xml")[0])
+            out = files["openvino"]
+        if int8:  # speed only: calibrated on the timed input's distribution (the accuracy gate is export --int8)
+            gen = torch.Generator().manual_seed(1)
+            calib = [torch.randn(self.spec.batch_size, *self.input_shape, generator=gen).numpy() for _ in range(4)]
+            ov = deploy.require("openvino", "OpenVINO")
+            quantized = deploy.quantize_int8(ov.Core().read_model(out), calib, _family(self.spec.model))
+            out = str(deploy.save_openvino(quantized, f"{tmp}/model_int8.xml")[0])
+        self._files = files  # keeps the folder alive as long as this runner
+        self.runtime = deploy.Runtime(out, threads=torch.get_num_threads())
+        x = self.x.numpy()
+        with torch.inference_mode():
+            self.max_abs_diff = max_abs_diff(model(self.x), self.runtime(x))
+        if not int8 and not self.max_abs_diff <= 1e-4:
+            raise ExportError(f"{self.spec.model}: {self.spec.backend} differs from eager PyTorch by "
+                              f"{self.max_abs_diff:.3g} on the timed input (> 1e-4); not timed")
+        self.params = sum(p.numel() for p in model.parameters())
+        self.step = lambda: self.runtime(x)
 
     def time_once(self) -> float:
         _sync(self.device)
@@ -173,6 +241,15 @@ def _quiet_stderr():
         os.close(devnull)
 
 
+def _family(name: str) -> str | None:
+    from locvit._registry import family_of
+
+    try:
+        return family_of(name)
+    except (KeyError, ValueError):
+        return None
+
+
 def _result(r: Runner, times: list[float], mem: float | None) -> BenchResult:
     s = r.spec
     med = statistics.median(times)
@@ -182,7 +259,7 @@ def _result(r: Runner, times: list[float], mem: float | None) -> BenchResult:
         channels_last=s.channels_last, images_per_s=s.batch_size / med,
         spread=(s.batch_size / max(times), s.batch_size / min(times)), step_ms=1000 * med, runs=len(times),
         peak_mem_mb=mem, params_m=r.params / 1e6, malloc_tuned=allocator_settings() is not None,
-        num_frames=r.num_frames, input_shape=r.input_shape)
+        num_frames=r.num_frames, input_shape=r.input_shape, backend=s.backend, max_abs_diff=r.max_abs_diff)
 
 
 def benchmark(spec: BenchSpec, warmup: int = 2, runs: int = 5, memory: bool = True) -> BenchResult:
@@ -194,19 +271,87 @@ def benchmark(spec: BenchSpec, warmup: int = 2, runs: int = 5, memory: bool = Tr
     return _result(r, times, r.peak_memory_mb() if memory else None)
 
 
-def interleave(ra: Runner, rb: Runner, warmup: int = 2, runs: int = 5) -> tuple[list[float], list[float]]:
-    """Warm both runners up, then time one step of each per round, alternating which goes first so neither always
-    runs on a warmer cache; returns the seconds of A's and of B's steps, round by round."""
+def create_at_size(name: str, size: int | tuple[int, int], kwargs: dict[str, Any] | None = None
+                   ) -> tuple[nn.Module, dict[str, Any]]:
+    """``create_model(name, img_size=size, **kwargs)`` (fixed-size models such as timm's DeiT/Swin need it; ours size
+    their tables and position embeddings once instead of resizing them on every call, which exported graphs would
+    also do: OpenVINO's bicubic Resize does not reproduce torch's); models without an ``img_size`` argument (timm's
+    PVT v2) are built without it. Returns the model and the keyword arguments that built it."""
+    from locvit._registry import create_model
+
+    kw = dict(kwargs or {}, img_size=size)
+    try:
+        return create_model(name, **kw), kw
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        kw = dict(kwargs or {})
+        return create_model(name, **kw), kw
+
+
+def interleave_all(runners: list[Runner], warmup: int = 2, runs: int = 5) -> list[list[float]]:
+    """Warm every runner up, then time one step of each per round, rotating which goes first so none always runs
+    on a warmer (or colder) cache; returns each runner's step seconds, round by round."""
     for _ in range(warmup):
-        ra.step()
-        rb.step()
-    ta, tb = [], []
+        for r in runners:
+            r.step()
+    times: list[list[float]] = [[] for _ in runners]
+    n = len(runners)
     for i in range(runs):
-        first, second = (ra, rb) if i % 2 == 0 else (rb, ra)
-        t1, t2 = first.time_once(), second.time_once()
-        ta.append(t1 if first is ra else t2)
-        tb.append(t2 if first is ra else t1)
+        for j in range(n):
+            k = (i + j) % n
+            times[k].append(runners[k].time_once())
+    return times
+
+
+def interleave(ra: Runner, rb: Runner, warmup: int = 2, runs: int = 5) -> tuple[list[float], list[float]]:
+    """:func:`interleave_all` of two runners (the order alternates round by round); A's and B's step seconds."""
+    ta, tb = interleave_all([ra, rb], warmup, runs)
     return ta, tb
+
+
+def round_ratio(t_ref: list[float], t: list[float]) -> float:
+    """Median over rounds of ``t_ref / t``: how many times faster the second is (robust to the machine's speed
+    changing between rounds, since both were timed in the same round)."""
+    return statistics.median(r / x for r, x in zip(t_ref, t))
+
+
+def benchmark_backends(spec: BenchSpec, backends: list[str], vs: BenchSpec | None = None, warmup: int = 2,
+                       runs: int = 5, vs_model: nn.Module | None = None, model: nn.Module | None = None
+                       ) -> list[BenchResult]:
+    """One model in several backends (and optionally a ``vs`` model in eager PyTorch), timed round-robin on the same
+    input; returns one result per backend (eager first, then the others, then ``vs``'s), each with
+    ``ratio_vs_eager`` and ``ratio_vs`` (median per-round speed ratios).
+
+    Eager PyTorch is always timed (the first ratio's denominator) even when not asked for. The model is built once
+    and every backend runs that module (the exported ones: the file exported from it). ``vs_model``: an already
+    built module for ``vs`` (e.g. the official implementation, ``scripts/bench_official.py``); ``model``: the same for
+    ``spec`` (e.g. carrying the official weights).
+    """
+    from dataclasses import replace
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    order = list(dict.fromkeys(["eager", *backends]))
+    if model is None:
+        model, kw = create_at_size(spec.model, spec.img_size, spec.model_kwargs)
+        spec = replace(spec, model_kwargs=kw)
+    model.eval()
+    files: dict[str, Any] = {}
+    runners = [Runner(replace(spec, backend=b), model=model, files=files) for b in order]
+    if vs is not None:
+        if vs_model is None:
+            vs_model, vs_kw = create_at_size(vs.model, vs.img_size, vs.model_kwargs)
+            vs = replace(vs, model_kwargs=vs_kw)
+        runners.append(Runner(replace(vs, backend="eager"), model=vs_model))
+    times = interleave_all(runners, warmup, runs)
+    results = []
+    for r, t in zip(runners, times):
+        res = _result(r, t, None)
+        res.ratio_vs_eager = round_ratio(times[0], t)
+        res.ratio_vs = round_ratio(times[-1], t) if vs is not None else None
+        results.append(res)
+    return results
 
 
 def benchmark_pair(a: BenchSpec, b: BenchSpec, warmup: int = 2, runs: int = 5,

@@ -180,6 +180,17 @@ def _clamp_scale_clamp(t: Tensor, scale: Tensor, gate: bool, inplace: bool) -> T
     return mag.clamp(CLAMP_MIN, CLAMP_MAX) * sign
 
 
+def _may_update_in_place(*tensors: Tensor) -> bool:
+    """Whether temporaries may be overwritten in place: autograd does not need them and no graph is being traced.
+
+    In a traced graph an in-place op is functionalised; on a view (the numerator ``out[..., :d]`` of
+    :func:`_linear_terms`) each one becomes a copy of the whole base tensor written back by ``slice_scatter``
+    (``ScatterND`` in ONNX, a full pass per clamp step), where the out-of-place expression is one element-wise node
+    that the runtimes plan memory for themselves.
+    """
+    return not fastpath.tracing() and not fastpath.needs_grad(*tensors)
+
+
 def vicinity_attention(q: Tensor, k: Tensor, v: Tensor, q_table: Tensor, k_table: Tensor,
                        clamp: bool = True) -> Tensor:
     """Linear vicinity attention with the official clamps.
@@ -196,7 +207,7 @@ def vicinity_attention(q: Tensor, k: Tensor, v: Tensor, q_table: Tensor, k_table
     """
     if clamp and fastpath.eager_autograd(q, k, v):
         return _VicinityAttentionFn.apply(q, k, v, q_table, k_table)
-    inplace = not fastpath.needs_grad(q, k, v)
+    inplace = _may_update_in_place(q, k, v)
     terms = _linear_terms(q, k, v, q_table, k_table, clamp, inplace)
     if not clamp:
         return terms.num * terms.z_raw.unsqueeze(-1)
@@ -417,7 +428,7 @@ class VicinityAttention(nn.Module):
         if fastpath.eager_autograd(o, gate):
             return _GatedClampFn.apply(o, gate)
         # official: abs_clamp(c + c * gate) with c = abs_clamp(o); the gate is positive
-        return _clamp_scale_clamp(o, gate, gate=True, inplace=not fastpath.needs_grad(o, gate))
+        return _clamp_scale_clamp(o, gate, gate=True, inplace=_may_update_in_place(o, gate))
 
     @torch.no_grad()
     def attention_weights(self, x: Tensor, hw: tuple[int, int], query_index: Tensor | list[int]) -> Tensor:
@@ -450,7 +461,7 @@ class DWConvMlp(nn.Module):
         # the token layout is channels-last, which the conv takes without a copy
         hidden = x.shape[-1]
         x = self.dwconv(x.view(B, hw[0], hw[1], hidden).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, hidden)
-        if not fastpath.needs_grad(x):
+        if _may_update_in_place(x):
             x = torch.ops.aten.gelu_(x)  # the conv output is a temporary: saves one large allocation
         else:
             x = self.act(x)
