@@ -26,10 +26,10 @@ from torch import nn
 from tqdm import tqdm
 
 from locvit.checkpoint import save_checkpoint
-from locvit.data.loader import steps_per_epoch
+from locvit.data.loader import set_loader_epoch, steps_per_epoch
 from locvit.engine.distributed import DistInfo, all_reduce_sum, barrier
-from locvit.engine.logger import RunLogger
-from locvit.engine.step import mixed_precision, optimizer_step, seed_step
+from locvit.engine.logger import RunLogger, log_targets
+from locvit.engine.step import GradAccumulator, mixed_precision, seed_step
 from locvit.engine.train import NonFiniteLossError, find_resume
 
 __all__ = ["Task", "build_param_groups", "build_scheduler", "fit"]
@@ -102,7 +102,8 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
         check_writable(run_dir)
         remove_stale_temp_files(run_dir)  # temp files of writes a kill interrupted
     model, loader = task.model, task.train_loader
-    n_steps = steps_per_epoch(loader)
+    accum = getattr(cfg, "grad_accum_steps", 1)
+    n_steps = steps_per_epoch(loader) // accum  # optimiser steps: the loader holds whole accumulation windows
     unit = n_steps if cfg.epochs is not None else 1  # optimiser steps per schedule unit
     total = cfg.epochs * n_steps if cfg.epochs is not None else cfg.iters
     eval_every = (cfg.eval_interval or 1) * unit if cfg.epochs is not None or cfg.eval_interval else total
@@ -137,7 +138,8 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
         if main:
             print(f"resumed from {resume_from}: iteration {global_step} of {total}", flush=True)
     scheduler.step_update(num_updates=global_step)
-    logger = RunLogger(run_dir, cfg.tensorboard, history, x_key="iter", panels=task.panels) if main else None
+    logger = (RunLogger(run_dir, log_targets(cfg), history, x_key="iter", panels=task.panels, config=cfg.to_dict())
+              if main else None)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_dir / "config.yaml")
@@ -154,17 +156,21 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
     metrics: dict[str, Any] = history[-1] if history else {}
     bar = tqdm(total=total_run, initial=global_step, desc="train", disable=not main, dynamic_ncols=True)
     t0 = time.time()
+    # checkpoints are written after optimiser steps only, so a run resumes at the start of an accumulation window
+    stepper = GradAccumulator(net, optimizer, scaler, cfg.clip_grad, model.parameters(), accum)
     while global_step < total_run:
         epoch, start = divmod(global_step, n_steps)
-        loader.sampler.set_epoch(epoch, start=start * loader.batch_size)
-        loader.dataset.set_epoch(epoch)
+        set_loader_epoch(loader, epoch, start=start * accum * loader.batch_size)
         net.train()
         for batch in loader:
-            seed_step(cfg.seed, global_step, dist.rank)
+            seed_step(cfg.seed, global_step * accum + stepper.micro, dist.rank)
             running["skipped"] += batch.skipped
             if len(batch[0]):
-                with autocast():
-                    loss, parts, n = task.loss(net, batch)
+                with stepper.context():
+                    with autocast():
+                        loss, parts, n = task.loss(net, batch)
+                    if torch.isfinite(loss).all():
+                        stepper.backward(loss)
                 if not torch.isfinite(loss).all():
                     last = run_dir / "last.pth"
                     kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
@@ -172,11 +178,12 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
                         f"non-finite loss ({loss.item()}; {({k: round(v.item(), 4) for k, v in parts.items()})}) at "
                         f"iteration {global_step + 1}; training stopped, {kept}. Lower --lr, set --clip-grad or check "
                         "the data")
-                optimizer_step(loss, optimizer, scaler, cfg.clip_grad, model.parameters())
                 running["loss"] += loss.item() * n
                 running["images"] += n
                 for k, v in parts.items():
                     running["parts"][k] = running["parts"].get(k, 0.0) + v.item() * n
+            if not stepper.step():
+                continue
             global_step += 1
             scheduler.step_update(num_updates=global_step)
             if main:
@@ -184,6 +191,8 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
                 if global_step % max(1, cfg.log_interval) == 0:
                     bar.set_postfix(loss=f"{running['loss'] / max(running['images'], 1):.4f}",
                                     lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                    logger.log_step(global_step, dict(train_loss=running["loss"] / max(running["images"], 1),
+                                                      lr=optimizer.param_groups[0]["lr"]))
             if global_step % eval_every == 0 or global_step == total_run:
                 running["t"] += time.time() - t0
                 metrics = _evaluate(task, model, optimizer, running, global_step, n_steps, dist.world)

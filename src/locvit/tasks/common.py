@@ -67,7 +67,7 @@ def no_weight_decay(model: nn.Module) -> set[str]:
 def train_loader(dataset: Any, cfg: DenseConfig, dist: DistInfo, collate: Callable) -> DataLoader:
     """The resumable, sharded training loader (:func:`locvit.data.loader.build_loader`) with the task's collate."""
     return build_loader(dataset, cfg.batch_size, True, cfg.workers, cfg.seed, dist.rank, dist.world,
-                        collate_fn=collate)
+                        collate_fn=collate, grad_accum=cfg.grad_accum_steps)
 
 
 def eval_loader(dataset: Any, batch_size: int, workers: int, dist: DistInfo, collate: Callable) -> DataLoader:
