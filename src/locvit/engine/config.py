@@ -88,6 +88,7 @@ class TrainConfig:
     resume: str | None = None              # a run directory or checkpoint; 'auto' = output/last.pth
     allow_config_change: bool = False      # resume although model, data, batch size, seed... differ from the run
     deterministic: bool = False
+    dist_timeout: float = 1800.0           # seconds a process waits for its peers (start and every collective)
     tensorboard: bool = True               # without --log: TensorBoard files when tensorboard is installed
     log: list[str] = field(default_factory=list)  # tensorboard and/or wandb besides metrics.csv (csv: that alone)
 
@@ -126,6 +127,7 @@ class TrainConfig:
         need(self.amp in ("auto", "bf16", "fp16", "off"), f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}")
         need(self.checkpoint_interval >= 0, f"--checkpoint-interval must be 0 or more, got {self.checkpoint_interval}")
         need(self.eval_interval >= 1, f"--eval-interval must be at least 1, got {self.eval_interval}")
+        need(self.dist_timeout > 0, f"--dist-timeout must be positive (seconds), got {self.dist_timeout}")
         need(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}")
         need(self.clip_grad is None or self.clip_grad > 0, f"--clip-grad must be positive, got {self.clip_grad}")
         need(not (self.pretrained and self.checkpoint),

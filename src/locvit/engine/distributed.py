@@ -1,6 +1,14 @@
-"""torchrun / DDP glue: one process per device, gloo on CPU and nccl on GPU; rank 0 writes and prints."""
+"""torchrun / DDP glue: one process per device, gloo on CPU and nccl on GPU; rank 0 writes and prints.
+
+One node or many: ``torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT
+--rdzv-id RUN -m locvit train ...`` on every node. torchrun's agents meet at the endpoint first (bounded by
+``--rdzv-conf join_timeout=SECONDS``, 600 by default); the processes then start their process group, which waits for
+its peers at most ``dist_timeout`` seconds (also the limit of every collective) and fails with one message naming the
+address it could not reach.
+"""
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -24,9 +32,12 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str | None = None) -> DistInfo:
+def init_distributed(device: str | None = None, timeout: float | None = None) -> DistInfo:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group when there is more
-    than one process; pick the device (``cuda:LOCAL_RANK`` when CUDA is available, unless ``device`` says)."""
+    than one process; pick the device (``cuda:LOCAL_RANK`` when CUDA is available, unless ``device`` says).
+
+    ``timeout``: seconds to wait for the other processes (and for any collective) before giving up (torch's default,
+    30 minutes, when None). Raises ``ConnectionError`` naming MASTER_ADDR:MASTER_PORT when they do not come."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -38,7 +49,17 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        kw = dict(timeout=datetime.timedelta(seconds=timeout)) if timeout else {}
+        try:
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", **kw)
+        except (RuntimeError, TimeoutError) as e:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            waited = f"within {timeout:g} s" if timeout else "in time"
+            raise ConnectionError(
+                f"process {rank} of {world} could not meet the others at {where} {waited} "
+                f"({str(e).splitlines()[0][:160]}): start every node with the same --rdzv-endpoint (or MASTER_ADDR/"
+                "MASTER_PORT), --nnodes and --rdzv-id, check that the address is reachable from each node, or "
+                "raise --dist-timeout") from None
     return DistInfo(rank, world, local_rank, dev)
 
 

@@ -103,7 +103,7 @@ def _disk_need(model: nn.Module, ema: bool) -> int:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train ``cfg.model`` as configured; returns the final metrics. Run under ``torchrun`` for DDP."""
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, cfg.dist_timeout)
     try:
         return _train(cfg, dist)
     finally:

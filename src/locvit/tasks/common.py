@@ -24,7 +24,7 @@ def session(cfg: DenseConfig) -> Iterator[DistInfo]:
     """torchrun's process group (when there is one) and the device, determinism and initial seed of ``cfg``."""
     from locvit.engine.step import seed_step
 
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, cfg.dist_timeout)
     try:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)

@@ -64,6 +64,7 @@ class DenseConfig:
     resume: str | None = None              # a run directory or checkpoint; 'auto' = output/last.pth
     allow_config_change: bool = False      # resume although model, data, batch size, seed... differ from the run
     deterministic: bool = False
+    dist_timeout: float = 1800.0           # seconds a process waits for its peers (start and every collective)
     tensorboard: bool = True               # without --log: TensorBoard files when tensorboard is installed
     log: list[str] = field(default_factory=list)  # tensorboard and/or wandb besides metrics.csv (csv: that alone)
 
