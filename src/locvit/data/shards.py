@@ -172,7 +172,8 @@ def _shard_table(info: dict[str, Any], root: str) -> dict[str, tuple[int, int | 
 
 
 def _truncated(url: str, e: BaseException) -> ValueError:
-    return ValueError(f"shard {url} cannot be read to its end ({type(e).__name__}: {e}): it is truncated or not a "
+    reason = str(e).split(" @ ")[0]  # webdataset appends the stream object
+    return ValueError(f"shard {url} cannot be read to its end ({type(e).__name__}: {reason}): it is truncated or not a "
                       "tar file; write it again (locvit shards) or leave it out of the pattern")
 
 
@@ -180,31 +181,49 @@ def count_shard(url: str) -> tuple[int, set[int]]:
     """(samples, class indices) of one shard, reading it through; a truncated shard raises ``ValueError``."""
     keys: set[str] = set()
     labels: set[int] = set()
-    try:
-        for s in _raw_samples(url):
-            keys.add(s["__key__"])
-            if "cls" in s:
-                labels.add(int(s["cls"].decode().strip()))
-    except ValueError as e:
-        if "cannot be read to its end" in str(e):
-            raise
-        raise ValueError(f"shard {url}: a .cls entry is not a class index ({e})") from None
+    for s in _raw_samples(url):
+        keys.add(s["__key__"])
+        label = s.get("cls", b"").decode(errors="replace").strip()
+        if label.isdigit():  # a sample without a class index is counted, and skipped when it is read
+            labels.add(int(label))
     return len(keys), labels
 
 
+class _Tail:
+    """A read-only stream that remembers its last 512 bytes: a complete tar file ends in zero blocks, and tarfile
+    alone takes a file cut at a block boundary for a complete one."""
+
+    def __init__(self, f: Any):
+        self.f, self.tail = f, b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        if data:
+            self.tail = (self.tail + data)[-512:]
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+
 def _raw_samples(url: str) -> Iterator[dict[str, Any]]:
-    """The samples of one shard as dicts of bytes (``__key__``, ``jpg``, ``cls``...), undecoded."""
+    """The samples of one shard as dicts of bytes (``__key__``, ``__url__``, ``jpg``, ``cls``...), undecoded."""
+    wds = _webdataset()
     from webdataset import tariterators
 
     try:
-        yield from tariterators.group_by_keys(tariterators.tar_file_expander(
-            tariterators.url_opener([dict(url=url)])))
+        stream = _Tail(wds.gopen(url, "rb"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"shard {url} cannot be opened ({type(e).__name__}: {e})") from None
+    try:
+        files = (dict(f, __url__=url) for f in tariterators.tar_file_iterator(stream))
+        yield from tariterators.group_by_keys(files)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise _truncated(url, e) from None
-    except Exception as e:  # webdataset re-raises a stream error with the shard appended
-        if "tar" in type(e).__name__.lower() or "unexpected end" in str(e) or "EOF" in str(e):
-            raise _truncated(url, e) from None
-        raise
+    finally:
+        stream.close()
+    if url.endswith(".tar") and stream.tail.strip(b"\0"):  # ended without the end-of-archive blocks
+        raise _truncated(url, EOFError("the file ends inside the archive, before its end-of-archive blocks"))
 
 
 def sample_index(key: str, url: str) -> int:
