@@ -8,9 +8,13 @@ address it could not reach.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -51,7 +55,8 @@ def init_distributed(device: str | None = None, timeout: float | None = None) ->
     if world > 1 and not dist.is_initialized():
         kw = dict(timeout=datetime.timedelta(seconds=timeout)) if timeout else {}
         try:
-            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", **kw)
+            with _quiet_native_stderr():
+                dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", **kw)
         except (RuntimeError, TimeoutError) as e:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
             where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
             waited = f"within {timeout:g} s" if timeout else "in time"
@@ -61,6 +66,27 @@ def init_distributed(device: str | None = None, timeout: float | None = None) ->
                 "MASTER_PORT), --nnodes and --rdzv-id, check that the address is reachable from each node, or "
                 "raise --dist-timeout") from None
     return DistInfo(rank, world, local_rank, dev)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Hold back what C++ code writes to stderr (c10d logs every failed connection attempt with a native stack
+    trace) while the process group starts: replayed when it starts, dropped when it fails (the error says why)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            raise
+        else:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+        finally:
+            os.close(saved)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
