@@ -66,14 +66,17 @@ def _local(path: str) -> str:
 
 
 def _read_text(url: str) -> str | None:
-    """A small file (``_info.json``) from a local path or any URL WebDataset opens; None when it is absent."""
+    """A small file (``_info.json``) from a local path or any URL WebDataset opens; None when it is absent (and for
+    ``pipe:`` commands, where no file can be placed beside the shards)."""
+    if url.startswith("pipe:"):
+        return None
     if not _is_url(url):
         p = Path(_local(url))
         return p.read_text() if p.is_file() else None
     wds = _webdataset()
     try:
         with wds.gopen(url, "rb") as f:
-            return f.read().decode()
+            return f.read().decode() or None
     except Exception:  # an absent info file on a server: the shards are counted instead
         return None
 
