@@ -18,6 +18,8 @@ from test_train import ENV, TINY, _image_folder, locvit, weights
 
 from locvit.engine.step import GradAccumulator
 
+from test_dense_tasks import VVT, _resume_bit_exact, kv, seg_data  # noqa: F401  (seg_data: a fixture)
+
 DATA_CFG = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
 
 
@@ -102,6 +104,23 @@ def test_grad_accum_steps_below_one_is_refused(tmp_path, value):
                   check=False)
     assert proc.returncode == 2 and "--grad-accum-steps must be at least 1" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
+
+
+SEG = ["segment", "train", "--model", "vvt_tiny", "--model-kwargs", *kv(VVT), "--num-classes", "3",
+       "--decoder-channels", "16", "--crop-size", "64", "64", "--scale", "96", "64", "--test-scale", "96", "64",
+       "--warmup-iters", "1", "--sched", "poly", "--lr", "1e-3", "--no-tensorboard", "--workers", "0"]
+
+
+def test_dense_loop_accumulates_and_resumes_between_windows(seg_data, tmp_path):  # noqa: F811
+    """The dense loop steps through the same GradAccumulator: iterations are optimiser steps of 2 micro-batches,
+    and a run stopped and resumed ends with the uninterrupted run's weights bit for bit."""
+    run = _resume_bit_exact(tmp_path, [*SEG, "--data", seg_data, "--batch-size", "1", "--grad-accum-steps", "2"], 4)
+    state = torch.load(run / "last.pth", weights_only=True)
+    assert state["global_step"] == 4 and state["config"]["grad_accum_steps"] == 2
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[-1].split(",")[0] == "4"  # one evaluation, at iteration 4
+    # 8 training images = 4 optimiser steps of 2 x 1: an epoch is whole windows
+    assert float(dict(zip(rows[0].split(","), rows[-1].split(",")))["epoch"]) == 1.0
 
 
 # --- WebDataset shards ------------------------------------------------------------------------------------------
@@ -247,19 +266,34 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(*launch, out, resume=False, **popen):
-    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "locvit", "train", *MULTI,
+def _torchrun(*launch, out, resume=False, command=("train", *MULTI), **popen):
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "locvit", *map(str, command),
            "--output", str(out), *(["--resume"] if resume else [])]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
                             start_new_session=True, **popen)
 
 
-def _nodes(out, resume=False):
+def _nodes(out, resume=False, **kw):
     """Two torchrun agents, one process each, meeting at a c10d rendezvous on 127.0.0.1."""
     port = _port()
     return [_torchrun("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
                       f"127.0.0.1:{port}", "--rdzv-id", f"run{port}", "--node-rank", str(r),
-                      "--rdzv-conf", "join_timeout=60", out=out, resume=resume) for r in range(2)]
+                      "--rdzv-conf", "join_timeout=60", out=out, resume=resume, **kw) for r in range(2)]
+
+
+def _kill_second_node(procs, run):
+    """SIGKILL the second "node" (its agent and its process) once a checkpoint exists; the first then stops."""
+    deadline = time.time() + 120
+    while not (run / "last.pth").exists() and time.time() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    os.killpg(procs[1].pid, signal.SIGKILL)
+    procs[1].wait()
+    try:
+        procs[0].wait(timeout=90)  # its process loses its peer and stops
+    except subprocess.TimeoutExpired:
+        os.killpg(procs[0].pid, signal.SIGKILL)
+        raise
+    return torch.load(run / "last.pth", weights_only=True)
 
 
 def _finish(procs, timeout=120):
@@ -297,21 +331,25 @@ def test_two_nodes_give_the_one_node_metrics(one_node, tmp_path):
 
 def test_two_nodes_resume_after_a_rank_is_killed(one_node, tmp_path):
     run = tmp_path / "two"
-    procs = _nodes(run)
-    deadline = time.time() + 120
-    while not (run / "last.pth").exists() and time.time() < deadline and all(p.poll() is None for p in procs):
-        time.sleep(0.05)
-    os.killpg(procs[1].pid, signal.SIGKILL)  # the second "node": its agent and its process
-    procs[1].wait()
-    try:
-        procs[0].wait(timeout=90)  # the other node's process loses its peer and stops
-    except subprocess.TimeoutExpired:
-        os.killpg(procs[0].pid, signal.SIGKILL)
-        raise
-    state = torch.load(run / "last.pth", weights_only=True)
+    state = _kill_second_node(_nodes(run), run)
     assert 0 < state["global_step"] < 44 and not (run / "model.safetensors").exists()
     _finish(_nodes(run, resume=True))
     assert _metrics(run) == _metrics(one_node)
+
+
+def test_dense_loop_on_two_nodes_resumes_to_the_one_node_metrics(seg_data, tmp_path):  # noqa: F811
+    """`locvit segment train` on two torchrun "nodes", the second killed after the first checkpoint, resumed on
+    two nodes: the metrics and weights of the uninterrupted run on one node with two processes."""
+    seg = [*SEG, "--data", seg_data, "--batch-size", "1", "--iters", "6", "--eval-interval", "3",
+           "--checkpoint-interval", "1"]
+    _finish([_torchrun("--nproc-per-node", "2", "--master-port", str(_port()), out=tmp_path / "one", command=seg)])
+    run = tmp_path / "two"
+    state = _kill_second_node(_nodes(run, command=seg), run)
+    assert 0 < state["global_step"] < 6 and not (run / "model.safetensors").exists()
+    _finish(_nodes(run, resume=True, command=seg))
+    assert _metrics(run) == _metrics(tmp_path / "one") and len(_metrics(run)) == 2
+    a, b = weights(tmp_path / "one"), weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_an_unreachable_rendezvous_stops_with_one_message(tmp_path):

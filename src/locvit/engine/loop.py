@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from locvit.checkpoint import save_checkpoint
 from locvit.data.loader import set_loader_epoch, steps_per_epoch
-from locvit.engine.distributed import DistInfo, all_reduce_sum, barrier
+from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from locvit.engine.logger import RunLogger, log_targets
 from locvit.engine.step import GradAccumulator, mixed_precision, seed_step
 from locvit.engine.train import NonFiniteLossError, find_resume
@@ -134,7 +134,9 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
         if scaler is not None and state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
         global_step, history, best = state["global_step"], state.get("history", []), state.get("best", -math.inf)
-        running = state.get("running", running)
+        # every rank's own running sums (a checkpoint before this fix holds rank 0's only)
+        ranks = state.get("running_ranks") or []
+        running = ranks[dist.rank] if len(ranks) == dist.world else state.get("running", running)
         if main:
             print(f"resumed from {resume_from}: iteration {global_step} of {total}", flush=True)
     scheduler.step_update(num_updates=global_step)
@@ -145,11 +147,13 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
         save_config(run_dir / "config.yaml")
 
     def save_state() -> None:
+        ranks = all_gather_objects(running)  # so each rank's part of the next row survives a resume
         if main:
             save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                  scheduler=scheduler.state_dict(),
                                  scaler=scaler.state_dict() if scaler is not None else None, global_step=global_step,
-                                 history=logger.history, best=best, running=running, config=cfg.to_dict(),
+                                 history=logger.history, best=best, running=running, running_ranks=ranks,
+                                 config=cfg.to_dict(),
                                  world_size=dist.world),
                             run_dir / "last.pth")
 
