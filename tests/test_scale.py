@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import ENV, TINY, _image_folder, locvit, weights
 
 from locvit.engine.step import GradAccumulator
-
 from test_dense_tasks import VVT, _resume_bit_exact, kv, seg_data  # noqa: F401  (seg_data: a fixture)
+from test_train import ENV, TINY, _image_folder, locvit, weights
 
-DATA_CFG = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
 
 
 def _vit(**kw):

@@ -402,7 +402,7 @@ def write_shards(data: str, output: str | os.PathLike, shard_size: int = 1000,
             name = f"{split}-{len(names):06d}.tar"
             idx = range(first, min(first + shard_size, len(ds)))
 
-            def write(f, idx=idx):
+            def write(f, idx=idx, ds=ds):
                 with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                     for i in idx:
                         if isinstance(ds, ImageFolderDataset):
