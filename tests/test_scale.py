@@ -30,10 +30,12 @@ def _vit(**kw):
                         num_classes=5, qkv_bias=False, drop_path_rate=0.0, **kw)
 
 
-@pytest.mark.parametrize("clip_grad", [None, 0.05])
-def test_grad_accumulation_equals_the_large_batch_in_float64(clip_grad):
-    """Four micro-batches of 2 make the update of one batch of 8 (AdamW, the clip on the accumulated gradient)."""
+@pytest.mark.parametrize("clip_grad,scaled", [(None, False), (0.05, False), (0.05, True)])
+def test_grad_accumulation_equals_the_large_batch_in_float64(clip_grad, scaled):
+    """Four micro-batches of 2 make the update of one batch of 8 (AdamW, the clip on the accumulated gradient;
+    through fp16 training's grad scaler, whose power-of-two scale is undone exactly, when ``scaled``)."""
     from timm.optim import create_optimizer_v2
+    from timm.utils import NativeScaler
 
     torch.manual_seed(0)
     ref = _vit().double()
@@ -43,7 +45,8 @@ def test_grad_accumulation_equals_the_large_batch_in_float64(clip_grad):
     targets = torch.randint(0, 5, (3, 8))
     opts = [create_optimizer_v2(m, opt="adamw", lr=1e-2, weight_decay=0.05) for m in (ref, acc)]
     big = GradAccumulator(ref, opts[0], None, clip_grad, ref.parameters(), steps=1)
-    small = GradAccumulator(acc, opts[1], None, clip_grad, acc.parameters(), steps=4)
+    small = GradAccumulator(acc, opts[1], NativeScaler("cpu") if scaled else None, clip_grad, acc.parameters(),
+                            steps=4)
     loss = torch.nn.CrossEntropyLoss()
     for x, y in zip(images, targets):
         big.backward(loss(ref(x), y))

@@ -86,7 +86,22 @@ def _parent(url: str) -> str:
 
 
 def _join(root: str, name: str) -> str:
-    return name if _is_url(name) or os.path.isabs(name) else f"{root.rstrip('/')}/{name}"
+    if _is_url(name) or os.path.isabs(name) or root in ("", "."):
+        return name
+    return f"{root.rstrip('/')}/{name}"
+
+
+def _load_info(text: str | None, where: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        info = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{where} is not valid JSON ({e}); write the shards again with `locvit shards`, or remove "
+                         "it to have the shards counted") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{where} is not an info file (a JSON object with 'splits')")
+    return info
 
 
 def _expand(pattern: str) -> list[str]:
@@ -115,7 +130,7 @@ class ShardSpec:
                 raise FileNotFoundError(f"wds:{spec}: no {INFO} there; pass a shard pattern such as "
                                         f"wds:{spec.rstrip('/')}/{{split}}-{{000000..000009}}.tar, or write the "
                                         "shards with `locvit shards`")
-            info = json.loads(text)
+            info = _load_info(text, _join(spec, INFO))
             found = next((n for n in names if n in info.get("splits", {})), None)
             if found is None:
                 raise FileNotFoundError(f"wds:{spec}: {INFO} has no '{names[0]}' split (it has "
@@ -126,8 +141,7 @@ class ShardSpec:
             pattern = spec.replace("{split}", names[0])
             self.urls = _expand(pattern)
             root = _parent(pattern)
-            text = _read_text(_join(root, INFO))
-            info = json.loads(text) if text else {}
+            info = _load_info(_read_text(_join(root, INFO)), _join(root, INFO))
         if not self.urls:
             raise FileNotFoundError(f"wds:{spec}: the pattern matches no shard")
         missing = [u for u in self.urls if not _is_url(u) and not Path(_local(u)).is_file()]
