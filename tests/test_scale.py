@@ -20,7 +20,6 @@ from test_dense_tasks import VVT, _resume_bit_exact, kv, seg_data  # noqa: F401 
 from test_train import ENV, TINY, _image_folder, locvit, weights
 
 
-
 def _vit(**kw):
     from locvit import create_model
 
@@ -282,18 +281,37 @@ def _nodes(out, resume=False, **kw):
                       "--rdzv-conf", "join_timeout=60", out=out, resume=resume, **kw) for r in range(2)]
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (torchrun starts each rank in a session of its own)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def _kill_second_node(procs, run):
-    """SIGKILL the second "node" (its agent and its process) once a checkpoint exists; the first then stops."""
+    """SIGKILL the rank that the second "node" runs, once a checkpoint exists: its agent and the other node then
+    stop on their own (the launch has no restarts)."""
     deadline = time.time() + 120
     while not (run / "last.pth").exists() and time.time() < deadline and all(p.poll() is None for p in procs):
         time.sleep(0.05)
-    os.killpg(procs[1].pid, signal.SIGKILL)
-    procs[1].wait()
+    ranks = _children(procs[1].pid)
+    assert ranks, "the second node's rank did not start"
+    for pid in ranks:
+        os.kill(pid, signal.SIGKILL)
     try:
-        procs[0].wait(timeout=90)  # its process loses its peer and stops
+        for p in procs:
+            p.wait(timeout=90)
     except subprocess.TimeoutExpired:
-        os.killpg(procs[0].pid, signal.SIGKILL)
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
         raise
+    assert all(p.returncode != 0 for p in procs)
     return torch.load(run / "last.pth", weights_only=True)
 
 
