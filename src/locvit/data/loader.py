@@ -132,8 +132,9 @@ def build_loader(dataset: SeededDataset, batch_size: int, training: bool, worker
                            repeats=repeats if training else 1,
                            drop_last_multiple=batch_size * grad_accum if training else 1)
     if training and sampler.num_samples < batch_size:
-        raise ValueError(f"the training set has {len(dataset)} images: fewer than one batch of {batch_size} "
-                         f"per process; lower --batch-size")
+        step = f"one optimiser step of {grad_accum} x {batch_size}" if grad_accum > 1 else f"one batch of {batch_size}"
+        raise ValueError(f"the training set has {len(dataset)} images: fewer than {step} per process; lower "
+                         f"--batch-size{' or --grad-accum-steps' if grad_accum > 1 else ''}")
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_fn, pin_memory=pin_memory, drop_last=training,
                       persistent_workers=False)

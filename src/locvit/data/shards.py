@@ -274,8 +274,8 @@ class ShardDataset(IterableDataset):
         if training:
             self.per_rank = self.num_samples * self.repeats // world // multiple * multiple
             if self.per_rank < batch_size:
-                raise ValueError(f"the training shards hold {self.num_samples} samples: fewer than one batch of "
-                                 f"{batch_size} per process; lower --batch-size")
+                raise ValueError(f"the training shards hold {self.num_samples} samples: fewer than one optimiser "
+                                 f"step ({multiple} samples) per process; lower --batch-size or --grad-accum-steps")
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch and skip its first ``start`` samples of this rank (a resumed run)."""

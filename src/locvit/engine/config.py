@@ -100,7 +100,7 @@ class TrainConfig:
             if not ok:
                 problems.append(msg)
 
-        need(bool(self.data), "no training data: pass --data (a folder of class sub-folders, 'digits', "
+        need(bool(self.data), "no training data: pass --data (a folder of class sub-folders, 'digits', 'wds:SHARDS', "
              "'cifar10:ROOT' or 'cifar100:ROOT')")
         need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
