@@ -17,7 +17,8 @@ import torch
 
 from locvit.engine.step import GradAccumulator
 from test_dense_tasks import VVT, _resume_bit_exact, kv, seg_data  # noqa: F401  (seg_data: a fixture)
-from test_train import ENV, TINY, _image_folder, locvit, weights
+from test_dense_tasks import locvit as cli  # in this process: no interpreter start-up per command
+from test_train import ENV, TINY, _image_folder, weights
 
 
 def _vit(**kw):
@@ -70,8 +71,8 @@ def test_grad_accumulation_in_training_counts_optimiser_steps(tmp_path):
            "patch_size=8", "qkv_bias=false", *TINY[TINY.index("--img-size"):]]  # no BatchNorm, no key bias
     common = [*vit, "--data", "digits", "--epochs", "2", "--mixup", "0", "--cutmix", "0", "--drop-path", "0",
               "--repeated-aug", "1", "--max-steps", "50", "--workers", "0", "--warmup-epochs", "1"]
-    locvit("train", *common, "--batch-size", "32", "--output", tmp_path / "big")
-    locvit("train", *common, "--batch-size", "16", "--grad-accum-steps", "2", "--output", tmp_path / "acc")
+    cli("train", *common, "--batch-size", "32", "--output", tmp_path / "big")
+    cli("train", *common, "--batch-size", "16", "--grad-accum-steps", "2", "--output", tmp_path / "acc")
     a, b = weights(tmp_path / "big"), weights(tmp_path / "acc")
     for k in a:  # float32: the two half-batch means are summed in another order
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=f"{k} differs from the large batch")
@@ -86,21 +87,21 @@ def test_grad_accumulation_resumes_at_a_window_boundary(tmp_path):
     with another --grad-accum-steps (another global batch) is refused."""
     common = [*TINY, "--data", "digits", "--epochs", "1", "--batch-size", "16", "--grad-accum-steps", "3",
               "--mixup", "0", "--cutmix", "0", "--workers", "0", "--checkpoint-interval", "4"]
-    locvit("train", *common, "--max-steps", "10", "--output", tmp_path / "full")
-    locvit("train", *common, "--max-steps", "5", "--output", tmp_path / "cut")
+    cli("train", *common, "--max-steps", "10", "--output", tmp_path / "full")
+    cli("train", *common, "--max-steps", "5", "--output", tmp_path / "cut")
     state = torch.load(tmp_path / "cut" / "last.pth", weights_only=True)
     assert state["global_step"] == 5 and state["samples_in_epoch"] == 5 * 3 * 16
-    locvit("train", *common, "--max-steps", "10", "--output", tmp_path / "cut", "--resume")
+    cli("train", *common, "--max-steps", "10", "--output", tmp_path / "cut", "--resume")
     a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    proc = locvit("train", *common, "--grad-accum-steps", "2", "--output", tmp_path / "cut", "--resume",
+    proc = cli("train", *common, "--grad-accum-steps", "2", "--output", tmp_path / "cut", "--resume",
                   check=False)
     assert proc.returncode == 2 and "grad_accum_steps: 3 -> 2" in proc.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "-2"])
 def test_grad_accum_steps_below_one_is_refused(tmp_path, value):
-    proc = locvit("train", *TINY, "--data", "digits", "--grad-accum-steps", value, "--output", tmp_path / "r",
+    proc = cli("train", *TINY, "--data", "digits", "--grad-accum-steps", value, "--output", tmp_path / "r",
                   check=False)
     assert proc.returncode == 2 and "--grad-accum-steps must be at least 1" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
@@ -127,7 +128,7 @@ def test_dense_loop_accumulates_and_resumes_between_windows(seg_data, tmp_path):
 def _shards(tmp_path, shard_size=5):
     data = tmp_path / "data"
     _image_folder(data)  # 2 classes x 8 images per split
-    out = locvit("shards", "--data", data, "--output", tmp_path / "shards", "--shard-size", shard_size)
+    out = cli("shards", "--data", data, "--output", tmp_path / "shards", "--shard-size", shard_size)
     assert f"train: 16 samples in {-(-16 // shard_size)} shards" in out.stdout
     return data, tmp_path / "shards"
 
@@ -140,8 +141,8 @@ def test_shards_run_equals_the_folder_run(tmp_path):
     assert info["classes"] == ["cat", "dog"] and info["splits"]["val"]["shard_lengths"] == [5, 5, 5, 1]
     common = [*TINY, "--epochs", "3", "--batch-size", "16", "--repeated-aug", "1", "--mixup", "0", "--cutmix", "0",
               "--workers", "0"]
-    locvit("train", *common, "--data", data, "--output", tmp_path / "folder")
-    locvit("train", *common, "--data", f"wds:{shards}", "--output", tmp_path / "wds")
+    cli("train", *common, "--data", data, "--output", tmp_path / "folder")
+    cli("train", *common, "--data", f"wds:{shards}", "--output", tmp_path / "wds")
     a, b = weights(tmp_path / "folder"), weights(tmp_path / "wds")
     for k in a:  # the batch's mean loss sums the same 16 terms in another order
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{k} differs between folder and shards")
@@ -155,8 +156,8 @@ def test_shards_run_equals_the_folder_run(tmp_path):
     # eval on a shard pattern scores what the folder scores
     ev = ["eval", "--model", "localvit_tiny", "--model-kwargs", "depth=1", "embed_dim=32", "num_heads=2",
           "reduction=4", "--img-size", "32", "--checkpoint", tmp_path / "wds" / "model.safetensors", "--workers", "0"]
-    on_folder = locvit(*ev, "--data", data).stdout
-    on_shards = locvit(*ev, "--data", f"wds:{shards}/val-{{000000..000003}}.tar").stdout
+    on_folder = cli(*ev, "--data", data).stdout
+    on_shards = cli(*ev, "--data", f"wds:{shards}/val-{{000000..000003}}.tar").stdout
     assert "16 images" in on_shards and on_folder.split("top-1")[1] == on_shards.split("top-1")[1]
 
 
@@ -200,7 +201,7 @@ def test_bad_shards_are_named(tmp_path):
     _tar(shards / "train-000004.tar", [("00000100.jpg", b"not an image"), ("00000100.cls", b"1")])
     common = [*TINY, "--epochs", "1", "--batch-size", "4", "--repeated-aug", "1", "--mixup", "0", "--cutmix", "0",
               "--workers", "0"]
-    out = locvit("train", *common, "--data", f"wds:{shards}/{{split}}-*.tar",  # train: 5 shards, val: 4
+    out = cli("train", *common, "--data", f"wds:{shards}/{{split}}-*.tar",  # train: 5 shards, val: 4
                  "--output", tmp_path / "run")
     assert "1 unreadable images skipped" in out.stdout
     listed = (tmp_path / "run" / "unreadable.txt").read_text().splitlines()
@@ -208,25 +209,33 @@ def test_bad_shards_are_named(tmp_path):
 
     whole = (shards / "train-000001.tar").read_bytes()
     (shards / "train-000001.tar").write_bytes(whole[: len(whole) // 2])
-    proc = locvit("train", *common, "--data", f"wds:{shards}", "--output", tmp_path / "r2", check=False)
+    proc = cli("train", *common, "--data", f"wds:{shards}", "--output", tmp_path / "r2", check=False)
     assert proc.returncode == 2 and "train-000001.tar" in proc.stderr and "truncated" in proc.stderr
     assert "Traceback" not in proc.stderr
     # without recorded sizes (shards of other tools), the truncation shows while training, in a loader worker
     info = json.loads((shards / "_info.json").read_text())
     del info["splits"]["train"]["shard_bytes"]
     (shards / "_info.json").write_text(json.dumps(info))
-    proc = locvit("train", *common, "--workers", "1", "--data", f"wds:{shards}", "--output", tmp_path / "r4",
+    proc = cli("train", *common, "--workers", "1", "--data", f"wds:{shards}", "--output", tmp_path / "r4",
                   check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "locvit train: error: shard " in proc.stderr.strip().splitlines()[-1]  # after the progress bar
     assert "train-000001.tar cannot be read to its end" in proc.stderr
     os.remove(shards / "_info.json")  # without counts, the shards are read through before training
-    proc = locvit("train", *common, "--data", f"wds:{shards}/{{split}}-{{000000..000003}}.tar",
+    proc = cli("train", *common, "--data", f"wds:{shards}/{{split}}-{{000000..000003}}.tar",
                   "--output", tmp_path / "r3", check=False)
     assert proc.returncode == 2 and "train-000001.tar cannot be read to its end" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = locvit("eval", "--model", "localvit_tiny", "--data", f"wds:{tmp_path}/nothing-*.tar", check=False)
+    proc = cli("eval", "--model", "localvit_tiny", "--data", f"wds:{tmp_path}/nothing-*.tar", check=False)
     assert proc.returncode == 2 and "matches no shard" in proc.stderr
+
+
+def test_shards_without_webdataset_name_the_extra(monkeypatch, tmp_path):
+    from locvit.data.datasets import build_dataset
+
+    monkeypatch.setitem(sys.modules, "webdataset", None)  # as if it were not installed
+    with pytest.raises(ValueError, match=r"pip install 'locvit\[data\]'"):
+        build_dataset(f"wds:{tmp_path}/train-{{0..3}}.tar", "train")
 
 
 # --- logging ------------------------------------------------------------------------------------------------------
@@ -235,7 +244,7 @@ def test_tensorboard_files_open_and_wandb_is_optional(tmp_path):
 
     run = tmp_path / "run"
     args = [a for a in TINY if a != "--no-tensorboard"]
-    locvit("train", *args, "--data", "digits", "--epochs", "1", "--batch-size", "64", "--mixup", "0", "--cutmix",
+    cli("train", *args, "--data", "digits", "--epochs", "1", "--batch-size", "64", "--mixup", "0", "--cutmix",
            "0", "--workers", "0", "--repeated-aug", "1", "--log", "tensorboard", "--log-interval", "5", "--output", run)
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
@@ -248,9 +257,9 @@ def test_tensorboard_files_open_and_wandb_is_optional(tmp_path):
     try:
         import wandb  # noqa: F401
     except ImportError:
-        proc = locvit("train", *args, "--data", "digits", "--log", "wandb", "--output", tmp_path / "w", check=False)
+        proc = cli("train", *args, "--data", "digits", "--log", "wandb", "--output", tmp_path / "w", check=False)
         assert proc.returncode == 2 and "pip install wandb" in proc.stderr and "Traceback" not in proc.stderr
-    proc = locvit("train", *TINY, "--data", "digits", "--log", "tensorboard", "--output", tmp_path / "c",
+    proc = cli("train", *TINY, "--data", "digits", "--log", "tensorboard", "--output", tmp_path / "c",
                   check=False)  # TINY says --no-tensorboard
     assert proc.returncode == 2 and "contradicts --no-tensorboard" in proc.stderr
 
