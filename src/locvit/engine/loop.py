@@ -195,8 +195,10 @@ def fit(cfg: Any, task: Task, dist: DistInfo, save_config: Callable[[Path], None
                 if global_step % max(1, cfg.log_interval) == 0:
                     bar.set_postfix(loss=f"{running['loss'] / max(running['images'], 1):.4f}",
                                     lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                    seconds = running["t"] + time.time() - t0
                     logger.log_step(global_step, dict(train_loss=running["loss"] / max(running["images"], 1),
-                                                      lr=optimizer.param_groups[0]["lr"]))
+                                                      lr=optimizer.param_groups[0]["lr"],
+                                                      images_per_s=running["images"] * dist.world / max(seconds, 1e-9)))
             if global_step % eval_every == 0 or global_step == total_run:
                 running["t"] += time.time() - t0
                 metrics = _evaluate(task, model, optimizer, running, global_step, n_steps, dist.world)
