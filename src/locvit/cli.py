@@ -90,7 +90,8 @@ def _config_args(p: argparse.ArgumentParser, cls: type,
         elif "tuple" in str(kind):
             p.add_argument(flag, nargs=2, type=float, default=None, help=note)
         elif "list" in str(kind):
-            p.add_argument(flag, nargs="+", type=float if "float" in str(kind) else int, default=None, help=note)
+            item = float if "float" in str(kind) else str if "str" in str(kind) else int
+            p.add_argument(flag, nargs="+", type=item, default=None, help=note)
         else:
             base = next((t for t in (int, float, str) if t in typing.get_args(kind) or kind is t), str)
             p.add_argument(flag, type=base, default=None, help=note)
@@ -153,6 +154,26 @@ def _train(p: argparse.ArgumentParser):
     return run
 
 
+# --- locvit shards ----------------------------------------------------------------------------------------------
+@command("shards", "write a dataset as WebDataset tar shards (train-NNNNNN.tar, val-NNNNNN.tar, _info.json) for "
+                   "--data wds:OUTPUT")
+def _shards(p: argparse.ArgumentParser):
+    p.add_argument("--data", required=True, help="a folder with train/ and val/ class sub-folders, 'digits' or "
+                   "'cifar10[:ROOT]' / 'cifar100[:ROOT]'")
+    p.add_argument("--output", required=True, help="folder for the shards and _info.json")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    p.add_argument("--split", nargs="+", default=["train", "val"], choices=["train", "val"], help="splits to write")
+
+    def run(a: argparse.Namespace) -> int:
+        from locvit.data.shards import write_shards
+
+        write_shards(a.data, a.output, a.shard_size, tuple(a.split), log=print)
+        print(f"train or evaluate on them with --data wds:{a.output}")
+        return 0
+
+    return run
+
+
 # --- locvit eval ------------------------------------------------------------------------------------------------
 @command("eval", "top-1/top-5 and loss on a folder or CIFAR split with the model's own preprocessing")
 def _eval(p: argparse.ArgumentParser):
@@ -163,7 +184,9 @@ def _eval(p: argparse.ArgumentParser):
                    "test views are the defaults (e.g. regionvit_video_k400_timesformer: 1 clip x 3 crops)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
     p.add_argument("--data", help="folder (its val/ split, or class folders), 'digits', "
-                   "'cifar10[:ROOT]' or 'cifar100[:ROOT]'; with --task video a folder of clips or 'motion'")
+                   "'cifar10[:ROOT]', 'cifar100[:ROOT]' or 'wds:SHARDS' (WebDataset shards: a folder or URL with "
+                   "_info.json, or a pattern such as val-{000000..000009}.tar); with --task video a folder of clips "
+                   "or 'motion'")
     p.add_argument("--split", default="val", choices=["train", "val"])
     p.add_argument("--img-size", type=int, help="input size (default: the model's pretrained cfg)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -806,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
-        print(f"locvit {args.command}: error: {e}", file=sys.stderr)
+        print(f"locvit {args.command}: error: {_user_message(e)}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
         print(f"locvit {args.command}: error: {e}", file=sys.stderr)
@@ -817,6 +840,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _user_message(e: BaseException) -> str:
+    """The message of a user error; one raised in a DataLoader worker arrives wrapped with the worker's traceback
+    ("Caught ValueError in DataLoader worker process 0. Original Traceback ..."): its last line is the message."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 if __name__ == "__main__":

@@ -221,7 +221,8 @@ def split_folder(root: str | os.PathLike, split: str) -> Path:
 def build_dataset(data: str, split: str, transform: Callable | None = None, seed: int = 0,
                   class_to_idx: dict[str, int] | None = None) -> SeededDataset:
     """Build a dataset from ``data``: ``'digits'`` (embedded), ``'cifar10[:ROOT]'``/``'cifar100[:ROOT]'``
-    (ROOT defaults to ``./data``) or a folder path (``train/`` and ``val/`` inside, or class folders).
+    (ROOT defaults to ``./data``), ``'wds:SHARDS'`` (WebDataset shards, streamed: :mod:`locvit.data.shards`) or a
+    folder path (``train/`` and ``val/`` inside, or class folders).
 
     Args:
         data: dataset spec as above.
@@ -233,6 +234,10 @@ def build_dataset(data: str, split: str, transform: Callable | None = None, seed
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     name, _, root = data.partition(":")
+    if name == "wds":
+        from locvit.data.shards import ShardDataset, ShardSpec
+
+        return ShardDataset(ShardSpec(root, split), transform, seed)  # type: ignore[return-value]
     if name in EMBEDDED:
         images, targets, classes = digits_arrays(split)
         return ArrayDataset(images, targets, classes, transform, seed)
@@ -244,6 +249,10 @@ def build_dataset(data: str, split: str, transform: Callable | None = None, seed
 
 def check_readable(dataset: SeededDataset, max_tries: int = 64) -> None:
     """Fail before training when a dataset has no readable image (tries files until one decodes)."""
+    if hasattr(dataset, "first_readable"):  # streamed shards
+        if not dataset.first_readable(max_tries):
+            raise ValueError(f"no readable image in {dataset.root}: the first {max_tries} samples do not decode")
+        return
     n = len(dataset)
     if n == 0:
         raise ValueError("the dataset is empty")

@@ -9,7 +9,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from PIL import Image
 from timm.data import auto_augment, create_transform
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from locvit.data.datasets import SeededDataset, Unreadable
 from locvit.runtime import default_workers  # noqa: F401  (the loaders' default, importable from here)
@@ -153,20 +153,39 @@ def eval_transform(model: torch.nn.Module, img_size: int | None = None) -> tuple
 
 def build_loader(dataset: SeededDataset, batch_size: int, training: bool, workers: int = 0, seed: int = 0,
                  rank: int = 0, world: int = 1, repeats: int = 1, pin_memory: bool = False,
-                 collate_fn: Any = skip_unreadable_collate) -> DataLoader:
-    """A DataLoader over an :class:`EpochSampler`; training drops the last incomplete global batch. ``collate_fn``
-    builds a :class:`Batch` (the dense tasks pass theirs)."""
+                 collate_fn: Any = skip_unreadable_collate, grad_accum: int = 1) -> DataLoader:
+    """A DataLoader over an :class:`EpochSampler`; training drops the samples after the last whole optimiser step
+    (``grad_accum`` batches), so every epoch is whole steps. ``collate_fn`` builds a :class:`Batch` (the dense tasks
+    pass theirs). Streamed shards (:class:`locvit.data.shards.ShardDataset`) order themselves instead."""
+    if isinstance(dataset, IterableDataset):
+        dataset.configure(training, batch_size, rank, world, repeats, multiple=batch_size * grad_accum)
+        return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn,
+                          pin_memory=pin_memory, persistent_workers=False)
     sampler = EpochSampler(len(dataset), shuffle=training, seed=seed, rank=rank, world=world,
-                           repeats=repeats if training else 1, drop_last_multiple=batch_size if training else 1)
+                           repeats=repeats if training else 1,
+                           drop_last_multiple=batch_size * grad_accum if training else 1)
     if training and sampler.num_samples < batch_size:
-        raise ValueError(f"the training set has {len(dataset)} images: fewer than one batch of {batch_size} "
-                         f"per process; lower --batch-size")
+        step = f"one optimiser step of {grad_accum} x {batch_size}" if grad_accum > 1 else f"one batch of {batch_size}"
+        raise ValueError(f"the training set has {len(dataset)} images: fewer than {step} per process; lower "
+                         f"--batch-size{' or --grad-accum-steps' if grad_accum > 1 else ''}")
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_fn, pin_memory=pin_memory, drop_last=training,
                       persistent_workers=False)
 
 
+def set_loader_epoch(loader: DataLoader, epoch: int, start: int = 0) -> None:
+    """Select ``epoch``'s order and augmentation and skip its first ``start`` samples of this rank (a resumed run)."""
+    if isinstance(loader.dataset, IterableDataset):
+        loader.dataset.set_epoch(epoch, start=start)
+        return
+    loader.sampler.set_epoch(epoch, start=start)
+    loader.dataset.set_epoch(epoch)
+
+
 def steps_per_epoch(loader: DataLoader) -> int:
+    """Batches of this rank in an epoch (training: whole optimiser steps' worth)."""
+    if isinstance(loader.dataset, IterableDataset):
+        return loader.dataset.batches()
     sampler: EpochSampler = loader.sampler  # type: ignore[assignment]
     return math.floor(sampler.num_samples / loader.batch_size) if loader.drop_last else math.ceil(
         sampler.num_samples / loader.batch_size)

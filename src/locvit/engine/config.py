@@ -27,7 +27,7 @@ class TrainConfig:
     checkpoint: str | None = None          # initial weights (official or ours); head/tables adapted
     pretrained: bool = False               # start from the official weights (pretrained=True: downloaded, cached)
     trust_checkpoint: bool = False         # allow checkpoints that pickle more than tensors
-    data: str | None = None                # folder path, 'digits', 'cifar10[:ROOT]', 'cifar100[:ROOT]' (required)
+    data: str | None = None                # folder, 'digits', 'cifar10[:ROOT]', 'cifar100[:ROOT]', 'wds:SHARDS'
     num_classes: int | None = None         # default: the dataset's class count
     img_size: int | None = None            # default: the model's pretrained cfg
     output: str = "runs/train"
@@ -40,7 +40,8 @@ class TrainConfig:
     test_crops: int = 1                    # video test views: spatial crops per clip (3: both ends and the centre)
     # schedule and optimiser (DeiT/Swin recipe)
     epochs: int = 300
-    batch_size: int = 128                  # per process
+    batch_size: int = 128                  # per process and micro-batch
+    grad_accum_steps: int = 1              # micro-batches per optimiser step: global batch = batch_size x processes x N
     lr: float | None = None                # absolute lr; default blr * global_batch / 512
     blr: float = 5e-4
     scale_lr: bool = True                  # scale lr, warmup_lr and min_lr by global_batch / 512
@@ -93,7 +94,9 @@ class TrainConfig:
     allow_config_change: bool = False      # resume although model, data, batch size, seed... differ from the run
     overwrite: bool = False                # start again in an --output holding a run; its files wait in replaced_run/
     deterministic: bool = False
-    tensorboard: bool = True               # when tensorboard is installed
+    dist_timeout: float = 1800.0           # seconds a process waits for its peers (start and every collective)
+    tensorboard: bool = True               # without --log: TensorBoard files when tensorboard is installed
+    log: list[str] = field(default_factory=list)  # tensorboard and/or wandb besides metrics.csv (csv: that alone)
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming each setting that cannot work (before any data is read); returns self."""
@@ -103,10 +106,13 @@ class TrainConfig:
             if not ok:
                 problems.append(msg)
 
-        need(bool(self.data), "no training data: pass --data (a folder of class sub-folders, 'digits', "
+        need(bool(self.data), "no training data: pass --data (a folder of class sub-folders, 'digits', 'wds:SHARDS', "
              "'cifar10:ROOT' or 'cifar100:ROOT')")
         need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        need(isinstance(self.grad_accum_steps, int) and self.grad_accum_steps >= 1,
+             f"--grad-accum-steps must be at least 1 (1 = no accumulation), got {self.grad_accum_steps}")
+        problems.extend(check_log(self.log, self.tensorboard))
         need(self.workers >= 0, f"--workers must be 0 or more, got {self.workers}")
         need(self.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, got {self.warmup_epochs}")
         need(self.warmup_epochs == 0 or self.warmup_epochs < self.epochs,
@@ -127,6 +133,7 @@ class TrainConfig:
         need(self.amp in ("auto", "bf16", "fp16", "off"), f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}")
         need(self.checkpoint_interval >= 0, f"--checkpoint-interval must be 0 or more, got {self.checkpoint_interval}")
         need(self.eval_interval >= 1, f"--eval-interval must be at least 1, got {self.eval_interval}")
+        need(self.dist_timeout > 0, f"--dist-timeout must be positive (seconds), got {self.dist_timeout}")
         need(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}")
         need(self.clip_grad is None or self.clip_grad > 0, f"--clip-grad must be positive, got {self.clip_grad}")
         need(not (self.pretrained and self.checkpoint),
@@ -229,13 +236,30 @@ def build_config(config: str | None = None, overrides: dict[str, Any] | None = N
     for k in ("opt_betas", "scale"):
         if merged.get(k) is not None:
             merged[k] = tuple(merged[k])
+    if isinstance(merged.get("log"), str):  # `log: tensorboard` in a recipe
+        merged["log"] = [merged["log"]]
     return TrainConfig(**merged).validate()
+
+
+LOG_TARGETS = ("csv", "tensorboard", "wandb")
+
+
+def check_log(log: list[str], tensorboard: bool) -> list[str]:
+    """What is wrong with a ``--log`` choice (empty when nothing): unknown targets, or ``--log tensorboard`` with
+    ``--no-tensorboard``. Shared by the classification and the dense configurations."""
+    problems = []
+    unknown = [t for t in log if t not in LOG_TARGETS]
+    if unknown:
+        problems.append(f"--log takes {', '.join(LOG_TARGETS)}; got {', '.join(map(repr, unknown))}")
+    if "tensorboard" in log and not tensorboard:
+        problems.append("--log tensorboard contradicts --no-tensorboard (tensorboard: false): pass one of them")
+    return problems
 
 
 # What must stay the same for a resumed run to continue the interrupted one (the order and content of its batches,
 # the model whose state is restored).
-RESUME_INVARIANTS = ("model", "model_kwargs", "data", "img_size", "num_classes", "batch_size", "seed",
-                     "repeated_aug", "world_size", "task", "num_frames", "frame_sampling", "frame_stride")
+RESUME_INVARIANTS = ("model", "model_kwargs", "data", "img_size", "num_classes", "batch_size", "grad_accum_steps",
+                     "seed", "repeated_aug", "world_size", "task", "num_frames", "frame_sampling", "frame_stride")
 
 
 def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -27,11 +27,11 @@ from torch import nn
 from tqdm import tqdm
 
 from locvit.checkpoint import save_checkpoint
-from locvit.data.loader import DataError, steps_per_epoch
-from locvit.engine.distributed import DistInfo, all_reduce_sum, barrier
-from locvit.engine.logger import RunLogger
+from locvit.data.loader import DataError, set_loader_epoch, steps_per_epoch
+from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
+from locvit.engine.logger import RunLogger, log_targets
 from locvit.engine.rundir import RunStart
-from locvit.engine.step import mixed_precision, optimizer_step, seed_step
+from locvit.engine.step import GradAccumulator, mixed_precision, seed_step
 from locvit.engine.train import NonFiniteLossError
 
 __all__ = ["Task", "build_param_groups", "build_scheduler", "fit"]
@@ -104,7 +104,8 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
         check_writable(run_dir)
         remove_stale_temp_files(run_dir)  # temp files of writes a kill interrupted
     model, loader = task.model, task.train_loader
-    n_steps = steps_per_epoch(loader)
+    accum = getattr(cfg, "grad_accum_steps", 1)
+    n_steps = steps_per_epoch(loader) // accum  # optimiser steps: the loader holds whole accumulation windows
     unit = n_steps if cfg.epochs is not None else 1  # optimiser steps per schedule unit
     total = cfg.epochs * n_steps if cfg.epochs is not None else cfg.iters
     eval_every = (cfg.eval_interval or 1) * unit if cfg.epochs is not None or cfg.eval_interval else total
@@ -135,36 +136,42 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
         if scaler is not None and state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
         global_step, history, best = state["global_step"], state.get("history", []), state.get("best", -math.inf)
-        running = state.get("running", running)
+        # every rank's own running sums (a checkpoint before this fix holds rank 0's only)
+        ranks = state.get("running_ranks") or []
+        running = ranks[dist.rank] if len(ranks) == dist.world else state.get("running", running)
         if main:
             print(f"resumed from {resume_from}: iteration {global_step} of {total}", flush=True)
     scheduler.step_update(num_updates=global_step)
     if main:
         run_start.begin()  # --overwrite: the old run's files move to replaced_run/ before this run writes any
-    logger = RunLogger(run_dir, cfg.tensorboard, history, x_key="iter", panels=task.panels) if main else None
+    logger = (RunLogger(run_dir, log_targets(cfg), history, x_key="iter", panels=task.panels, config=cfg.to_dict())
+              if main else None)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_dir / "config.yaml")
 
     def save_state() -> None:
+        ranks = all_gather_objects(running)  # so each rank's part of the next row survives a resume
         if main:
             save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                  scheduler=scheduler.state_dict(),
                                  scaler=scaler.state_dict() if scaler is not None else None, global_step=global_step,
-                                 history=logger.history, best=best, running=running, config=cfg.to_dict(),
+                                 history=logger.history, best=best, running=running, running_ranks=ranks,
+                                 config=cfg.to_dict(),
                                  world_size=dist.world),
                             run_dir / "last.pth")
 
     metrics: dict[str, Any] = history[-1] if history else {}
     bar = tqdm(total=total_run, initial=global_step, desc="train", disable=not main, dynamic_ncols=True)
     t0 = time.time()
+    # checkpoints are written after optimiser steps only, so a run resumes at the start of an accumulation window
+    stepper = GradAccumulator(net, optimizer, scaler, cfg.clip_grad, model.parameters(), accum)
     while global_step < total_run:
         epoch, start = divmod(global_step, n_steps)
-        loader.sampler.set_epoch(epoch, start=start * loader.batch_size)
-        loader.dataset.set_epoch(epoch)
+        set_loader_epoch(loader, epoch, start=start * accum * loader.batch_size)
         net.train()
         for batch in loader:
-            seed_step(cfg.seed, global_step, dist.rank)
+            seed_step(cfg.seed, global_step * accum + stepper.micro, dist.rank)
             batch.refuse()  # a sample that must stop the run (locvit.data.loader.Refused), raised here
             running["skipped"] += batch.skipped
             if batch.unreadable and not running.get("first_skipped"):
@@ -173,8 +180,11 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
             if dist.distributed:  # all ranks step or none: one stepping alone waits in DDP's gradient all-reduce
                 step = all_reduce_sum(torch.tensor([float(not step)], device=device)).item() == 0
             if step:
-                with autocast():
-                    loss, parts, n = task.loss(net, batch)
+                with stepper.context():
+                    with autocast():
+                        loss, parts, n = task.loss(net, batch)
+                    if torch.isfinite(loss).all():
+                        stepper.backward(loss)
                 if not torch.isfinite(loss).all():
                     last = run_dir / "last.pth"
                     kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
@@ -182,12 +192,13 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
                         f"non-finite loss ({loss.item()}; {({k: round(v.item(), 4) for k, v in parts.items()})}) at "
                         f"iteration {global_step + 1}; training stopped, {kept}. Lower --lr, set --clip-grad or check "
                         "the data")
-                optimizer_step(loss, optimizer, scaler, cfg.clip_grad, model.parameters())
                 running["loss"] += loss.item() * n
                 running["images"] += n
                 running["unused"] = running.get("unused", 0) + len(batch[0]) - n
                 for k, v in parts.items():
                     running["parts"][k] = running["parts"].get(k, 0.0) + v.item() * n
+            if not stepper.step():
+                continue
             global_step += 1
             scheduler.step_update(num_updates=global_step)
             if main:
@@ -195,6 +206,10 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
                 if global_step % max(1, cfg.log_interval) == 0:
                     bar.set_postfix(loss=f"{running['loss'] / max(running['images'], 1):.4f}",
                                     lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                    seconds = running["t"] + time.time() - t0
+                    logger.log_step(global_step, dict(train_loss=running["loss"] / max(running["images"], 1),
+                                                      lr=optimizer.param_groups[0]["lr"],
+                                                      images_per_s=running["images"] * dist.world / max(seconds, 1e-9)))
             if global_step % eval_every == 0 or global_step == total_run:
                 running["t"] += time.time() - t0
                 metrics = _evaluate(task, model, optimizer, running, global_step, n_steps, metrics.get("iter", 0))

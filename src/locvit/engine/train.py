@@ -28,14 +28,14 @@ from locvit._io import atomic_write_text, check_writable, remove_stale_temp_file
 from locvit._registry import create_model
 from locvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from locvit.data.datasets import build_dataset, check_readable
-from locvit.data.loader import build_loader, build_transform, steps_per_epoch
+from locvit.data.loader import build_loader, build_transform, set_loader_epoch, steps_per_epoch
 from locvit.data.video import build_video_dataset, clip_eval_transform, clip_train_transform
 from locvit.engine.config import TrainConfig, save_config
 from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
 from locvit.engine.evaluate import evaluate
-from locvit.engine.logger import RunLogger
+from locvit.engine.logger import RunLogger, log_targets
 from locvit.engine.rundir import find_resume, run_config, start_run  # noqa: F401 (importable from here too)
-from locvit.engine.step import mixed_precision, optimizer_step, seed_step
+from locvit.engine.step import GradAccumulator, mixed_precision, seed_step
 from locvit.engine.video import check_task, mix_batch, video_data_kwargs
 from locvit.labels import label_metadata
 
@@ -90,7 +90,7 @@ def _disk_need(model: nn.Module, ema: bool) -> int:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train ``cfg.model`` as configured; returns the final metrics. Run under ``torchrun`` for DDP."""
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, cfg.dist_timeout)
     try:
         return _train(cfg, dist)
     finally:
@@ -159,13 +159,14 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
     if video:  # the same augmentation draws for every frame of a clip; validation: one centre view per video
         train_set.transform = clip_train_transform(train_set.transform)
         val_set.transform = clip_eval_transform(val_set.transform)
+    accum = cfg.grad_accum_steps
     train_loader = build_loader(train_set, cfg.batch_size, True, cfg.workers, cfg.seed, dist.rank, dist.world,
-                                repeats=cfg.repeated_aug)
+                                repeats=cfg.repeated_aug, grad_accum=accum)
     val_loader = build_loader(val_set, cfg.batch_size, False, cfg.workers, cfg.seed, dist.rank, dist.world)
-    n_steps = steps_per_epoch(train_loader)
+    n_steps = steps_per_epoch(train_loader) // accum  # optimiser steps: every epoch holds whole windows
 
     # recipe: lr scaled by the global batch, AdamW without decay on norms/biases/tables, warmup + cosine
-    global_batch = cfg.batch_size * dist.world
+    global_batch = cfg.batch_size * dist.world * accum
     scale = global_batch / 512 if cfg.scale_lr else 1.0
     lr = cfg.lr if cfg.lr is not None else cfg.blr * scale
     opt_kwargs: dict[str, Any] = dict(eps=cfg.opt_eps) if cfg.opt.lower().endswith("adamw") else {}
@@ -229,7 +230,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         # the position in the epoch in samples, so a changed batch size (when allowed) restarts at the right place
         samples = state.get("samples_in_epoch", state["step_in_epoch"] * saved.get("batch_size", cfg.batch_size)
                             * saved["world_size"])
-        start_step = samples // (cfg.batch_size * dist.world)
+        start_step = samples // global_batch
         history, best = state.get("history", []), state.get("best", -math.inf)
         parts = state.get("epoch_totals") or [None]
         partial = dict((parts[dist.rank] if len(parts) == dist.world else parts[0] if main else None) or {})
@@ -239,7 +240,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
             print(f"resumed from {resume_from}: epoch {start_epoch + 1}, step {start_step} of {n_steps}")
     if main:
         run_start.begin()  # --overwrite: the old run's files move to replaced_run/ before this run writes any
-    logger = RunLogger(run_dir, cfg.tensorboard, history) if main else None
+    logger = RunLogger(run_dir, log_targets(cfg), history) if main else None
     if main:
         save_config(cfg, run_dir / "config.yaml")
     def save_state(epoch: int, step_in_epoch: int, totals: dict[str, Any] | None = None) -> None:
@@ -249,16 +250,17 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                      ema=ema.state_dict() if ema is not None else None,
                      scaler=scaler.state_dict() if scaler is not None else None, epoch=epoch,
-                     step_in_epoch=step_in_epoch, samples_in_epoch=step_in_epoch * cfg.batch_size * dist.world,
+                     step_in_epoch=step_in_epoch, samples_in_epoch=step_in_epoch * global_batch,
                      global_step=global_step, history=logger.history, best=best, config=cfg.to_dict(),
                      world_size=dist.world, epoch_totals=totals, label_names=class_names)
         save_checkpoint(state, run_dir / "last.pth")
 
     metrics: dict[str, Any] = history[-1] if history else {}
     stop = False
+    # checkpoints are written after optimiser steps only, so a run resumes at the start of an accumulation window
+    stepper = GradAccumulator(net, optimizer, scaler, cfg.clip_grad, model.parameters(), accum)
     for epoch in range(start_epoch, num_epochs):
-        train_loader.sampler.set_epoch(epoch, start=start_step * cfg.batch_size)
-        train_set.set_epoch(epoch)
+        set_loader_epoch(train_loader, epoch, start=start_step * accum * cfg.batch_size)
         net.train()
         tot = EpochTotals.from_state(partial)
         partial = {}
@@ -268,8 +270,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         for batch in train_loader:
             images, targets = batch
             tot.unreadable.update((u.index, u.path) for u in batch.unreadable)
-            step_in_epoch += 1
-            seed_step(cfg.seed, global_step, dist.rank)
+            seed_step(cfg.seed, global_step * accum + stepper.micro, dist.rank)
             if images.numel():
                 images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
                 if cfg.channels_last:
@@ -278,21 +279,26 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
                     if images.shape[0] % 2:  # mixup pairs samples: drop one after skipped unreadable images
                         images, targets = images[:-1], targets[:-1]
                     images, targets = mix_batch(mixup, images, targets)
-                with autocast():
-                    loss = criterion(net(images), targets)
+                with stepper.context():
+                    with autocast():
+                        loss = criterion(net(images), targets)
+                    if torch.isfinite(loss).all():
+                        stepper.backward(loss)
                 if not torch.isfinite(loss).all():
                     last = run_dir / "last.pth"
                     kept = (f"the last good checkpoint is {last} (resume from it with --resume and a lower --lr)"
                             if last.is_file() else "no checkpoint was written before it")
                     raise NonFiniteLossError(
-                        f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step_in_epoch} (global step "
+                        f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step_in_epoch + 1} (global step "
                         f"{global_step + 1}); training stopped, {kept}. Lower --lr, set --clip-grad or check the "
                         "data")
-                optimizer_step(loss, optimizer, scaler, cfg.clip_grad, model.parameters())
-                if ema is not None:
-                    ema.update(model, step=global_step)
                 tot.loss_sum += loss.item() * images.shape[0]
                 tot.seen += images.shape[0]
+            if not stepper.step():
+                continue
+            if ema is not None:
+                ema.update(model, step=global_step)
+            step_in_epoch += 1
             global_step += 1
             scheduler.step_update(num_updates=global_step)
             if main:
@@ -301,6 +307,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
                     ips = tot.seen * dist.world / max(tot.elapsed(), 1e-9)
                     bar.set_postfix(loss=f"{tot.loss_sum / max(tot.seen, 1):.4f}",
                                     lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{ips:.0f}")
+                    logger.log_step(global_step, dict(train_loss=tot.loss_sum / max(tot.seen, 1), images_per_s=ips,
+                                                      lr=optimizer.param_groups[0]["lr"]))
             if cfg.checkpoint_interval and global_step % cfg.checkpoint_interval == 0:
                 save_state(epoch, step_in_epoch, tot.state())
             if cfg.max_steps and global_step >= cfg.max_steps:

@@ -25,7 +25,7 @@ def session(cfg: DenseConfig) -> Iterator[DistInfo]:
     """torchrun's process group (when there is one) and the device, determinism and initial seed of ``cfg``."""
     from locvit.engine.step import seed_step
 
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, cfg.dist_timeout)
     try:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -69,7 +69,7 @@ def no_weight_decay(model: nn.Module) -> set[str]:
 def train_loader(dataset: Any, cfg: DenseConfig, dist: DistInfo, collate: Callable) -> DataLoader:
     """The resumable, sharded training loader (:func:`locvit.data.loader.build_loader`) with the task's collate."""
     return build_loader(dataset, cfg.batch_size, True, cfg.workers, cfg.seed, dist.rank, dist.world,
-                        collate_fn=collate)
+                        collate_fn=collate, grad_accum=cfg.grad_accum_steps)
 
 
 def eval_loader(dataset: Any, batch_size: int, workers: int, dist: DistInfo, collate: Callable) -> DataLoader:

@@ -39,7 +39,8 @@ class DenseConfig:
     min_lr: float = 0.0
     warmup_iters: int = 1000
     warmup_ratio: float = 0.001            # the warm-up starts at lr * warmup_ratio, linearly to lr
-    batch_size: int = 2                    # per process
+    batch_size: int = 2                    # per process and micro-batch
+    grad_accum_steps: int = 1              # micro-batches per optimiser step: global batch = batch_size x processes x N
     lr: float = 1e-4
     opt: str = "adamw"
     opt_eps: float = 1e-8
@@ -62,7 +63,9 @@ class DenseConfig:
     allow_config_change: bool = False      # resume although model, data, batch size, seed... differ from the run
     overwrite: bool = False                # start again in an --output holding a run; its files wait in replaced_run/
     deterministic: bool = False
-    tensorboard: bool = True
+    dist_timeout: float = 1800.0           # seconds a process waits for its peers (start and every collective)
+    tensorboard: bool = True               # without --log: TensorBoard files when tensorboard is installed
+    log: list[str] = field(default_factory=list)  # tensorboard and/or wandb besides metrics.csv (csv: that alone)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -157,6 +160,8 @@ def build_task_config(cls: type[C], config: str | None = None, overrides: dict[s
     for k in _TUPLES:
         if merged.get(k) is not None:
             merged[k] = tuple(merged[k])
+    if isinstance(merged.get("log"), str):  # `log: tensorboard` in a recipe
+        merged["log"] = [merged["log"]]
     cfg = cls(**merged)
     _check(cfg)
     return cfg
@@ -170,6 +175,13 @@ def _check(cfg: DenseConfig) -> None:
     length = cfg.epochs if cfg.epochs is not None else cfg.iters
     if length <= 0 or cfg.batch_size <= 0 or cfg.lr <= 0:
         raise ValueError("epochs/iters, batch_size and lr must be positive")
+    if not isinstance(cfg.grad_accum_steps, int) or cfg.grad_accum_steps < 1:
+        raise ValueError(f"--grad-accum-steps must be at least 1 (1 = no accumulation), got {cfg.grad_accum_steps}")
+    from locvit.engine.config import check_log
+
+    problems = check_log(cfg.log, cfg.tensorboard)
+    if problems:
+        raise ValueError("; ".join(problems))
     bad = [s for s in cfg.lr_steps if not 0 < s <= length]
     if bad:
         raise ValueError(f"lr_steps {bad} lie outside the schedule (1..{length} {'epochs' if cfg.epochs else 'iters'})")
