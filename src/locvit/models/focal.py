@@ -58,18 +58,6 @@ from locvit.layers.attention import attend
 from locvit.layers.rel_pos import relative_position_index, resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
 from locvit.layers.windows import pad_to_multiple, shifted_window_mask
-from locvit.models._helpers import (
-    PyramidStages,
-    build_model,
-    check_heads,
-    check_hidden,
-    check_img_size,
-    check_int,
-    check_ints,
-    check_model_args,
-    init_linear_layernorm,
-    make_cfg,
-)
 from locvit.models._registry import (
     DenseRecipe,
     ModelSpec,
@@ -78,6 +66,9 @@ from locvit.models._registry import (
     register_family_model,
     register_official,
 )
+from locvit.models.args import check_heads, check_hidden, check_img_size, check_int, check_ints, check_model_args
+from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
+from locvit.models.interface import PyramidStages
 
 __all__ = ["FocalSelfAttention", "FocalBlock", "FocalStage", "FocalTransformer", "block_geometry"]
 

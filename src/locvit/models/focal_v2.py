@@ -37,8 +37,9 @@ from torch import Tensor, nn
 
 from locvit.layers import fastpath
 from locvit.layers.windows import pad_to_multiple
-from locvit.models._helpers import build_model, check_int
 from locvit.models._registry import ModelSpec, register_family_model, register_official
+from locvit.models.args import check_int
+from locvit.models.builder import build_model
 from locvit.models.focal import FOCAL, FocalAttentionBase, FocalTransformer, focal_cfg, translate_official_kwargs
 
 __all__ = ["FocalTopKAttention", "FocalTransformerV2", "nearest_keys"]

@@ -23,16 +23,10 @@ from torch import Tensor, nn
 
 from locvit.layers import Attention, LocalityFeedForward, tokens_through_map
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import (
-    ClassTokenBlocks,
-    build_model,
-    check_img_size,
-    check_int,
-    check_transformer_args,
-    init_linear_layernorm,
-    make_cfg,
-)
 from locvit.models._registry import ModelSpec, norm_eps, pop_unused, register_family_model, register_official
+from locvit.models.args import check_img_size, check_int, check_transformer_args
+from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
+from locvit.models.interface import ClassTokenBlocks
 
 __all__ = ["LocalViT", "LocalViTBlock"]
 

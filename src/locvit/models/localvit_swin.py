@@ -35,19 +35,6 @@ from torch import Tensor, nn
 from locvit.layers import LocalityFeedForward, attend, fastpath
 from locvit.layers.locality_ffn import act_from_code
 from locvit.layers.windows import shifted_window_mask, window_gather_index, window_partition, window_reverse
-from locvit.models._helpers import (
-    PyramidStages,
-    build_model,
-    check_global_pool,
-    check_heads,
-    check_hidden,
-    check_img_size,
-    check_int,
-    check_ints,
-    check_model_args,
-    check_num_classes,
-    init_linear_layernorm,
-)
 from locvit.models._registry import (
     DenseRecipe,
     ModelSpec,
@@ -56,6 +43,18 @@ from locvit.models._registry import (
     register_family_model,
     register_official,
 )
+from locvit.models.args import (
+    check_global_pool,
+    check_heads,
+    check_hidden,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_model_args,
+    check_num_classes,
+)
+from locvit.models.builder import build_model, init_linear_layernorm
+from locvit.models.interface import PyramidStages
 from locvit.models.localvit import localvit_cfg
 
 __all__ = ["LocalViTSwin", "LocalViTSwinBlock", "WindowAttention"]

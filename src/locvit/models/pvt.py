@@ -39,10 +39,9 @@ from torch import Tensor, nn
 
 from locvit.layers import LocalityFeedForward, attend, residual_mlp, tokens_through_map
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import (
+from locvit.models._registry import DenseRecipe, ModelSpec, norm_eps, register_family_model, register_official
+from locvit.models.args import (
     GLOBAL_POOLS,
-    PyramidStages,
-    build_model,
     check_heads,
     check_hidden,
     check_img_size,
@@ -50,10 +49,9 @@ from locvit.models._helpers import (
     check_ints,
     check_length,
     check_model_args,
-    make_cfg,
-    pos_embed_at,
 )
-from locvit.models._registry import DenseRecipe, ModelSpec, norm_eps, register_family_model, register_official
+from locvit.models.builder import build_model, make_cfg
+from locvit.models.interface import PyramidStages, pos_embed_at
 from locvit.models.localvit import localvit_cfg
 
 __all__ = ["PyramidVisionTransformer", "PvtBlock", "SpatialReductionAttention"]

@@ -52,20 +52,6 @@ from locvit.layers import fastpath
 from locvit.layers.attention import attend
 from locvit.layers.rel_pos import resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
-from locvit.models._helpers import (
-    PyramidStages,
-    build_model,
-    check_heads,
-    check_hidden,
-    check_img_size,
-    check_int,
-    check_ints,
-    check_length,
-    check_model_args,
-    init_linear_layernorm,
-    make_cfg,
-    per_stage,
-)
 from locvit.models._registry import (
     DenseRecipe,
     ModelSpec,
@@ -74,6 +60,18 @@ from locvit.models._registry import (
     register_family_model,
     register_official,
 )
+from locvit.models.args import (
+    check_heads,
+    check_hidden,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_length,
+    check_model_args,
+    per_stage,
+)
+from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
+from locvit.models.interface import PyramidStages
 
 __all__ = ["R2LAttention", "R2LBlock", "RegionViT", "RegionViTStage", "r2l_window_mask", "rel_pos_index"]
 

@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 from locvit.layers.attention import Attention
 from locvit.models import regionvit as _image
-from locvit.models._helpers import build_model
 from locvit.models._registry import ModelSpec, register_family_model
+from locvit.models.builder import build_model
 from locvit.models.regionvit import R2LBlock, RegionViT
 
 __all__ = ["VideoR2LBlock", "VideoRegionViT", "checkpoint_filter_fn"]

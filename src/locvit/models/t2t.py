@@ -57,16 +57,10 @@ from torch import Tensor, nn
 from locvit.layers import Attention, LocalityFeedForward, residual_mlp, tokens_through_map
 from locvit.layers.attention import attend
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import (
-    ClassTokenBlocks,
-    build_model,
-    check_img_size,
-    check_int,
-    check_transformer_args,
-    init_linear_layernorm,
-    make_cfg,
-)
 from locvit.models._registry import ModelSpec, norm_eps, register_family_model, register_official
+from locvit.models.args import check_img_size, check_int, check_transformer_args
+from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
+from locvit.models.interface import ClassTokenBlocks
 from locvit.models.localvit import LocalViTBlock, localvit_cfg
 
 __all__ = ["T2TViT", "TokensToToken", "PerformerLayer", "TokenTransformerLayer", "t2t_grid", "sinusoid_table"]

@@ -43,17 +43,6 @@ from torch import Tensor, nn
 from locvit.layers import LocalityFeedForward, tokens_through_map
 from locvit.layers.attention import attend
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import (
-    ClassTokenBlocks,
-    build_model,
-    check_heads,
-    check_host_kwargs,
-    check_img_size,
-    check_int,
-    check_transformer_args,
-    init_linear_layernorm,
-    make_cfg,
-)
 from locvit.models._registry import (
     ModelSpec,
     norm_eps,
@@ -61,6 +50,9 @@ from locvit.models._registry import (
     register_official,
     register_official_homonym,
 )
+from locvit.models.args import check_heads, check_host_kwargs, check_img_size, check_int, check_transformer_args
+from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
+from locvit.models.interface import ClassTokenBlocks
 from locvit.models.localvit import localvit_cfg
 
 __all__ = ["LocalViTTNT", "LocalViTTNTBlock", "PixelEmbed", "TNTAttention"]
