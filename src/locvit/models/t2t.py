@@ -55,7 +55,7 @@ from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit.layers import Attention, LocalityFeedForward, residual_mlp, tokens_through_map
-from locvit.layers.attention import attend
+from locvit.layers.attention import attend, split_heads
 from locvit.layers.locality_ffn import act_from_code
 from locvit.models._registry import ModelSpec, norm_eps, register_family_model, register_official
 from locvit.models.args import check_img_size, check_int, check_transformer_args
@@ -190,8 +190,7 @@ class _TokenAttention(nn.Module):
         self.proj = nn.Linear(out_dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        B, N, _ = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, 1, self.out_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_heads(self.qkv(x), 3, 1)
         y = attend(q, k, v, None, self.scale, owner=self)
         return v.squeeze(1) + self.proj(y.squeeze(1))
 

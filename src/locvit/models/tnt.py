@@ -41,7 +41,7 @@ from timm.models import tnt as timm_tnt
 from torch import Tensor, nn
 
 from locvit.layers import LocalityFeedForward, tokens_through_map
-from locvit.layers.attention import attend
+from locvit.layers.attention import HeadsAttention
 from locvit.layers.locality_ffn import act_from_code
 from locvit.models._registry import (
     ModelSpec,
@@ -58,29 +58,18 @@ from locvit.models.localvit import localvit_cfg
 __all__ = ["LocalViTTNT", "LocalViTTNTBlock", "PixelEmbed", "TNTAttention"]
 
 
-class TNTAttention(nn.Module):
+class TNTAttention(HeadsAttention):
     """Multi-head attention with TNT's key layout: ``qk`` (queries and keys), ``v``, ``proj``."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0,
                  proj_drop: float = 0.0):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.qk = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        super().__init__(dim, num_heads)
+        self._add_projections(dim, qkv_bias, attn_drop, proj_drop, qk=2, v=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        B, N, C = x.shape
-        q, k = self.qk(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        v = self.v(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        x = attend(q, k, v, None, self.scale, self.attn_drop if self.training else 0.0, owner=self)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+        q, k = self._heads(self.qk(x), 2)
+        (v,) = self._heads(self.v(x), 1)
+        return self._merge(self._attend(q, k, v))
 
 
 class PixelEmbed(nn.Module):
