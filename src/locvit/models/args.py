@@ -21,7 +21,6 @@ def check_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-
 def check_length(values: Any, name: str, length: int | None = None) -> list[Any]:
     """A sequence (one entry per stage when ``length`` is given) as a list."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
@@ -33,17 +32,14 @@ def check_length(values: Any, name: str, length: int | None = None) -> list[Any]
     return list(values)
 
 
-
 def check_ints(values: Any, name: str, length: int | None = None, minimum: int = 1) -> tuple[int, ...]:
     """A sequence of integers (one per stage when ``length`` is given), each at least ``minimum``."""
     return tuple(check_int(v, f"{name}[{i}]", minimum) for i, v in enumerate(check_length(values, name, length)))
 
 
-
 def per_stage(value: Any, num_stages: int) -> list[Any]:
     """One value for every stage (a scalar repeated) or a per-stage sequence, as a list."""
     return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * num_stages
-
 
 
 def check_positive(value: Any, name: str) -> float:
@@ -53,13 +49,11 @@ def check_positive(value: Any, name: str) -> float:
     return value
 
 
-
 def check_rate(value: Any, name: str) -> float:
     """A dropout / stochastic-depth probability in ``[0, 1)``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
     return value
-
 
 
 def check_heads(dim: int, heads: Any, dim_name: str = "embed_dim", heads_name: str = "num_heads") -> int:
@@ -74,14 +68,12 @@ def check_heads(dim: int, heads: Any, dim_name: str = "embed_dim", heads_name: s
     return heads
 
 
-
 def check_hidden(dim: int, ratio: Any, name: str = "mlp_ratio") -> int:
     """Hidden width ``int(dim * ratio)`` of an MLP; at least one channel."""
     hidden = int(dim * check_positive(ratio, name))
     if hidden < 1:
         raise ValueError(f"{name}={ratio} leaves no hidden channel for width {dim}; use {name} >= {1 / dim:g}")
     return hidden
-
 
 
 def check_img_size(img_size: Any, minimum: tuple[int, int] = (1, 1), why: str = "") -> tuple[int, int]:
@@ -96,7 +88,6 @@ def check_img_size(img_size: Any, minimum: tuple[int, int] = (1, 1), why: str = 
     return h, w
 
 
-
 def check_model_args(*, num_classes: Any, in_chans: Any, global_pool: str, pools: Sequence[str] = ("avg", ""),
                      **rates: Any) -> None:
     """The arguments every locvit model shares: ``num_classes`` (0 for no classifier), ``in_chans``, the
@@ -109,7 +100,6 @@ def check_model_args(*, num_classes: Any, in_chans: Any, global_pool: str, pools
             check_rate(rate, name)
 
 
-
 def check_transformer_args(*, embed_dim: Any, depth: Any, num_heads: Any, mlp_ratio: Any, **common: Any) -> None:
     """:func:`check_model_args` (``common``; token, mean or no pooling) and the width, depth, heads and MLP ratio of
     an isotropic transformer."""
@@ -120,15 +110,12 @@ def check_transformer_args(*, embed_dim: Any, depth: Any, num_heads: Any, mlp_ra
     check_hidden(embed_dim, mlp_ratio)
 
 
-
 def check_num_classes(num_classes: Any) -> int:
     """``num_classes`` as an ``int``: a classifier's width, or 0 for none."""
     return check_int(num_classes, "num_classes (0 builds no classifier)", 0)
 
 
-
 _RATES = ("drop_rate", "pos_drop_rate", "patch_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate")
-
 
 
 def check_host_kwargs(kwargs: dict[str, Any], pools: Sequence[str], heads: Sequence[tuple[str, str]],
@@ -150,8 +137,6 @@ def check_host_kwargs(kwargs: dict[str, Any], pools: Sequence[str], heads: Seque
     if "img_size" in kw:
         patch = kw.get("patch_size", 16)
         check_img_size(kw["img_size"], (patch, patch), f"patch_size={patch}")
-
-
 
 
 def check_global_pool(global_pool: str, pools: Sequence[str] = GLOBAL_POOLS) -> str:

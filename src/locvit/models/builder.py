@@ -58,7 +58,6 @@ def make_cfg(
     return cfg
 
 
-
 def build_model(spec: ModelSpec, variant: str, pretrained: bool = False, trust_pickle: bool = False,
                 **kwargs: Any) -> nn.Module:
     """``timm.models.build_model_with_cfg`` for a :class:`ModelSpec`, with locvit's pretrained loading.
@@ -80,7 +79,6 @@ def build_model(spec: ModelSpec, variant: str, pretrained: bool = False, trust_p
 
         load_pretrained(model, spec.filter_fn, trust_pickle=trust_pickle, cache_dir=kwargs.get("cache_dir"))
     return model
-
 
 
 def init_linear_layernorm(m: nn.Module) -> None:

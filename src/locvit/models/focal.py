@@ -49,12 +49,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, register_notrace_module, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_module, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
 from locvit.layers.attention import HeadsAttention
+from locvit.layers.pos_embed import resize_pos_embed
 from locvit.layers.rel_pos import relative_position_index, resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
 from locvit.layers.windows import pad_to_multiple, shifted_window_mask
@@ -714,8 +715,7 @@ class FocalTransformer(PyramidStages, nn.Module):
         if min(min(g) for g in grids) < 1:
             raise ValueError(f"img_size {img_size} is too small for {self.num_layers} stages")
         if self.ape and grids[0] != self.grid_sizes[0]:
-            pe = resample_abs_pos_embed(self.absolute_pos_embed, list(grids[0]), list(self.grid_sizes[0]),
-                                        num_prefix_tokens=0)
+            pe = resize_pos_embed(self.absolute_pos_embed, grids[0], self.grid_sizes[0])
             self.absolute_pos_embed = nn.Parameter(pe)
         for i, stage in enumerate(self.layers):
             for j, blk in enumerate(stage.blocks):
@@ -779,7 +779,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: FocalTransformer)
         out[k] = v
     pe = out.get("absolute_pos_embed")
     if pe is not None and getattr(model, "ape", False) and pe.shape != model.absolute_pos_embed.shape:
-        out["absolute_pos_embed"] = resample_abs_pos_embed(pe, list(model.grid_sizes[0]), num_prefix_tokens=0)
+        out["absolute_pos_embed"] = resize_pos_embed(pe, model.grid_sizes[0], name="absolute_pos_embed")
     for name, module in model.named_modules():
         if isinstance(module, FocalAttentionBase):
             prefix = name + "."

@@ -7,16 +7,16 @@ from typing import Any
 
 import torch
 import torch.fx
-from timm.layers import register_notrace_function, resample_abs_pos_embed
+from timm.layers import register_notrace_function
 from timm.models import checkpoint
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
+from locvit.layers.pos_embed import resize_pos_embed
 from locvit.models.args import GLOBAL_POOLS, check_global_pool, check_num_classes
 
-__all__ = ["ClassTokenBlocks", "PrunableBlocks", "PyramidStages", "TimmModel", "check_image", "clip_length",
-           "pos_embed_at"]
+__all__ = ["ClassTokenBlocks", "PrunableBlocks", "PyramidStages", "TimmModel", "check_image", "clip_length"]
 
 
 @register_notrace_function  # shape checks are Python control flow: a leaf call for torch.fx
@@ -42,19 +42,9 @@ def check_image(x: Tensor, in_chans: int, min_size: tuple[int, int] = (1, 1), mo
     return x
 
 
-
-@register_notrace_function  # compares grid sizes: a leaf call for torch.fx
-def pos_embed_at(pos: Tensor, grid: tuple[int, int], base_grid: tuple[int, int], num_prefix_tokens: int) -> Tensor:
-    """A ``1 x (P + h*w) x C`` position embedding made for ``base_grid``, resampled (bicubic) to ``grid`` when the
-    grids differ, as timm resamples a ViT's embedding for another input size."""
-    if tuple(grid) == tuple(base_grid):
-        return pos
-    return resample_abs_pos_embed(pos, list(grid), list(base_grid), num_prefix_tokens=num_prefix_tokens)
-
-
-# plain torch.fx.symbolic_trace too (timm's tracer uses the registrations above)
+# plain torch.fx.symbolic_trace too (timm's tracer uses their registrations)
 torch.fx.wrap("check_image")
-torch.fx.wrap("pos_embed_at")
+torch.fx.wrap("resize_pos_embed")
 
 
 class TimmModel:
@@ -77,8 +67,9 @@ class TimmModel:
         return check_image(x, self.in_chans, self.min_input_size, type(self).__name__)
 
     def _pos_embed_at(self, pos: Tensor, grid: tuple[int, int], base_grid: tuple[int, int]) -> Tensor:
-        """:func:`pos_embed_at` with the model's prefix tokens (called here, where torch.fx wraps it)."""
-        return pos_embed_at(pos, grid, base_grid, self.num_prefix_tokens)
+        """``pos`` (made for ``base_grid``) on ``grid``: :func:`~locvit.layers.pos_embed.resize_pos_embed` with the
+        model's prefix tokens (called here, where torch.fx wraps it)."""
+        return resize_pos_embed(pos, grid, base_grid, self.num_prefix_tokens)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.global_pool == "avg":
@@ -116,9 +107,7 @@ class TimmModel:
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
-
 OUTPUT_FMTS = ("NCHW", "NHWC")
-
 
 
 class PyramidStages(TimmModel):
@@ -240,7 +229,6 @@ class PyramidStages(TimmModel):
         return dict(stem=self.group_stem, blocks=blocks + self._group_extra(coarse) + [(r"^norm", (99999,))])
 
 
-
 class PrunableBlocks(TimmModel):
     """timm's contract for an isotropic model with one ``blocks`` list, a final ``norm`` and a linear ``head`` on
     ``embed_dim`` features: pruning, parameter groups, and the head on ``forward_features``' tokens (class token
@@ -267,7 +255,6 @@ class PrunableBlocks(TimmModel):
         if output_fmt == "NLC":
             return y
         return y.reshape(y.shape[0], grid[0], grid[1], y.shape[-1]).permute(0, 3, 1, 2).contiguous()
-
 
 
 class ClassTokenBlocks(PrunableBlocks):
@@ -323,7 +310,6 @@ class ClassTokenBlocks(PrunableBlocks):
         if intermediates_only:
             return intermediates
         return self.norm(self._tokens(x)), intermediates
-
 
 
 def clip_length(model: nn.Module) -> int | None:

@@ -17,12 +17,13 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import DropPath, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import DropPath, PatchEmbed, trunc_normal_
 from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit.layers import Attention, LocalityFeedForward, tokens_through_map
 from locvit.layers.locality_ffn import act_from_code
+from locvit.layers.pos_embed import resize_pos_embed
 from locvit.models._registry import ModelSpec, norm_eps, pop_unused, register_family_model, register_official
 from locvit.models.args import check_img_size, check_int, check_transformer_args
 from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
@@ -148,7 +149,7 @@ class LocalViT(ClassTokenBlocks, nn.Module):
         new = self.patch_embed.grid_size
         if new != old:
             with torch.no_grad():
-                pe = resample_abs_pos_embed(self.pos_embed, list(new), list(old), num_prefix_tokens=1)
+                pe = resize_pos_embed(self.pos_embed, new, old, num_prefix_tokens=1)
             self.pos_embed = nn.Parameter(pe)
 
     # --- forward -----------------------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: LocalViT) -> dict
     out = {}
     for k, v in state_dict.items():
         if k == "pos_embed" and v.shape != model.pos_embed.shape:
-            v = resample_abs_pos_embed(v, list(model.patch_embed.grid_size), num_prefix_tokens=1)
+            v = resize_pos_embed(v, model.patch_embed.grid_size, num_prefix_tokens=1, name=k)
         out[k] = v
     return out
 

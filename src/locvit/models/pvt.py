@@ -27,19 +27,19 @@ Here each stage's position embedding is resampled to the input's grid on the fly
 """
 from __future__ import annotations
 
-import math
 import re
 from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit.layers import LocalityFeedForward, residual_mlp, tokens_through_map
 from locvit.layers.attention import HeadsAttention
 from locvit.layers.locality_ffn import act_from_code
+from locvit.layers.pos_embed import resize_pos_embed
 from locvit.models._registry import DenseRecipe, ModelSpec, norm_eps, register_family_model, register_official
 from locvit.models.args import (
     GLOBAL_POOLS,
@@ -52,7 +52,7 @@ from locvit.models.args import (
     check_model_args,
 )
 from locvit.models.builder import build_model, make_cfg
-from locvit.models.interface import PyramidStages, pos_embed_at
+from locvit.models.interface import PyramidStages
 from locvit.models.localvit import localvit_cfg
 
 __all__ = ["PyramidVisionTransformer", "PvtBlock", "SpatialReductionAttention"]
@@ -175,15 +175,14 @@ class PvtStage(nn.Module):
     def set_grid_size(self, grid_size: tuple[int, int]) -> None:
         if grid_size != self.grid_size:
             with torch.no_grad():
-                pe = resample_abs_pos_embed(self.pos_embed, list(grid_size), list(self.grid_size),
-                                            num_prefix_tokens=self.num_prefix_tokens)
+                pe = resize_pos_embed(self.pos_embed, grid_size, self.grid_size, self.num_prefix_tokens)
             self.pos_embed = nn.Parameter(pe)
             self.grid_size = grid_size
 
     def forward(self, x: Tensor, prefix: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
         """``x``: ``B x C x H x W`` map; ``prefix``: ``B x P x C`` tokens to prepend. Returns tokens and grid."""
         x, grid = self.patch_embed(x)
-        pos = pos_embed_at(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
+        pos = resize_pos_embed(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
         if prefix is not None:
             x = torch.cat([prefix, x], dim=1)
         x = self.pos_drop(x + pos)
@@ -388,13 +387,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: PyramidVisionTran
         if m is not None and int(m.group(1)) < len(model.stages):
             stage = model.stages[int(m.group(1))]
             if v.shape != stage.pos_embed.shape:
-                n = v.shape[1] - stage.num_prefix_tokens
-                side = math.isqrt(n)
-                if side * side != n:
-                    raise ValueError(f"{k}: cannot infer the trained grid of a {n}-token position embedding "
-                                     "(not square); resample it with the model it was trained with")
-                v = resample_abs_pos_embed(v, list(stage.grid_size), [side, side],
-                                           num_prefix_tokens=stage.num_prefix_tokens)
+                v = resize_pos_embed(v, stage.grid_size, num_prefix_tokens=stage.num_prefix_tokens, name=k)
         out[k] = v
     return out
 

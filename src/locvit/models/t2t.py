@@ -50,13 +50,14 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit.layers import Attention, LocalityFeedForward, residual_mlp, tokens_through_map
 from locvit.layers.attention import attend, split_heads
 from locvit.layers.locality_ffn import act_from_code
+from locvit.layers.pos_embed import resize_pos_embed
 from locvit.models._registry import ModelSpec, norm_eps, register_family_model, register_official
 from locvit.models.args import check_img_size, check_int, check_transformer_args
 from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
@@ -349,7 +350,7 @@ class T2TViT(ClassTokenBlocks, nn.Module):
         self.img_size, self.grid_size = img_size, new
         if new != old:
             with torch.no_grad():
-                pe = resample_abs_pos_embed(self.pos_embed, list(new), list(old), num_prefix_tokens=1)
+                pe = resize_pos_embed(self.pos_embed, new, old, num_prefix_tokens=1)
             self.pos_embed = pe
 
     # --- forward -----------------------------------------------------------------------------------------------
@@ -365,11 +366,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: T2TViT) -> dict[s
     out = {}
     for k, v in state_dict.items():
         if k == "pos_embed" and v.shape != model.pos_embed.shape:
-            side = math.isqrt(v.shape[1] - 1)
-            if side * side != v.shape[1] - 1:
-                raise ValueError(f"pos_embed with {v.shape[1] - 1} patch rows is not a square grid; build the model "
-                                 "at the checkpoint's size, load it, then call set_input_size")
-            v = resample_abs_pos_embed(v, list(model.grid_size), [side, side], num_prefix_tokens=1)
+            v = resize_pos_embed(v, model.grid_size, num_prefix_tokens=1, name=k)
         out[k] = v
     return out
 

@@ -35,7 +35,7 @@ import math
 from typing import Any
 
 import torch
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs
 from timm.models import tnt as timm_tnt
 from torch import Tensor, nn
@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from locvit.layers import LocalityFeedForward, tokens_through_map
 from locvit.layers.attention import HeadsAttention
 from locvit.layers.locality_ffn import act_from_code
+from locvit.layers.pos_embed import resize_pos_embed
 from locvit.models._registry import (
     ModelSpec,
     norm_eps,
@@ -257,7 +258,7 @@ class LocalViTTNT(ClassTokenBlocks, nn.Module):
         self.img_size, self.grid_size = img_size, new
         if new != old:
             with torch.no_grad():
-                pe = resample_abs_pos_embed(self.patch_pos, list(new), list(old), num_prefix_tokens=1)
+                pe = resize_pos_embed(self.patch_pos, new, old, num_prefix_tokens=1)
             self.patch_pos = nn.Parameter(pe)
 
     # --- forward: the state is the (pixel tokens, patch tokens) pair --------------------------------------------
@@ -284,11 +285,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: LocalViTTNT) -> d
     out = {}
     for k, v in state_dict.items():
         if k == "patch_pos" and v.shape != model.patch_pos.shape:
-            side = math.isqrt(v.shape[1] - 1)
-            if side * side != v.shape[1] - 1:
-                raise ValueError(f"patch_pos with {v.shape[1] - 1} patch rows is not a square grid; build the model "
-                                 "at the checkpoint's size, load it, then call set_input_size")
-            v = resample_abs_pos_embed(v, list(model.grid_size), [side, side], num_prefix_tokens=1)
+            v = resize_pos_embed(v, model.grid_size, num_prefix_tokens=1, name=k)
         out[k] = v
     return out
 
