@@ -117,12 +117,14 @@ class PyramidStages(TimmModel):
     The model keeps its stages in the attribute named ``stages_attr`` (its state-dict prefix), ``feature_info`` (one
     entry per stage) and an optional final ``norm``, and says where its families differ through hooks:
 
-    * ``_stem(images) -> state``: what enters the first stage;
+    * ``_stem(images) -> state``: what enters the first stage (from ``_input_state``, which checks the input first;
+      a model whose input is more than an image batch overrides that instead);
     * ``_stage(i, state, need_map) -> state``: run stage ``i`` (``need_map``: its map is taken as an intermediate);
     * ``_stage_map(i, state, norm) -> map``: the stage's feature map in ``stage_fmt``; ``norm``: apply the final
       norm (asked for the last stage only);
     * ``_features(state, final) -> features``: ``forward_features``' output from the last state (``final``: every
-      stage ran, so the final norm applies).
+      stage ran, so the final norm applies);
+    * ``_map_in_fmt(map, output_fmt) -> map``: a ``stage_fmt`` map in ``output_fmt`` (the defaults permute 4-D maps).
 
     The defaults suit a model whose state is the stage map itself, normed by ``norm`` at the end (Swin-like).
     """
@@ -148,8 +150,16 @@ class PyramidStages(TimmModel):
     def _features(self, x: Any, final: bool) -> Tensor:
         return self.norm(x) if final else x
 
+    def _input_state(self, x: Tensor) -> Any:
+        return self._stem(self._check_input(x))
+
+    def _map_in_fmt(self, y: Tensor, output_fmt: str) -> Tensor:
+        if output_fmt != self.stage_fmt:
+            y = y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y.permute(0, 2, 3, 1)
+        return y.contiguous() if output_fmt == "NCHW" else y
+
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self._stem(self._check_input(x))
+        x = self._input_state(x)
         for i in range(len(self.stage_list)):
             x = self._stage(i, x, False)
         return self._features(x, True)
@@ -182,15 +192,12 @@ class PyramidStages(TimmModel):
         num_stages = len(self.stage_list)
         take_indices, max_index = feature_take_indices(num_stages, indices)
         num_run = max_index + 1 if stop_early else num_stages
-        x = self._stem(self._check_input(x))
+        x = self._input_state(x)
         intermediates = []
         for i in range(num_run):
             x = self._stage(i, x, i in take_indices)
             if i in take_indices:
-                y = self._stage_map(i, x, norm and i == num_stages - 1)
-                if output_fmt != self.stage_fmt:
-                    y = y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y.permute(0, 2, 3, 1)
-                intermediates.append(y.contiguous() if output_fmt == "NCHW" else y)
+                intermediates.append(self._map_in_fmt(self._stage_map(i, x, norm and i == num_stages - 1), output_fmt))
         if intermediates_only:
             return intermediates
         return self._features(x, num_run == num_stages), intermediates
