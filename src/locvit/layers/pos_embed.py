@@ -1,12 +1,13 @@
-"""Absolute position tables on a token grid: one resize for every model, at forward, in ``set_input_size`` and in
-the checkpoint filters."""
+"""Absolute position tables on a token grid: one resize for every model, at forward (:func:`resize_pos_embed`), in
+``set_input_size`` (:func:`resize_pos_table`) and in the checkpoint filters."""
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
+import torch
 from timm.layers import register_notrace_function, resample_abs_pos_embed
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @register_notrace_function  # compares grid sizes: a leaf call for torch.fx
@@ -29,3 +30,14 @@ def resize_pos_embed(pos: Tensor, grid: Sequence[int], old_grid: Sequence[int] |
     if tuple(grid) == tuple(old_grid):
         return pos
     return resample_abs_pos_embed(pos, list(grid), list(old_grid), num_prefix_tokens=num_prefix_tokens)
+
+
+def resize_pos_table(table: Tensor, grid: Sequence[int], old_grid: Sequence[int], num_prefix_tokens: int = 0) -> Tensor:
+    """A model's own table (a parameter or a buffer) made the table of a new default ``grid``, as ``set_input_size``
+    does: :func:`resize_pos_embed` outside autograd, a new ``nn.Parameter`` when the table was one; the table itself
+    (the same object, so an optimiser keeps it) when the grids agree."""
+    if tuple(grid) == tuple(old_grid):
+        return table
+    with torch.no_grad():
+        out = resize_pos_embed(table, grid, old_grid, num_prefix_tokens)
+    return nn.Parameter(out) if isinstance(table, nn.Parameter) else out

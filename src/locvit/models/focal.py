@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from locvit.layers import fastpath
 from locvit.layers.attention import HeadsAttention
-from locvit.layers.pos_embed import resize_pos_embed
+from locvit.layers.pos_embed import resize_pos_embed, resize_pos_table
 from locvit.layers.rel_pos import relative_position_index, resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
 from locvit.layers.windows import pad_to_multiple, shifted_window_mask
@@ -714,9 +714,8 @@ class FocalTransformer(PyramidStages, nn.Module):
         grids = self._stage_grids(img_size)
         if min(min(g) for g in grids) < 1:
             raise ValueError(f"img_size {img_size} is too small for {self.num_layers} stages")
-        if self.ape and grids[0] != self.grid_sizes[0]:
-            pe = resize_pos_embed(self.absolute_pos_embed, grids[0], self.grid_sizes[0])
-            self.absolute_pos_embed = nn.Parameter(pe)
+        if self.ape:
+            self.absolute_pos_embed = resize_pos_table(self.absolute_pos_embed, grids[0], self.grid_sizes[0])
         for i, stage in enumerate(self.layers):
             for j, blk in enumerate(stage.blocks):
                 if self._attention_matches(blk.attn, i, j, grids[i]):

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from locvit.layers import Attention, LocalityFeedForward, tokens_through_map
 from locvit.layers.locality_ffn import act_from_code
-from locvit.layers.pos_embed import resize_pos_embed
+from locvit.layers.pos_embed import resize_pos_embed, resize_pos_table
 from locvit.models._registry import ModelSpec, norm_eps, pop_unused, register_family_model, register_official
 from locvit.models.args import check_img_size, check_int, check_transformer_args
 from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
@@ -147,10 +147,7 @@ class LocalViT(ClassTokenBlocks, nn.Module):
         old = self.patch_embed.grid_size
         self.patch_embed.set_input_size(img_size=img_size)
         new = self.patch_embed.grid_size
-        if new != old:
-            with torch.no_grad():
-                pe = resize_pos_embed(self.pos_embed, new, old, num_prefix_tokens=1)
-            self.pos_embed = nn.Parameter(pe)
+        self.pos_embed = resize_pos_table(self.pos_embed, new, old, num_prefix_tokens=1)
 
     # --- forward -----------------------------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:

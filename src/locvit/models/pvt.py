@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from locvit.layers import LocalityFeedForward, residual_mlp, tokens_through_map
 from locvit.layers.attention import HeadsAttention
 from locvit.layers.locality_ffn import act_from_code
-from locvit.layers.pos_embed import resize_pos_embed
+from locvit.layers.pos_embed import resize_pos_embed, resize_pos_table
 from locvit.models._registry import DenseRecipe, ModelSpec, norm_eps, register_family_model, register_official
 from locvit.models.args import (
     GLOBAL_POOLS,
@@ -173,11 +173,8 @@ class PvtStage(nn.Module):
         self.blocks = nn.ModuleList([PvtBlock(dim, drop_path=drop_path[i], **block_kwargs) for i in range(depth)])
 
     def set_grid_size(self, grid_size: tuple[int, int]) -> None:
-        if grid_size != self.grid_size:
-            with torch.no_grad():
-                pe = resize_pos_embed(self.pos_embed, grid_size, self.grid_size, self.num_prefix_tokens)
-            self.pos_embed = nn.Parameter(pe)
-            self.grid_size = grid_size
+        self.pos_embed = resize_pos_table(self.pos_embed, grid_size, self.grid_size, self.num_prefix_tokens)
+        self.grid_size = grid_size
 
     def forward(self, x: Tensor, prefix: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
         """``x``: ``B x C x H x W`` map; ``prefix``: ``B x P x C`` tokens to prepend. Returns tokens and grid."""

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from locvit.layers import Attention, LocalityFeedForward, residual_mlp, tokens_through_map
 from locvit.layers.attention import attend, split_heads
 from locvit.layers.locality_ffn import act_from_code
-from locvit.layers.pos_embed import resize_pos_embed
+from locvit.layers.pos_embed import resize_pos_embed, resize_pos_table
 from locvit.models._registry import ModelSpec, norm_eps, register_family_model, register_official
 from locvit.models.args import check_img_size, check_int, check_transformer_args
 from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
@@ -348,10 +348,7 @@ class T2TViT(ClassTokenBlocks, nn.Module):
             raise ValueError(f"T2T-ViT needs an input size of at least {MIN_SIZE}x{MIN_SIZE}, got {img_size}")
         old, new = self.grid_size, t2t_grid(img_size)[-1]
         self.img_size, self.grid_size = img_size, new
-        if new != old:
-            with torch.no_grad():
-                pe = resize_pos_embed(self.pos_embed, new, old, num_prefix_tokens=1)
-            self.pos_embed = pe
+        self.pos_embed = resize_pos_table(self.pos_embed, new, old, num_prefix_tokens=1)
 
     # --- forward -----------------------------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from locvit.layers import LocalityFeedForward, tokens_through_map
 from locvit.layers.attention import HeadsAttention
 from locvit.layers.locality_ffn import act_from_code
-from locvit.layers.pos_embed import resize_pos_embed
+from locvit.layers.pos_embed import resize_pos_embed, resize_pos_table
 from locvit.models._registry import (
     ModelSpec,
     norm_eps,
@@ -256,10 +256,7 @@ class LocalViTTNT(ClassTokenBlocks, nn.Module):
             raise ValueError(f"TNT needs an input size of at least {m}x{m} (one patch), got {img_size}")
         old, new = self.grid_size, self.pixel_embed.grid(img_size)
         self.img_size, self.grid_size = img_size, new
-        if new != old:
-            with torch.no_grad():
-                pe = resize_pos_embed(self.patch_pos, new, old, num_prefix_tokens=1)
-            self.patch_pos = nn.Parameter(pe)
+        self.patch_pos = resize_pos_table(self.patch_pos, new, old, num_prefix_tokens=1)
 
     # --- forward: the state is the (pixel tokens, patch tokens) pair --------------------------------------------
     def _embed(self, x: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[int, int]]:
