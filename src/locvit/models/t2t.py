@@ -100,7 +100,18 @@ class UnusedLayerNorm(nn.Module):
         self.register_buffer("bias", torch.zeros(dim))
 
 
-class PerformerLayer(nn.Module):
+class _T2TLayer(nn.Module):
+    """What both T2T layers do: their attention on the normalised tokens (``attention``, skip through ``v``), then
+    the locality feed-forward on the token map (LocalViT) or the residual MLP (host)."""
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        x = self.attention(self.norm1(x))
+        if self.locality:
+            return tokens_through_map(self.conv, x, grid)
+        return residual_mlp(x, self.norm2, self.mlp)
+
+
+class PerformerLayer(_T2TLayer):
     """T2T layer with Performer (FAVOR+, positive random features) attention; skip through ``v``.
 
     State-dict keys as upstream: ``kqv``, ``proj``, ``norm1``, ``norm2``, ``w`` (frozen), then ``mlp.0``/``mlp.2``
@@ -149,14 +160,8 @@ class PerformerLayer(nn.Module):
         y = (qp @ kptv.transpose(1, 2)) / (denom + self.epsilon)
         return v + self.dp(self.proj(y.to(v.dtype)))
 
-    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        x = self.attention(self.norm1(x))
-        if self.locality:
-            return tokens_through_map(self.conv, x, grid)
-        return residual_mlp(x, self.norm2, self.mlp)
 
-
-class TokenTransformerLayer(nn.Module):
+class TokenTransformerLayer(_T2TLayer):
     """T2T layer with one-head softmax attention, skip through ``v``; logits scaled by the *input* width.
 
     Keys: ``norm1``, ``attn.qkv``, ``attn.proj``, then ``norm2`` + ``mlp.fc1/fc2`` (host) or ``conv.conv.N``
@@ -175,11 +180,8 @@ class TokenTransformerLayer(nn.Module):
             self.norm2 = nn.LayerNorm(out_dim)
             self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), out_dim)
 
-    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        x = self.attn(self.norm1(x))
-        if self.locality:
-            return tokens_through_map(self.conv, x, grid)
-        return residual_mlp(x, self.norm2, self.mlp)
+    def attention(self, x: Tensor) -> Tensor:
+        return self.attn(x)
 
 
 class _TokenAttention(nn.Module):
