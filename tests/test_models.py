@@ -15,8 +15,8 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 import locvit
 from conftest import DISTINCT, SMALL_SIZE, every_model, small_model
-from locvit.models._helpers import TimmModel
-from locvit.models._registry import spec_of
+from locvit.models import spec_of
+from locvit.models.interface import TimmModel
 
 MODELS = locvit.list_models()
 # the full-size checks: one model per block kind in `make test`, every registered model in `make test-heavy`

@@ -17,7 +17,7 @@ import timm
 from timm.models import parse_model_name
 
 from locvit._io import sha256_file
-from locvit.models._registry import ALIASES, FAMILIES, OFFICIAL_HOMONYMS, spec_of
+from locvit.models import ALIASES, FAMILIES, OFFICIAL_HOMONYMS, spec_of
 
 __all__ = ["ALIASES", "OFFICIAL_HOMONYMS", "create_model", "family_of", "list_models", "resolve_alias"]
 

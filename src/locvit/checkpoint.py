@@ -192,7 +192,7 @@ def find_filter_fn(model: nn.Module) -> Callable[[StateDict, nn.Module], StateDi
     ``checkpoint_filter_fn`` of the module that registers the architecture (timm's convention)."""
     from timm.models import is_model, model_entrypoint
 
-    from locvit.models._registry import spec_for_model
+    from locvit.models import spec_for_model
 
     spec = spec_for_model(model)
     if spec is not None:

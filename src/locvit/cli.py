@@ -388,7 +388,7 @@ def _flops(p: argparse.ArgumentParser):
     def run(a: argparse.Namespace) -> int:
         from locvit._registry import create_model
         from locvit.bench.flops import COUNTER, count_flops
-        from locvit.models._helpers import clip_length
+        from locvit.models import clip_length
 
         if a.paper_table:
             import json

@@ -31,7 +31,7 @@ from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from locvit.checkpoint import LoadReport, find_filter_fn, load_checkpoint, read_checkpoint, unwrap_state_dict
-from locvit.models._registry import DenseRecipe, spec_of
+from locvit.models import DenseRecipe, spec_of
 
 __all__ = [
     "DenseRecipe",

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from locvit.models._registry import names_of, official_translator, translated_classes
+from locvit.models import names_of, official_translator, translated_classes
 
 
 def official_classes() -> list[str]:

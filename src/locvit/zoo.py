@@ -34,7 +34,7 @@ def load_stats(path: Path = STATS_FILE) -> dict[str, dict[str, Any]]:
 def count_model(name: str, flops: bool = True) -> dict[str, Any]:
     """Build ``name`` at its default size and count its parameters (and GMACs)."""
     from locvit.bench.flops import count_flops, count_params
-    from locvit.models._helpers import clip_length
+    from locvit.models import clip_length
 
     model = timm.create_model(name)
     size = tuple(model.pretrained_cfg["input_size"])

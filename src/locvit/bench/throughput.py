@@ -108,7 +108,7 @@ class Runner:
         fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
         if spec.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        from locvit.models._helpers import clip_length
+        from locvit.models import clip_length
 
         self.num_frames = (spec.num_frames or clip_length(model)) if clip_length(model) else None
         self.input_shape = (3, self.num_frames, *spec.img_size) if self.num_frames else (3, *spec.img_size)

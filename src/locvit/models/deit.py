@@ -7,8 +7,9 @@ from typing import Any
 from timm.models import generate_default_cfgs
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from locvit.models._helpers import build_model, check_host_kwargs, make_cfg
 from locvit.models._registry import ModelSpec, register_family_model
+from locvit.models.args import check_host_kwargs
+from locvit.models.builder import build_model, make_cfg
 
 # timm's ViT class, filter and feature layout (the last block)
 DEIT_HOST = ModelSpec(VisionTransformer, filter_fn=checkpoint_filter_fn, feature_cfg=dict(out_indices=3))

@@ -49,27 +49,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, register_notrace_module, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_module, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
-from locvit.layers.attention import attend
+from locvit.layers.attention import HeadsAttention
+from locvit.layers.pos_embed import resize_pos_embed, resize_pos_table
 from locvit.layers.rel_pos import relative_position_index, resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
 from locvit.layers.windows import pad_to_multiple, shifted_window_mask
-from locvit.models._helpers import (
-    PyramidStages,
-    build_model,
-    check_heads,
-    check_hidden,
-    check_img_size,
-    check_int,
-    check_ints,
-    check_model_args,
-    init_linear_layernorm,
-    make_cfg,
-)
 from locvit.models._registry import (
     DenseRecipe,
     ModelSpec,
@@ -78,6 +67,9 @@ from locvit.models._registry import (
     register_family_model,
     register_official,
 )
+from locvit.models.args import check_heads, check_hidden, check_img_size, check_int, check_ints, check_model_args
+from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
+from locvit.models.interface import PyramidStages
 
 __all__ = ["FocalSelfAttention", "FocalBlock", "FocalStage", "FocalTransformer", "block_geometry"]
 
@@ -165,7 +157,7 @@ def pool_level(x: Tensor, level: int, window_size: int, method: str, layer: nn.M
 
 
 @register_notrace_module  # gather plans cached per map size: a leaf for torch.fx
-class FocalAttentionBase(nn.Module):
+class FocalAttentionBase(HeadsAttention):
     """What the two Focal attentions share: ``qkv``/``proj``, the sub-window pooling layers, queries per window,
     the gathered key/value source, and the way back from windows to the map.
 
@@ -185,15 +177,10 @@ class FocalAttentionBase(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
     ):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        super().__init__(dim, num_heads, qk_scale)
         if pool_method not in POOL_METHODS:
             raise ValueError(f"focal_pool must be one of {POOL_METHODS}, got {pool_method!r}")
         self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = qk_scale or self.head_dim ** -0.5
         self.window_size = window_size
         self.focal_level = focal_level
         self.pool_method = pool_method
@@ -213,10 +200,7 @@ class FocalAttentionBase(nn.Module):
                 self.pool_layers.append(layer)
             elif pool_method == "conv":
                 self.pool_layers.append(nn.Conv2d(dim, dim, sw, stride=sw, groups=dim))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self._add_projections(dim, qkv_bias, attn_drop, proj_drop, qkv=3)
         self._plans = fastpath.ShapeCache()
 
     # --- pieces of the forward ---------------------------------------------------------------------------------
@@ -246,14 +230,13 @@ class FocalAttentionBase(nn.Module):
             parts.append(qkv.new_zeros(2, B, nh, 1, d))
         return torch.cat(parts, dim=3)
 
-    def _attend(self, q: Tensor, src: Tensor, index: Tensor, bias: Tensor) -> Tensor:
+    def _attend_gathered(self, q: Tensor, src: Tensor, index: Tensor, bias: Tensor) -> Tensor:
         """Gather every window's keys/values with one flat ``index`` (windows x keys) and attend."""
         keys = index.shape[0] // (q.shape[1] // self.num_heads)  # index: windows x keys, flat
         kv = src.index_select(3, index).view(2, q.shape[0], q.shape[1], keys, self.head_dim)
-        dropout = self.attn_drop if self.training else 0.0
-        return attend(q, kv[0], kv[1], bias, self.scale, dropout, owner=self)
+        return self._attend(q, kv[0], kv[1], bias)
 
-    def _merge(self, out: Tensor, H: int, W: int) -> Tensor:
+    def _windows_to_map(self, out: Tensor, H: int, W: int) -> Tensor:
         """``B x (heads * windows) x ws^2 x d`` -> ``B x H x W x C``."""
         B, ws, nh, d = out.shape[0], self.window_size, self.num_heads, self.head_dim
         out = out.view(B, nh, H // ws, W // ws, ws, ws, d).permute(0, 2, 4, 3, 5, 1, 6)
@@ -411,7 +394,7 @@ class FocalSelfAttention(FocalAttentionBase):
         bias = self.position_bias()[:, None]  # heads x 1 x ws^2 x keys
         bias = bias + mask if mask is not None else bias.expand(-1, nW, -1, -1)
         bias = bias.reshape(1, self.num_heads * nW, ws * ws, self.num_keys)
-        out = self._merge(self._attend(self._queries(qkv), src, index, bias), Hp, Wp)
+        out = self._windows_to_map(self._attend_gathered(self._queries(qkv), src, index, bias), Hp, Wp)
         if s:
             out = torch.roll(out, (s, s), (1, 2))
         return self.proj_drop(self.proj(out[:, :H, :W]))
@@ -731,10 +714,8 @@ class FocalTransformer(PyramidStages, nn.Module):
         grids = self._stage_grids(img_size)
         if min(min(g) for g in grids) < 1:
             raise ValueError(f"img_size {img_size} is too small for {self.num_layers} stages")
-        if self.ape and grids[0] != self.grid_sizes[0]:
-            pe = resample_abs_pos_embed(self.absolute_pos_embed, list(grids[0]), list(self.grid_sizes[0]),
-                                        num_prefix_tokens=0)
-            self.absolute_pos_embed = nn.Parameter(pe)
+        if self.ape:
+            self.absolute_pos_embed = resize_pos_table(self.absolute_pos_embed, grids[0], self.grid_sizes[0])
         for i, stage in enumerate(self.layers):
             for j, blk in enumerate(stage.blocks):
                 if self._attention_matches(blk.attn, i, j, grids[i]):
@@ -797,7 +778,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: FocalTransformer)
         out[k] = v
     pe = out.get("absolute_pos_embed")
     if pe is not None and getattr(model, "ape", False) and pe.shape != model.absolute_pos_embed.shape:
-        out["absolute_pos_embed"] = resample_abs_pos_embed(pe, list(model.grid_sizes[0]), num_prefix_tokens=0)
+        out["absolute_pos_embed"] = resize_pos_embed(pe, model.grid_sizes[0], name="absolute_pos_embed")
     for name, module in model.named_modules():
         if isinstance(module, FocalAttentionBase):
             prefix = name + "."

@@ -37,8 +37,9 @@ from torch import Tensor, nn
 
 from locvit.layers import fastpath
 from locvit.layers.windows import pad_to_multiple
-from locvit.models._helpers import build_model, check_int
 from locvit.models._registry import ModelSpec, register_family_model, register_official
+from locvit.models.args import check_int
+from locvit.models.builder import build_model
 from locvit.models.focal import FOCAL, FocalAttentionBase, FocalTransformer, focal_cfg, translate_official_kwargs
 
 __all__ = ["FocalTopKAttention", "FocalTransformerV2", "nearest_keys"]
@@ -211,7 +212,7 @@ class FocalTopKAttention(FocalAttentionBase):
         else:
             bias = torch.cat([mlp(c) for mlp, c in zip(self.coord2rpb_all, coords)], dim=2)  # nW x ws^2 x K x nh
             bias = bias.permute(3, 0, 1, 2).reshape(1, -1, ws * ws, bias.shape[2])
-        out = self._merge(self._attend(self._queries(qkv), src, index, bias), Hp, Wp)
+        out = self._windows_to_map(self._attend_gathered(self._queries(qkv), src, index, bias), Hp, Wp)
         if s:
             out = torch.roll(out, (s, s), (1, 2))
         return self.proj_drop(self.proj(out[:, :H, :W]))

@@ -17,22 +17,17 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import DropPath, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import DropPath, PatchEmbed, trunc_normal_
 from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit.layers import Attention, LocalityFeedForward, tokens_through_map
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import (
-    ClassTokenBlocks,
-    build_model,
-    check_img_size,
-    check_int,
-    check_transformer_args,
-    init_linear_layernorm,
-    make_cfg,
-)
+from locvit.layers.pos_embed import resize_pos_embed, resize_pos_table
 from locvit.models._registry import ModelSpec, norm_eps, pop_unused, register_family_model, register_official
+from locvit.models.args import check_img_size, check_int, check_transformer_args
+from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
+from locvit.models.interface import ClassTokenBlocks
 
 __all__ = ["LocalViT", "LocalViTBlock"]
 
@@ -152,10 +147,7 @@ class LocalViT(ClassTokenBlocks, nn.Module):
         old = self.patch_embed.grid_size
         self.patch_embed.set_input_size(img_size=img_size)
         new = self.patch_embed.grid_size
-        if new != old:
-            with torch.no_grad():
-                pe = resample_abs_pos_embed(self.pos_embed, list(new), list(old), num_prefix_tokens=1)
-            self.pos_embed = nn.Parameter(pe)
+        self.pos_embed = resize_pos_table(self.pos_embed, new, old, num_prefix_tokens=1)
 
     # --- forward -----------------------------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -171,7 +163,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: LocalViT) -> dict
     out = {}
     for k, v in state_dict.items():
         if k == "pos_embed" and v.shape != model.pos_embed.shape:
-            v = resample_abs_pos_embed(v, list(model.patch_embed.grid_size), num_prefix_tokens=1)
+            v = resize_pos_embed(v, model.patch_embed.grid_size, num_prefix_tokens=1, name=k)
         out[k] = v
     return out
 

@@ -18,8 +18,8 @@ import timm
 from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
-from locvit.models._helpers import check_image
 from locvit.models._registry import ModelSpec, register_family_model
+from locvit.models.interface import check_image
 
 __all__: list[str] = []
 

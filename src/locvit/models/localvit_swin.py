@@ -33,21 +33,9 @@ from timm.models import swin_transformer as timm_swin
 from torch import Tensor, nn
 
 from locvit.layers import LocalityFeedForward, attend, fastpath
+from locvit.layers.attention import attend_windows, head_scale, split_heads
 from locvit.layers.locality_ffn import act_from_code
 from locvit.layers.windows import shifted_window_mask, window_gather_index, window_partition, window_reverse
-from locvit.models._helpers import (
-    PyramidStages,
-    build_model,
-    check_global_pool,
-    check_heads,
-    check_hidden,
-    check_img_size,
-    check_int,
-    check_ints,
-    check_model_args,
-    check_num_classes,
-    init_linear_layernorm,
-)
 from locvit.models._registry import (
     DenseRecipe,
     ModelSpec,
@@ -56,6 +44,18 @@ from locvit.models._registry import (
     register_family_model,
     register_official,
 )
+from locvit.models.args import (
+    check_global_pool,
+    check_heads,
+    check_hidden,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_model_args,
+    check_num_classes,
+)
+from locvit.models.builder import build_model, init_linear_layernorm
+from locvit.models.interface import PyramidStages
 from locvit.models.localvit import localvit_cfg
 
 __all__ = ["LocalViTSwin", "LocalViTSwinBlock", "WindowAttention"]
@@ -73,27 +73,18 @@ class WindowAttention(timm_swin.WindowAttention):
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__(dim, num_heads, window_size=window_size, qkv_bias=qkv_bias, attn_drop=attn_drop,
                          proj_drop=proj_drop)
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.scale = head_scale(dim, num_heads, qk_scale)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         B_, N, C = x.shape
-        h = self.num_heads
-        d = C // h
-        qkv = self.qkv(x)
+        q, k, v = split_heads(self.qkv(x), 3, self.num_heads)
         bias = self._get_rel_pos_bias()  # 1 x h x N x N
         drop = self.attn_drop.p if self.training else 0.0
         if mask is None:
-            q, k, v = qkv.reshape(B_, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
-            x = attend(q, k, v, bias, self.scale, drop, owner=self).transpose(1, 2)
+            x = attend(q, k, v, bias, self.scale, drop, owner=self)
         else:
-            # windows folded into the head axis, so the per-window mask broadcasts over the batch (one fused call,
-            # no B-fold copy of the bias)
-            nw = mask.shape[0]
-            B = B_ // nw
-            q, k, v = qkv.reshape(B, nw, N, 3, h, d).permute(3, 0, 1, 4, 2, 5).reshape(3, B, nw * h, N, d).unbind(0)
-            bias = (bias + mask.unsqueeze(1)).reshape(1, nw * h, N, N)
-            x = attend(q, k, v, bias, self.scale, drop, owner=self).reshape(B, nw, h, N, d).permute(0, 1, 3, 2, 4)
-        return self.proj_drop(self.proj(x.reshape(B_, N, C)))
+            x = attend_windows(q, k, v, bias + mask.unsqueeze(1), self.scale, drop, owner=self)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B_, N, C)))
 
 
 def official_window(resolution: tuple[int, int], window_size: int, shift: bool) -> tuple[int, int]:

@@ -27,22 +27,22 @@ Here each stage's position embedding is resampled to the input's grid on the fly
 """
 from __future__ import annotations
 
-import math
 import re
 from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
-from locvit.layers import LocalityFeedForward, attend, residual_mlp, tokens_through_map
+from locvit.layers import LocalityFeedForward, residual_mlp, tokens_through_map
+from locvit.layers.attention import HeadsAttention
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import (
+from locvit.layers.pos_embed import resize_pos_embed, resize_pos_table
+from locvit.models._registry import DenseRecipe, ModelSpec, norm_eps, register_family_model, register_official
+from locvit.models.args import (
     GLOBAL_POOLS,
-    PyramidStages,
-    build_model,
     check_heads,
     check_hidden,
     check_img_size,
@@ -50,16 +50,15 @@ from locvit.models._helpers import (
     check_ints,
     check_length,
     check_model_args,
-    make_cfg,
-    pos_embed_at,
 )
-from locvit.models._registry import DenseRecipe, ModelSpec, norm_eps, register_family_model, register_official
+from locvit.models.builder import build_model, make_cfg
+from locvit.models.interface import PyramidStages
 from locvit.models.localvit import localvit_cfg
 
 __all__ = ["PyramidVisionTransformer", "PvtBlock", "SpatialReductionAttention"]
 
 
-class SpatialReductionAttention(nn.Module):
+class SpatialReductionAttention(HeadsAttention):
     """Multi-head attention whose keys/values come from the map reduced by a ``sr x sr`` strided conv + LN.
 
     Key layout as the official code: ``q``, ``kv``, ``proj`` and, when ``sr_ratio > 1``, ``sr`` (conv) and
@@ -76,16 +75,8 @@ class SpatialReductionAttention(nn.Module):
         proj_drop: float = 0.0,
         sr_ratio: int = 1,
     ):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        super().__init__(dim, num_heads, qk_scale)
+        self._add_projections(dim, qkv_bias, attn_drop, proj_drop, q=1, kv=2)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
@@ -93,17 +84,15 @@ class SpatialReductionAttention(nn.Module):
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         B, N, C = x.shape
-        h = self.num_heads
-        q = self.q(x).reshape(B, N, h, C // h).transpose(1, 2)
+        (q,) = self._heads(self.q(x), 1)
         if self.sr_ratio > 1:
             # sr > 1 only in stages without prefix tokens (checked at construction): all N tokens form the map
             kv_in = self.sr(x.transpose(1, 2).reshape(B, C, grid[0], grid[1])).flatten(2).transpose(1, 2)
             kv_in = self.norm(kv_in)
         else:
             kv_in = x
-        k, v = self.kv(kv_in).reshape(B, kv_in.shape[1], 2, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)
-        x = attend(q, k, v, None, self.scale, self.attn_drop if self.training else 0.0, owner=self)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+        k, v = self._heads(self.kv(kv_in), 2)
+        return self._merge(self._attend(q, k, v))
 
 
 class PvtBlock(nn.Module):
@@ -184,17 +173,13 @@ class PvtStage(nn.Module):
         self.blocks = nn.ModuleList([PvtBlock(dim, drop_path=drop_path[i], **block_kwargs) for i in range(depth)])
 
     def set_grid_size(self, grid_size: tuple[int, int]) -> None:
-        if grid_size != self.grid_size:
-            with torch.no_grad():
-                pe = resample_abs_pos_embed(self.pos_embed, list(grid_size), list(self.grid_size),
-                                            num_prefix_tokens=self.num_prefix_tokens)
-            self.pos_embed = nn.Parameter(pe)
-            self.grid_size = grid_size
+        self.pos_embed = resize_pos_table(self.pos_embed, grid_size, self.grid_size, self.num_prefix_tokens)
+        self.grid_size = grid_size
 
     def forward(self, x: Tensor, prefix: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
         """``x``: ``B x C x H x W`` map; ``prefix``: ``B x P x C`` tokens to prepend. Returns tokens and grid."""
         x, grid = self.patch_embed(x)
-        pos = pos_embed_at(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
+        pos = resize_pos_embed(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
         if prefix is not None:
             x = torch.cat([prefix, x], dim=1)
         x = self.pos_drop(x + pos)
@@ -399,13 +384,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: PyramidVisionTran
         if m is not None and int(m.group(1)) < len(model.stages):
             stage = model.stages[int(m.group(1))]
             if v.shape != stage.pos_embed.shape:
-                n = v.shape[1] - stage.num_prefix_tokens
-                side = math.isqrt(n)
-                if side * side != n:
-                    raise ValueError(f"{k}: cannot infer the trained grid of a {n}-token position embedding "
-                                     "(not square); resample it with the model it was trained with")
-                v = resample_abs_pos_embed(v, list(stage.grid_size), [side, side],
-                                           num_prefix_tokens=stage.num_prefix_tokens)
+                v = resize_pos_embed(v, stage.grid_size, num_prefix_tokens=stage.num_prefix_tokens, name=k)
         out[k] = v
     return out
 

@@ -49,23 +49,9 @@ from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
-from locvit.layers.attention import attend
+from locvit.layers.attention import HeadsAttention, attend_windows
 from locvit.layers.rel_pos import resize_bias_grid
 from locvit.layers.token_mlp import residual_mlp
-from locvit.models._helpers import (
-    PyramidStages,
-    build_model,
-    check_heads,
-    check_hidden,
-    check_img_size,
-    check_int,
-    check_ints,
-    check_length,
-    check_model_args,
-    init_linear_layernorm,
-    make_cfg,
-    per_stage,
-)
 from locvit.models._registry import (
     DenseRecipe,
     ModelSpec,
@@ -74,6 +60,18 @@ from locvit.models._registry import (
     register_family_model,
     register_official,
 )
+from locvit.models.args import (
+    check_heads,
+    check_hidden,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_length,
+    check_model_args,
+    per_stage,
+)
+from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
+from locvit.models.interface import PyramidStages
 
 __all__ = ["R2LAttention", "R2LBlock", "RegionViT", "RegionViTStage", "r2l_window_mask", "rel_pos_index"]
 
@@ -124,7 +122,7 @@ def r2l_window_mask(
     return mask.reshape(Hr * Wr, ws * ws + 1, ws * ws + 1)
 
 
-class R2LAttention(nn.Module):
+class R2LAttention(HeadsAttention):
     """Multi-head attention shared by the regional and the local step of an R2L block.
 
     ``regional(r)`` attends over the ``B x nW x C`` regional tokens of each image; ``local(x, mask)`` attends
@@ -141,16 +139,9 @@ class R2LAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
     ):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        super().__init__(dim, num_heads, qk_scale)
         self.window_size = window_size
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self._add_projections(dim, qkv_bias, attn_drop, proj_drop, qkv=3)
         self.rel_pos = nn.Parameter(torch.zeros(num_heads, (2 * window_size - 1) ** 2))
         # full (1+ws²)² index; the regional row/column point at a zero slot appended to the table
         n = window_size ** 2
@@ -163,46 +154,31 @@ class R2LAttention(nn.Module):
         """``heads x (1+ws²) x (1+ws²)`` bias, zero on the regional token's row and column."""
         return F.pad(self.rel_pos, (0, 1))[:, self.bias_index]
 
-    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        B, N, C = x.shape
-        return self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-
-    def _merge(self, x: Tensor) -> Tensor:
-        B, h, N, d = x.shape
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, h * d)))
-
     def regional(self, r: Tensor) -> Tensor:
-        q, k, v = self._heads(r)
-        return self._merge(attend(q, k, v, None, self.scale, self.attn_drop if self.training else 0.0, owner=self))
+        q, k, v = self._heads(self.qkv(r))
+        return self._merge(self._attend(q, k, v))
 
     def local(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Every token of every ``(B*nW) x (1+ws²) x C`` window attends inside its window. ``mask``: bool
         ``nW x 1 x N x N`` (True = attend) for padded maps, else None."""
-        q, k, v = self._heads(x)
+        q, k, v = self._heads(self.qkv(x))
         return self._local(q, k, v, self.relative_position_bias().to(q.dtype), mask)
 
     def local_regional_queries(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """:meth:`local` for the regional token of each window only (output ``(B*nW) x 1 x C``): the local tokens
         serve as keys and values, the result is the regional row of :meth:`local`."""
-        q, k, v = self._heads(x)
+        q, k, v = self._heads(self.qkv(x))
         bias = self.relative_position_bias().to(q.dtype)[:, :1]
         return self._local(q[:, :, :1], k, v, bias, None if mask is None else mask[..., :1, :])
 
     def _local(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None) -> Tensor:
-        p = self.attn_drop if self.training else 0.0
         if mask is None:
-            return self._merge(attend(q, k, v, bias.unsqueeze(0), self.scale, p, owner=self))  # 4-D: fused kernel
+            return self._merge(self._attend(q, k, v, bias.unsqueeze(0)))  # 4-D: fused kernel
         # the official code *replaces* masked logits by finfo.min; adding finfo.min / 2 to a logit rounds to one
         # constant just the same (fully masked rows keep the official uniform softmax, the others exact zeros),
         # and cannot overflow to -inf in half precision
         bias = torch.where(mask, bias, torch.finfo(q.dtype).min / 2)  # nW x heads x Nq x N
-        nW, h, Nq, N = bias.shape
-        B = q.shape[0] // nW
-        # windows folded into the head axis (the same memory order as B*nW x heads): the per-window bias broadcasts
-        # over the batch without a copy
-        q, k, v = (t.reshape(B, nW * h, t.shape[-2], t.shape[-1]) for t in (q, k, v))
-        out = attend(q, k, v, bias.reshape(1, nW * h, Nq, N), self.scale, p, owner=self)
-        return self._merge(out.view(B * nW, h, Nq, out.shape[-1]))
+        return self._merge(attend_windows(q, k, v, bias, self.scale, self._dropout_p(), owner=self))
 
 
 # --- block, layout, stage --------------------------------------------------------------------------------------

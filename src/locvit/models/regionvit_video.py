@@ -26,19 +26,18 @@ Inputs are ``B x C x T x H x W`` clips, any ``T >= 1`` and any ``H x W`` the ima
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from timm.models import generate_default_cfgs
-from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit.layers.attention import Attention
 from locvit.models import regionvit as _image
-from locvit.models._helpers import build_model
 from locvit.models._registry import ModelSpec, register_family_model
+from locvit.models.builder import build_model
 from locvit.models.regionvit import R2LBlock, RegionViT
 
 __all__ = ["VideoR2LBlock", "VideoRegionViT", "checkpoint_filter_fn"]
@@ -116,6 +115,15 @@ def resample_time(embed: Tensor, num_frames: int) -> Tensor:
     return F.interpolate(embed.transpose(1, 2), size=num_frames, mode="linear", align_corners=False).transpose(1, 2)
 
 
+class _ClipState(NamedTuple):
+    """What :class:`VideoRegionViT` carries from stage to stage: the image model's state of every frame
+    (``(B*T) x ...``), the clip length ``T`` and whether the input was clips (not images)."""
+
+    frames: tuple[Tensor, Tensor]
+    num_frames: int
+    clip: bool
+
+
 class VideoRegionViT(RegionViT):
     """RegionViT on ``B x C x T x H x W`` clips (see the module docstring).
 
@@ -139,60 +147,34 @@ class VideoRegionViT(RegionViT):
             if isinstance(m, VideoR2LBlock):
                 m.init_temporal()  # after RegionViT's initialisation of every Linear
 
-    # --- forward ---------------------------------------------------------------------------------------------------
-    def _clip_stems(self, x: Tensor) -> tuple[tuple[Tensor, Tensor], int]:
-        """Clips (or images) -> per-frame regional and local maps ``(B*T) x C x h x w`` and ``T``."""
+    # --- forward: PyramidStages' loop on the frames, the state carrying the clip length --------------------------
+    def _input_state(self, x: Tensor) -> _ClipState:
+        """Clips (or images) -> the image model's state of every frame (frames folded into the batch)."""
         frames, T = fold_frames(x, self.in_chans, type(self).__name__)
-        return self._stem(self._check_input(frames)), T
+        return _ClipState(super()._input_state(frames), T, x.ndim == 5)
 
-    @staticmethod
-    def _frames_to_clips(tokens: Tensor, T: int) -> Tensor:
-        """``(B*T) x N x C`` per-frame tokens -> ``B x (T*N) x C`` (frame-major; unchanged for images, T = 1)."""
-        return tokens.reshape(-1, T * tokens.shape[1], tokens.shape[2])
+    def _stage(self, i: int, x: _ClipState, need_map: bool) -> _ClipState:
+        """:meth:`RegionViT._stage` on the frames of ``T``-frame clips (the temporal blocks get ``num_frames``)."""
+        frames = super()._stage(i, x.frames, need_map, **({"num_frames": x.num_frames} if self.temporal else {}))
+        return x._replace(frames=frames)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def _stage_map(self, i: int, x: _ClipState, norm: bool) -> Tensor:
+        """The local-token map: ``B x T x C x h x w`` for clips, the image model's ``B x C x h x w`` for images."""
+        local = super()._stage_map(i, x.frames, norm)
+        return local.unflatten(0, (-1, x.num_frames)) if x.clip else local
+
+    def _map_in_fmt(self, y: Tensor, output_fmt: str) -> Tensor:
+        """A clip's maps as ``B x C x T x h x w`` (``'NCHW'``, the name timm's interface uses) or ``B x T x h x w x C``
+        (``'NHWC'``); an image batch's as the image model's."""
+        if y.ndim == 4:
+            return super()._map_in_fmt(y, output_fmt)
+        return y.transpose(1, 2).contiguous() if output_fmt == "NCHW" else y.permute(0, 1, 3, 4, 2)
+
+    def _features(self, x: _ClipState, final: bool) -> Tensor:
         """Normalised final regional tokens of every frame, ``B x (T*Hr*Wr) x C`` (frame-major); for an image batch
         ``B x (Hr*Wr) x C`` as the image model."""
-        state, T = self._clip_stems(x)
-        for i in range(len(self.stages)):
-            state = self._clip_stage(i, state, T, False)
-        return self._frames_to_clips(self._features(state, True), T)
-
-    def _clip_stage(self, i: int, state: tuple[Tensor, Tensor], T: int, need_map: bool) -> tuple[Tensor, Tensor]:
-        """:meth:`RegionViT._stage` on the frames of ``T``-frame clips (the temporal blocks get ``num_frames``)."""
-        return self._stage(i, state, need_map, **({"num_frames": T} if self.temporal else {}))
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """The local-token maps of the stages (strides 4/8/16/32): ``B x C x T x h x w`` for clips (``'NCHW'``; the
-        name timm's interface uses) or ``B x T x h x w x C`` (``'NHWC'``); for an image batch the image model's
-        ``B x C x h x w`` maps."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        state, T = self._clip_stems(x)
-        clip = x.ndim == 5
-        num_run = max_index + 1 if stop_early else len(self.stages)
-        intermediates = []
-        for i in range(num_run):
-            state = self._clip_stage(i, state, T, i in take_indices)
-            if i in take_indices:
-                local = state[1]
-                y = local.unflatten(0, (-1, T)) if clip else local  # B x T x C x h x w
-                if output_fmt == "NCHW":
-                    intermediates.append(y.transpose(1, 2).contiguous() if clip else y.contiguous())
-                else:
-                    intermediates.append(y.permute(0, 1, 3, 4, 2) if clip else y.permute(0, 2, 3, 1))
-        if intermediates_only:
-            return intermediates
-        return self._frames_to_clips(self._features(state, num_run == len(self.stages)), T), intermediates
+        tokens = super()._features(x.frames, final)
+        return tokens.reshape(-1, x.num_frames * tokens.shape[1], tokens.shape[2])
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------

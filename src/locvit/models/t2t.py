@@ -50,23 +50,18 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit.layers import Attention, LocalityFeedForward, residual_mlp, tokens_through_map
-from locvit.layers.attention import attend
+from locvit.layers.attention import attend, split_heads
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import (
-    ClassTokenBlocks,
-    build_model,
-    check_img_size,
-    check_int,
-    check_transformer_args,
-    init_linear_layernorm,
-    make_cfg,
-)
+from locvit.layers.pos_embed import resize_pos_embed, resize_pos_table
 from locvit.models._registry import ModelSpec, norm_eps, register_family_model, register_official
+from locvit.models.args import check_img_size, check_int, check_transformer_args
+from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
+from locvit.models.interface import ClassTokenBlocks
 from locvit.models.localvit import LocalViTBlock, localvit_cfg
 
 __all__ = ["T2TViT", "TokensToToken", "PerformerLayer", "TokenTransformerLayer", "t2t_grid", "sinusoid_table"]
@@ -105,7 +100,18 @@ class UnusedLayerNorm(nn.Module):
         self.register_buffer("bias", torch.zeros(dim))
 
 
-class PerformerLayer(nn.Module):
+class _T2TLayer(nn.Module):
+    """What both T2T layers do: their attention on the normalised tokens (``attention``, skip through ``v``), then
+    the locality feed-forward on the token map (LocalViT) or the residual MLP (host)."""
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        x = self.attention(self.norm1(x))
+        if self.locality:
+            return tokens_through_map(self.conv, x, grid)
+        return residual_mlp(x, self.norm2, self.mlp)
+
+
+class PerformerLayer(_T2TLayer):
     """T2T layer with Performer (FAVOR+, positive random features) attention; skip through ``v``.
 
     State-dict keys as upstream: ``kqv``, ``proj``, ``norm1``, ``norm2``, ``w`` (frozen), then ``mlp.0``/``mlp.2``
@@ -154,14 +160,8 @@ class PerformerLayer(nn.Module):
         y = (qp @ kptv.transpose(1, 2)) / (denom + self.epsilon)
         return v + self.dp(self.proj(y.to(v.dtype)))
 
-    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        x = self.attention(self.norm1(x))
-        if self.locality:
-            return tokens_through_map(self.conv, x, grid)
-        return residual_mlp(x, self.norm2, self.mlp)
 
-
-class TokenTransformerLayer(nn.Module):
+class TokenTransformerLayer(_T2TLayer):
     """T2T layer with one-head softmax attention, skip through ``v``; logits scaled by the *input* width.
 
     Keys: ``norm1``, ``attn.qkv``, ``attn.proj``, then ``norm2`` + ``mlp.fc1/fc2`` (host) or ``conv.conv.N``
@@ -180,11 +180,8 @@ class TokenTransformerLayer(nn.Module):
             self.norm2 = nn.LayerNorm(out_dim)
             self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), out_dim)
 
-    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        x = self.attn(self.norm1(x))
-        if self.locality:
-            return tokens_through_map(self.conv, x, grid)
-        return residual_mlp(x, self.norm2, self.mlp)
+    def attention(self, x: Tensor) -> Tensor:
+        return self.attn(x)
 
 
 class _TokenAttention(nn.Module):
@@ -196,8 +193,7 @@ class _TokenAttention(nn.Module):
         self.proj = nn.Linear(out_dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        B, N, _ = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, 1, self.out_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_heads(self.qkv(x), 3, 1)
         y = attend(q, k, v, None, self.scale, owner=self)
         return v.squeeze(1) + self.proj(y.squeeze(1))
 
@@ -354,10 +350,7 @@ class T2TViT(ClassTokenBlocks, nn.Module):
             raise ValueError(f"T2T-ViT needs an input size of at least {MIN_SIZE}x{MIN_SIZE}, got {img_size}")
         old, new = self.grid_size, t2t_grid(img_size)[-1]
         self.img_size, self.grid_size = img_size, new
-        if new != old:
-            with torch.no_grad():
-                pe = resample_abs_pos_embed(self.pos_embed, list(new), list(old), num_prefix_tokens=1)
-            self.pos_embed = pe
+        self.pos_embed = resize_pos_table(self.pos_embed, new, old, num_prefix_tokens=1)
 
     # --- forward -----------------------------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -372,11 +365,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: T2TViT) -> dict[s
     out = {}
     for k, v in state_dict.items():
         if k == "pos_embed" and v.shape != model.pos_embed.shape:
-            side = math.isqrt(v.shape[1] - 1)
-            if side * side != v.shape[1] - 1:
-                raise ValueError(f"pos_embed with {v.shape[1] - 1} patch rows is not a square grid; build the model "
-                                 "at the checkpoint's size, load it, then call set_input_size")
-            v = resample_abs_pos_embed(v, list(model.grid_size), [side, side], num_prefix_tokens=1)
+            v = resize_pos_embed(v, model.grid_size, num_prefix_tokens=1, name=k)
         out[k] = v
     return out
 

@@ -35,25 +35,15 @@ import math
 from typing import Any
 
 import torch
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs
 from timm.models import tnt as timm_tnt
 from torch import Tensor, nn
 
 from locvit.layers import LocalityFeedForward, tokens_through_map
-from locvit.layers.attention import attend
+from locvit.layers.attention import HeadsAttention
 from locvit.layers.locality_ffn import act_from_code
-from locvit.models._helpers import (
-    ClassTokenBlocks,
-    build_model,
-    check_heads,
-    check_host_kwargs,
-    check_img_size,
-    check_int,
-    check_transformer_args,
-    init_linear_layernorm,
-    make_cfg,
-)
+from locvit.layers.pos_embed import resize_pos_embed, resize_pos_table
 from locvit.models._registry import (
     ModelSpec,
     norm_eps,
@@ -61,34 +51,26 @@ from locvit.models._registry import (
     register_official,
     register_official_homonym,
 )
+from locvit.models.args import check_heads, check_host_kwargs, check_img_size, check_int, check_transformer_args
+from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
+from locvit.models.interface import ClassTokenBlocks
 from locvit.models.localvit import localvit_cfg
 
 __all__ = ["LocalViTTNT", "LocalViTTNTBlock", "PixelEmbed", "TNTAttention"]
 
 
-class TNTAttention(nn.Module):
+class TNTAttention(HeadsAttention):
     """Multi-head attention with TNT's key layout: ``qk`` (queries and keys), ``v``, ``proj``."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0,
                  proj_drop: float = 0.0):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.qk = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        super().__init__(dim, num_heads)
+        self._add_projections(dim, qkv_bias, attn_drop, proj_drop, qk=2, v=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        B, N, C = x.shape
-        q, k = self.qk(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        v = self.v(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        x = attend(q, k, v, None, self.scale, self.attn_drop if self.training else 0.0, owner=self)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+        q, k = self._heads(self.qk(x), 2)
+        (v,) = self._heads(self.v(x), 1)
+        return self._merge(self._attend(q, k, v))
 
 
 class PixelEmbed(nn.Module):
@@ -274,10 +256,7 @@ class LocalViTTNT(ClassTokenBlocks, nn.Module):
             raise ValueError(f"TNT needs an input size of at least {m}x{m} (one patch), got {img_size}")
         old, new = self.grid_size, self.pixel_embed.grid(img_size)
         self.img_size, self.grid_size = img_size, new
-        if new != old:
-            with torch.no_grad():
-                pe = resample_abs_pos_embed(self.patch_pos, list(new), list(old), num_prefix_tokens=1)
-            self.patch_pos = nn.Parameter(pe)
+        self.patch_pos = resize_pos_table(self.patch_pos, new, old, num_prefix_tokens=1)
 
     # --- forward: the state is the (pixel tokens, patch tokens) pair --------------------------------------------
     def _embed(self, x: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[int, int]]:
@@ -303,11 +282,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: LocalViTTNT) -> d
     out = {}
     for k, v in state_dict.items():
         if k == "patch_pos" and v.shape != model.patch_pos.shape:
-            side = math.isqrt(v.shape[1] - 1)
-            if side * side != v.shape[1] - 1:
-                raise ValueError(f"patch_pos with {v.shape[1] - 1} patch rows is not a square grid; build the model "
-                                 "at the checkpoint's size, load it, then call set_input_size")
-            v = resample_abs_pos_embed(v, list(model.grid_size), [side, side], num_prefix_tokens=1)
+            v = resize_pos_embed(v, model.grid_size, num_prefix_tokens=1, name=k)
         out[k] = v
     return out
 

@@ -66,19 +66,6 @@ from timm.models import checkpoint, generate_default_cfgs
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
-from locvit.models._helpers import (
-    PyramidStages,
-    build_model,
-    check_heads,
-    check_hidden,
-    check_img_size,
-    check_int,
-    check_ints,
-    check_length,
-    check_model_args,
-    init_linear_layernorm,
-    make_cfg,
-)
 from locvit.models._registry import (
     DenseRecipe,
     ModelSpec,
@@ -87,6 +74,17 @@ from locvit.models._registry import (
     register_family_model,
     register_official,
 )
+from locvit.models.args import (
+    check_heads,
+    check_hidden,
+    check_img_size,
+    check_int,
+    check_ints,
+    check_length,
+    check_model_args,
+)
+from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
+from locvit.models.interface import PyramidStages
 
 __all__ = [
     "VicinityVisionTransformer", "VicinityAttention", "VicinityBlock", "abs_clamp", "angle_table",

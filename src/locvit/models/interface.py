@@ -1,221 +1,24 @@
-"""Shared plumbing of the model files: default cfgs, the builder, argument and input validation, the ViT
-initialisation, and timm's interface, once for the pyramid models (:class:`PyramidStages`) and once for the isotropic
-ones (:class:`ClassTokenBlocks`)."""
+"""timm's model interface, written once for every locvit model: classification (:class:`TimmModel`), the feature
+interface of the pyramid models (:class:`PyramidStages`) and of the isotropic ones (:class:`ClassTokenBlocks`), and
+the input check at forward."""
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.fx
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import register_notrace_function, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint, resolve_pretrained_cfg
+from timm.layers import register_notrace_function
+from timm.models import checkpoint
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from locvit.layers import fastpath
-from locvit.models._registry import ModelSpec
+from locvit.layers.pos_embed import resize_pos_embed
+from locvit.models.args import GLOBAL_POOLS, check_global_pool, check_num_classes
+
+__all__ = ["ClassTokenBlocks", "PrunableBlocks", "PyramidStages", "TimmModel", "check_image", "clip_length"]
 
 
-def make_cfg(
-    url: str = "",
-    *,
-    origin_url: str = "",
-    repo: str = "",
-    top1: float | None = None,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """A pretrained cfg in timm's format.
-
-    Args:
-        url: direct download of the authors' weights, fetched by ``pretrained=True``.
-        origin_url: the page where the authors publish the weights (release page, README, file host); where there
-            is no direct link, ``pretrained=True`` fails with an error pointing here. Defaults to ``url``.
-        repo: the official repository (``'IBM/RegionViT'``), named in the description (model cards).
-        top1: the authors' reported ImageNet-1k top-1 of these weights (%).
-        **kwargs: other ``PretrainedCfg`` fields (``license``, ``paper_ids``, ``notes``, ``input_size``, ...).
-    """
-    cfg = {
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "license": "apache-2.0",
-    }
-    if url:
-        cfg["url"] = url
-    if origin_url or url:
-        cfg["origin_url"] = origin_url or url
-    about = []
-    if top1 is not None:
-        about.append(f"ImageNet-1k top-1 {top1} % as reported by the authors")
-    if repo:
-        about.append(f"official code https://github.com/{repo}")
-    if about:
-        cfg["description"] = "; ".join(about) + "."
-    cfg.update(kwargs)
-    return cfg
-
-
-def build_model(spec: ModelSpec, variant: str, pretrained: bool = False, trust_pickle: bool = False,
-                **kwargs: Any) -> nn.Module:
-    """``timm.models.build_model_with_cfg`` for a :class:`ModelSpec`, with locvit's pretrained loading.
-
-    ``pretrained=True`` loads what the pretrained cfg names -- timm's sources and overrides (``url``, ``file``,
-    ``hf_hub_id``, ``hf-hub:``/``local-dir:`` names), downloads cached in torch hub's folder -- through the
-    spec's checkpoint filter, strictly but for a new classifier when ``num_classes`` differs
-    (:func:`locvit.pretrained.load_pretrained`). ``trust_pickle=True`` admits files that pickle more than tensors.
-    """
-    if pretrained:  # no source: say where the weights are before building a model for nothing
-        from locvit.pretrained import check_source
-
-        check_source(resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"),
-                                            kwargs.get("pretrained_cfg_overlay")).to_dict())
-    feature_cfg = dict(feature_cls="getter", **spec.feature_cfg)
-    model = build_model_with_cfg(spec.model_cls, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
-    if pretrained:
-        from locvit.pretrained import load_pretrained
-
-        load_pretrained(model, spec.filter_fn, trust_pickle=trust_pickle, cache_dir=kwargs.get("cache_dir"))
-    return model
-
-
-# --- argument validation: one ValueError naming the argument, at construction ---------------------------------
-def check_int(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` as an ``int``; a ``ValueError`` naming ``name`` unless it is an integer of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def check_length(values: Any, name: str, length: int | None = None) -> list[Any]:
-    """A sequence (one entry per stage when ``length`` is given) as a list."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise ValueError(f"{name} must be a sequence, one entry per stage, got {values!r}")
-    if length is not None and len(values) != length:
-        raise ValueError(f"{name} needs one entry per stage ({length} stages), got {list(values)}")
-    if not values:
-        raise ValueError(f"{name} is empty: a model needs at least one stage")
-    return list(values)
-
-
-def check_ints(values: Any, name: str, length: int | None = None, minimum: int = 1) -> tuple[int, ...]:
-    """A sequence of integers (one per stage when ``length`` is given), each at least ``minimum``."""
-    return tuple(check_int(v, f"{name}[{i}]", minimum) for i, v in enumerate(check_length(values, name, length)))
-
-
-def per_stage(value: Any, num_stages: int) -> list[Any]:
-    """One value for every stage (a scalar repeated) or a per-stage sequence, as a list."""
-    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * num_stages
-
-
-def check_positive(value: Any, name: str) -> float:
-    """A finite number above zero (expansion ratios)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < math.inf):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return value
-
-
-def check_rate(value: Any, name: str) -> float:
-    """A dropout / stochastic-depth probability in ``[0, 1)``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return value
-
-
-def check_heads(dim: int, heads: Any, dim_name: str = "embed_dim", heads_name: str = "num_heads") -> int:
-    """``heads`` attention heads that divide ``dim`` channels; the error names the nearest heads that would."""
-    heads = check_int(heads, heads_name)
-    if dim % heads:
-        below = max(h for h in range(1, heads) if dim % h == 0)
-        above = next(h for h in range(heads + 1, dim + 1) if dim % h == 0) if heads < dim else None
-        near = f"{below} or {above}" if above else str(below)
-        raise ValueError(f"{dim_name} ({dim}) is not divisible by {heads_name} ({heads}): use {heads_name}={near} "
-                         f"(or a width that {heads} divides)")
-    return heads
-
-
-def check_hidden(dim: int, ratio: Any, name: str = "mlp_ratio") -> int:
-    """Hidden width ``int(dim * ratio)`` of an MLP; at least one channel."""
-    hidden = int(dim * check_positive(ratio, name))
-    if hidden < 1:
-        raise ValueError(f"{name}={ratio} leaves no hidden channel for width {dim}; use {name} >= {1 / dim:g}")
-    return hidden
-
-
-def check_img_size(img_size: Any, minimum: tuple[int, int] = (1, 1), why: str = "") -> tuple[int, int]:
-    """``img_size`` (an int or ``(H, W)``) as a pair, at least ``minimum``; ``why`` says what needs that minimum."""
-    size = to_2tuple(img_size)
-    if len(size) != 2:
-        raise ValueError(f"img_size must be an int or (height, width), got {img_size!r}")
-    h, w = (check_int(v, "img_size") for v in size)
-    if h < minimum[0] or w < minimum[1]:
-        raise ValueError(f"img_size {h}x{w} is too small: {why or 'this model'} needs at least "
-                         f"{minimum[0]}x{minimum[1]}; pass a larger img_size")
-    return h, w
-
-
-def check_model_args(*, num_classes: Any, in_chans: Any, global_pool: str, pools: Sequence[str] = ("avg", ""),
-                     **rates: Any) -> None:
-    """The arguments every locvit model shares: ``num_classes`` (0 for no classifier), ``in_chans``, the
-    ``global_pool`` choice and the dropout/stochastic-depth rates passed by keyword (None skips one)."""
-    check_num_classes(num_classes)
-    check_int(in_chans, "in_chans")
-    check_global_pool(global_pool, pools)
-    for name, rate in rates.items():
-        if rate is not None:
-            check_rate(rate, name)
-
-
-def check_transformer_args(*, embed_dim: Any, depth: Any, num_heads: Any, mlp_ratio: Any, **common: Any) -> None:
-    """:func:`check_model_args` (``common``; token, mean or no pooling) and the width, depth, heads and MLP ratio of
-    an isotropic transformer."""
-    check_model_args(pools=GLOBAL_POOLS, **common)
-    check_int(embed_dim, "embed_dim")
-    check_int(depth, "depth")
-    check_heads(embed_dim, num_heads)
-    check_hidden(embed_dim, mlp_ratio)
-
-
-def check_num_classes(num_classes: Any) -> int:
-    return check_int(num_classes, "num_classes (0 builds no classifier)", 0)
-
-
-_RATES = ("drop_rate", "pos_drop_rate", "patch_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate")
-
-
-def check_host_kwargs(kwargs: dict[str, Any], pools: Sequence[str], heads: Sequence[tuple[str, str]],
-                      defaults: dict[str, Any]) -> None:
-    """The checks of :func:`check_model_args` (plus widths, depth, patch size and heads) on the keyword arguments of a
-    timm class that locvit registers as a host model, before timm builds it (timm asserts some, divides by others).
-    ``defaults``: the entrypoint's architecture arguments, which ``kwargs`` override."""
-    kw = {**defaults, **kwargs}
-    check_model_args(num_classes=kw.get("num_classes", 1000), in_chans=kw.get("in_chans", 3),
-                     global_pool=kw.get("global_pool", pools[0]), pools=pools,
-                     **{k: kw[k] for k in _RATES if k in kw})
-    for name in ("embed_dim", "inner_dim", "depth", "patch_size"):
-        if name in kw:
-            check_int(kw[name], name)
-    for dim, num in heads:
-        check_heads(kw[dim], kw[num], dim, num)
-    if "mlp_ratio" in kw:
-        check_hidden(kw["embed_dim"], kw["mlp_ratio"])
-    if "img_size" in kw:
-        patch = kw.get("patch_size", 16)
-        check_img_size(kw["img_size"], (patch, patch), f"patch_size={patch}")
-
-
-# --- input validation at forward -------------------------------------------------------------------------------
 @register_notrace_function  # shape checks are Python control flow: a leaf call for torch.fx
 def check_image(x: Tensor, in_chans: int, min_size: tuple[int, int] = (1, 1), model: str = "model") -> Tensor:
     """``x`` unchanged, or a ``ValueError`` naming the constraint when it is not a ``B x in_chans x H x W`` float image
@@ -239,41 +42,9 @@ def check_image(x: Tensor, in_chans: int, min_size: tuple[int, int] = (1, 1), mo
     return x
 
 
-@register_notrace_function  # compares grid sizes: a leaf call for torch.fx
-def pos_embed_at(pos: Tensor, grid: tuple[int, int], base_grid: tuple[int, int], num_prefix_tokens: int) -> Tensor:
-    """A ``1 x (P + h*w) x C`` position embedding made for ``base_grid``, resampled (bicubic) to ``grid`` when the
-    grids differ, as timm resamples a ViT's embedding for another input size."""
-    if tuple(grid) == tuple(base_grid):
-        return pos
-    return resample_abs_pos_embed(pos, list(grid), list(base_grid), num_prefix_tokens=num_prefix_tokens)
-
-
-# plain torch.fx.symbolic_trace too (timm's tracer uses the registrations above)
+# plain torch.fx.symbolic_trace too (timm's tracer uses their registrations)
 torch.fx.wrap("check_image")
-torch.fx.wrap("pos_embed_at")
-
-
-def init_linear_layernorm(m: nn.Module) -> None:
-    """The ViT initialisation the official code of several families shares: Linear weights trunc-normal(0.02) with
-    zero bias, LayerNorm 1/0 (everything else keeps PyTorch's default)."""
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-
-
-GLOBAL_POOLS = ("token", "avg", "")
-
-
-def check_global_pool(global_pool: str, pools: Sequence[str] = GLOBAL_POOLS) -> str:
-    """``global_pool`` if it is one of ``pools``, else a ``ValueError`` listing them."""
-    if global_pool not in pools:
-        names = ", ".join(repr(p) for p in pools)
-        raise ValueError(f"global_pool must be one of {names}; got {global_pool!r}")
-    return global_pool
+torch.fx.wrap("resize_pos_embed")
 
 
 class TimmModel:
@@ -296,8 +67,9 @@ class TimmModel:
         return check_image(x, self.in_chans, self.min_input_size, type(self).__name__)
 
     def _pos_embed_at(self, pos: Tensor, grid: tuple[int, int], base_grid: tuple[int, int]) -> Tensor:
-        """:func:`pos_embed_at` with the model's prefix tokens (called here, where torch.fx wraps it)."""
-        return pos_embed_at(pos, grid, base_grid, self.num_prefix_tokens)
+        """``pos`` (made for ``base_grid``) on ``grid``: :func:`~locvit.layers.pos_embed.resize_pos_embed` with the
+        model's prefix tokens (called here, where torch.fx wraps it)."""
+        return resize_pos_embed(pos, grid, base_grid, self.num_prefix_tokens)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.global_pool == "avg":
@@ -345,12 +117,14 @@ class PyramidStages(TimmModel):
     The model keeps its stages in the attribute named ``stages_attr`` (its state-dict prefix), ``feature_info`` (one
     entry per stage) and an optional final ``norm``, and says where its families differ through hooks:
 
-    * ``_stem(images) -> state``: what enters the first stage;
+    * ``_stem(images) -> state``: what enters the first stage (from ``_input_state``, which checks the input first;
+      a model whose input is more than an image batch overrides that instead);
     * ``_stage(i, state, need_map) -> state``: run stage ``i`` (``need_map``: its map is taken as an intermediate);
     * ``_stage_map(i, state, norm) -> map``: the stage's feature map in ``stage_fmt``; ``norm``: apply the final
       norm (asked for the last stage only);
     * ``_features(state, final) -> features``: ``forward_features``' output from the last state (``final``: every
-      stage ran, so the final norm applies).
+      stage ran, so the final norm applies);
+    * ``_map_in_fmt(map, output_fmt) -> map``: a ``stage_fmt`` map in ``output_fmt`` (the defaults permute 4-D maps).
 
     The defaults suit a model whose state is the stage map itself, normed by ``norm`` at the end (Swin-like).
     """
@@ -376,8 +150,16 @@ class PyramidStages(TimmModel):
     def _features(self, x: Any, final: bool) -> Tensor:
         return self.norm(x) if final else x
 
+    def _input_state(self, x: Tensor) -> Any:
+        return self._stem(self._check_input(x))
+
+    def _map_in_fmt(self, y: Tensor, output_fmt: str) -> Tensor:
+        if output_fmt != self.stage_fmt:
+            y = y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y.permute(0, 2, 3, 1)
+        return y.contiguous() if output_fmt == "NCHW" else y
+
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self._stem(self._check_input(x))
+        x = self._input_state(x)
         for i in range(len(self.stage_list)):
             x = self._stage(i, x, False)
         return self._features(x, True)
@@ -410,15 +192,12 @@ class PyramidStages(TimmModel):
         num_stages = len(self.stage_list)
         take_indices, max_index = feature_take_indices(num_stages, indices)
         num_run = max_index + 1 if stop_early else num_stages
-        x = self._stem(self._check_input(x))
+        x = self._input_state(x)
         intermediates = []
         for i in range(num_run):
             x = self._stage(i, x, i in take_indices)
             if i in take_indices:
-                y = self._stage_map(i, x, norm and i == num_stages - 1)
-                if output_fmt != self.stage_fmt:
-                    y = y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y.permute(0, 2, 3, 1)
-                intermediates.append(y.contiguous() if output_fmt == "NCHW" else y)
+                intermediates.append(self._map_in_fmt(self._stage_map(i, x, norm and i == num_stages - 1), output_fmt))
         if intermediates_only:
             return intermediates
         return self._features(x, num_run == num_stages), intermediates
@@ -544,3 +323,4 @@ def clip_length(model: nn.Module) -> int | None:
     """The nominal number of frames of a video model (its ``num_frames``), None for an image model."""
     n = getattr(model, "num_frames", None)
     return n if isinstance(n, int) and not isinstance(n, bool) else None
+
