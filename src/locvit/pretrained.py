@@ -1,7 +1,7 @@
 """``pretrained=True``: timm's weight sources with locvit's strictness, a cache that is never poisoned, and errors
 that say where to get a file.
 
-Every locvit entrypoint builds through ``locvit.models._helpers.build_model``, which calls :func:`load_pretrained`
+Every locvit entrypoint builds through ``locvit.models.builder.build_model``, which calls :func:`load_pretrained`
 for ``pretrained=True``:
 
 1. The source is resolved in timm's order: a ``state_dict``, a ``file``, an ``hf_hub_id``, a ``url`` (``hf-hub:`` and
