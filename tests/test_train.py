@@ -476,3 +476,22 @@ def test_demo_reruns_replace_their_own_runs(tmp_path, monkeypatch):
         run_demo(tmp_path / "demo", families=["LocalViT"])
     with pytest.raises(ReachedTheData):
         run_dense_demo("segment", tmp_path / "seg", families=["VVT"])
+
+
+@pytest.mark.heavy
+def test_ddp_steps_together_when_one_rank_has_no_readable_image(tmp_path):
+    """Under torchrun, a step in which one process's batch held no readable image is skipped by every process
+    (a process skipping alone would leave the others waiting in DDP's gradient all-reduce for good)."""
+    _image_folder(tmp_path / "data", corrupt=6)
+    out = tmp_path / "ddp"
+    # one image per process and step, in a seeded order: with 6 of 22 training images unreadable, some step gives
+    # one process an unreadable image while the other's reads
+    args = [*TINY, "--data", tmp_path / "data", "--epochs", "2", "--batch-size", "1", "--mixup", "0", "--cutmix",
+            "0", "--repeated-aug", "1", "--workers", "0", "--output", out]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29563",
+                "-m", "locvit", "train", *map(str, args)]
+    proc = subprocess.run(torchrun, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.safetensors").is_file()
+    listed = (out / "unreadable.txt").read_text()
+    assert all(f"bad{i}.jpg" in listed for i in range(6))

@@ -96,6 +96,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def every_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """``flag`` when every rank's is true (one all-reduce under a process group; ``flag`` itself without one).
+
+    The training loops step only when every rank has a batch to learn from: a rank that skips a step (its batch held
+    no readable image) while the others step would leave them waiting in DDP's gradient all-reduce for good."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    return all_reduce_sum(torch.tensor([float(not flag)], device=device)).item() == 0
+
+
 def all_gather_objects(obj: object) -> list[object]:
     """Every rank's ``obj`` (a one-item list without a process group)."""
     if dist.is_available() and dist.is_initialized():

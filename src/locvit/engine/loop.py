@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from locvit.checkpoint import save_checkpoint
 from locvit.data.loader import DataError, set_loader_epoch, steps_per_epoch
-from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
+from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, every_rank
 from locvit.engine.logger import RunLogger, log_targets
 from locvit.engine.rundir import RunStart
 from locvit.engine.step import GradAccumulator, mixed_precision, seed_step
@@ -176,10 +176,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
             running["skipped"] += batch.skipped
             if batch.unreadable and not running.get("first_skipped"):
                 running["first_skipped"] = f"{batch.unreadable[0].path} ({batch.unreadable[0].reason})"
-            step = len(batch[0]) > 0
-            if dist.distributed:  # all ranks step or none: one stepping alone waits in DDP's gradient all-reduce
-                step = all_reduce_sum(torch.tensor([float(not step)], device=device)).item() == 0
-            if step:
+            if every_rank(len(batch[0]) > 0, device):  # all ranks step or none (engine.distributed.every_rank)
                 with stepper.context():
                     with autocast():
                         loss, parts, n = task.loss(net, batch)

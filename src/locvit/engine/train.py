@@ -31,7 +31,15 @@ from locvit.data.datasets import build_dataset, check_readable
 from locvit.data.loader import build_loader, build_transform, set_loader_epoch, steps_per_epoch
 from locvit.data.video import build_video_dataset, clip_eval_transform, clip_train_transform
 from locvit.engine.config import TrainConfig, save_config
-from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
+from locvit.engine.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    every_rank,
+    init_distributed,
+)
 from locvit.engine.evaluate import evaluate
 from locvit.engine.logger import RunLogger, log_targets
 from locvit.engine.rundir import find_resume, run_config, start_run  # noqa: F401 (importable from here too)
@@ -271,7 +279,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> dict[str, Any]:
             images, targets = batch
             tot.unreadable.update((u.index, u.path) for u in batch.unreadable)
             seed_step(cfg.seed, global_step * accum + stepper.micro, dist.rank)
-            if images.numel():
+            # a batch with no readable image (or a single one, under mixup's pairs) is skipped by every rank at once
+            if every_rank(images.shape[0] >= (2 if mixup is not None else 1), device):
                 images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
                 if cfg.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
