@@ -20,9 +20,9 @@ models: a 224 input gives 7 x 7 cells; ``stage=-2`` gives stride 16). Where it d
   tokens no longer reach the logits, so the map is taken at the last place they still do (inside the last block,
   before its attention mixes them into the class token), at the patch stride;
 * RegionViT classifies from its regional tokens; the patch map counts through the last stage's local attention;
-* the last stage of a pyramid model mixes the whole image into every cell: models that classify from what is present
-  anywhere put their last-stage evidence in broad, weakly localised maps; an earlier stage localises better
-  (docs/predict.md gives the measured numbers);
+* the last stage of a pyramid model can mix the whole image into every cell: a small Focal or VVT trained on what is
+  present anywhere puts its last-stage evidence in broad maps that do not localise, and the stage before localises
+  better (docs/predict.md gives the measured numbers);
 * a linear, first-order account: it shows where a change moves the logit, not a causal part of the image, and
   saturated (very confident) predictions give weak gradients.
 """
