@@ -1,5 +1,5 @@
-"""``locvit predict --explain``: Grad-CAM on the last stage map with no per-model code, one model per family; where a
-LocalViT trained to name the colour of one square looks; the command's maps and its bad input."""
+"""``locvit predict --explain``: Grad-CAM on a stage map with no per-model code, one model per family; where a model
+of each family trained to name the colour of one square looks; the command's maps and its bad input."""
 import json
 
 import numpy as np
@@ -47,6 +47,10 @@ def test_grad_cam_on_the_last_stage_map_of_every_family(name):
     assert float(cam.min()) >= 0 and float(cam.max()) == pytest.approx(1.0) and model.get_submodule(layer)
     other, _, t2, _ = grad_cam(model, x, target=(target + 1) % 4)
     assert t2 == (target + 1) % 4 and not torch.allclose(other, cam)
+    earlier, _, _, _ = grad_cam(model, x, stage=-2)  # the stage before: its own grid (the same on LocalViT)
+    assert tuple(earlier.shape) == tuple(model.forward_intermediates(x, intermediates_only=True)[-2].shape[-2:])
+    with pytest.raises(ValueError, match="stage maps"):
+        grad_cam(model, x, stage=9)
 
 
 def test_as_map_reads_every_layout():
@@ -58,30 +62,66 @@ def test_as_map_reads_every_layout():
     assert as_map(torch.zeros(2, 7, 3), 3, 4, 5) is None
 
 
-def test_localvit_map_lies_on_the_square_that_carries_the_class():
-    """A LocalViT that learnt to name the colour of one square on noise: the class's evidence is on the square."""
-    torch.manual_seed(0)
-    model = locvit.create_model("localvit_tiny", num_classes=4, img_size=64, **FAMILIES["localvit_tiny"])
+# One small model per family, trained to name the colour of one square on noise, and the stage map its evidence is
+# read from. The pyramid models have three stages (a 96 input: 6 x 6 last map, 12 x 12 the one before). The last maps
+# of Focal and VVT are too mixed to localise (docs/predict.md, "--explain"), so they are read one stage earlier;
+# RegionViT's last map (the patch map entering its last stage) localises and is read as users get it, and so are
+# LocalViT's patch tokens (4 x 4 at 64 pixels). Bounds: mean map inside the square minus outside > margin; at least
+# `hits` of the 16 maps peak on a cell that overlaps the square.
+TRAINED = {
+    "localvit_tiny": dict(size=64, side=20, steps=60, stage=-1, kw=FAMILIES["localvit_tiny"], margin=0.1, hits=9),
+    "vvt_tiny": dict(size=96, side=32, steps=80, stage=-2, margin=0.0, hits=6,
+                     kw=dict(embed_dims=[16, 32, 32], num_heads=[1, 2, 2], depths=[1, 1, 1], mlp_ratios=[2, 2, 2],
+                             sr_ratios=[1, 1, 1], fr_ratios=[2, 2, 2])),
+    "focal_tiny": dict(size=96, side=32, steps=80, stage=-2, margin=0.04, hits=9,
+                       kw=dict(embed_dim=16, depths=(1, 1, 1), num_heads=(1, 2, 2), mlp_ratio=2.0)),
+    "regionvit_tiny": dict(size=96, side=32, steps=80, stage=-1, margin=0.04, hits=6,
+                           kw=dict(embed_dim=(16, 32, 64), num_heads=(2, 2, 4), depth=(1, 1, 1),
+                                   downsampling=("c", "sc", "sc"))),
+}
+
+
+def localisation(name, seed=0):
+    """Train ``TRAINED[name]`` briefly on squares (seed ``seed``); return its accuracy on 16 new images, the map's
+    mean inside minus outside the square per image, and whether each map peaks on a cell of the square."""
+    cfg = TRAINED[name]
+    size, side = cfg["size"], cfg["side"]
+    torch.manual_seed(seed)
+    model = locvit.create_model(name, num_classes=4, img_size=size, **cfg["kw"])
     opt = torch.optim.AdamW(model.parameters(), 2e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(60):
-        x, y, _ = squares(16, 64, 20, gen)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(cfg["steps"]):
+        x, y, _ = squares(16, size, side, gen)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
-    x, y, pos = squares(16, 64, 20, gen)
-    assert (model(x).argmax(1) == y).all()
-    margins = []
+    x, y, pos = squares(16, size, side, gen)
+    with torch.no_grad():
+        accuracy = float((model(x).argmax(1) == y).float().mean())
+    margins, hits = [], []
     for i in range(len(x)):
-        cam, _, _, _ = grad_cam(model, x[i:i + 1])
-        up = torch.nn.functional.interpolate(cam[None, None], size=(64, 64), mode="bilinear")[0, 0].numpy()
-        inside = np.zeros((64, 64), bool)
+        cam, _, _, _ = grad_cam(model, x[i:i + 1], stage=cfg["stage"])
+        up = torch.nn.functional.interpolate(cam[None, None], size=(size, size), mode="bilinear")[0, 0].numpy()
+        inside = np.zeros((size, size), bool)
         r, c = pos[i].tolist()
-        inside[r:r + 20, c:c + 20] = True
-        margins.append(up[inside].mean() - up[~inside].mean())
-    assert np.mean(margins) > 0.1 and sum(m > 0 for m in margins) >= 12
+        inside[r:r + side, c:c + side] = True
+        margins.append(float(up[inside].mean() - up[~inside].mean()))
+        cell = size / cam.shape[0]  # a square grid: does the peak cell's pixel range overlap the square's?
+        pr, pc = np.unravel_index(int(cam.argmax()), tuple(cam.shape))
+        hits.append(bool(pr * cell < r + side and (pr + 1) * cell > r and pc * cell < c + side and (pc + 1) * cell > c))
+    return accuracy, margins, hits
+
+
+@pytest.mark.parametrize("name", list(TRAINED))
+def test_map_lies_on_the_square_that_carries_the_class(name):
+    """A model of each family that learnt to name the colour of one square on noise: the class's evidence is on the
+    square (the issue's done-when for --explain)."""
+    accuracy, margins, hits = localisation(name)
+    assert accuracy >= 0.9  # it learnt the task, so its evidence means something
+    cfg = TRAINED[name]
+    assert np.mean(margins) > cfg["margin"] and sum(hits) >= cfg["hits"], (np.mean(margins), sum(hits))
 
 
 def test_cli_explain_writes_a_map_per_image_and_the_mechanism(tmp_path, capsys):
@@ -106,6 +146,8 @@ def test_cli_explain_writes_a_map_per_image_and_the_mechanism(tmp_path, capsys):
     assert json.loads((out / "predictions.jsonl").read_text().splitlines()[0])["names"][0] in ("ant", "bee", "cat")
     for args, message in [(["--explain"], "pass --output DIR"),
                           (["--output", str(tmp_path / "o2"), "--target", "1"], "go with --explain"),
+                          (["--output", str(tmp_path / "o2"), "--explain-stage", "-2"], "go with --explain"),
+                          (["--output", str(tmp_path / "o2"), "--explain", "--explain-stage", "-9"], "1 stage maps"),
                           (["--output", str(tmp_path / "o2"), "--explain", "--target", "dog"], "not a class"),
                           (["--output", str(tmp_path / "o2"), "--explain", "--target", "7"], "--target 7")]:
         assert cli.main([*base, *args]) == 2

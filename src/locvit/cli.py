@@ -252,6 +252,9 @@ def _predict(p: argparse.ArgumentParser):
                    help="with --output: a Grad-CAM map of the evidence for the predicted (or --target) class, drawn "
                         "over each image (explain/; docs/predict.md says what it shows)")
     p.add_argument("--target", help="with --explain: the class to explain (index or name; default: the predicted)")
+    p.add_argument("--explain-stage", type=int, default=-1, metavar="I",
+                   help="with --explain: the stage map to explain, as a forward_intermediates index (default -1, the "
+                        "last; -2 is twice as fine on the pyramid models)")
     p.add_argument("--mechanism", action="store_true",
                    help="with --explain: also the family's own evidence as `locvit viz` draws it, at the map's peak "
                         "(mechanism/)")
@@ -286,8 +289,8 @@ def _predict(p: argparse.ArgumentParser):
                              "random weights predicts nothing)")
         if (a.explain or a.target is not None or a.mechanism) and not a.output:
             raise ValueError("--explain draws its maps into a folder: pass --output DIR")
-        if (a.target is not None or a.mechanism) and not a.explain:
-            raise ValueError("--target and --mechanism go with --explain")
+        if (a.target is not None or a.mechanism or a.explain_stage != -1) and not a.explain:
+            raise ValueError("--target, --explain-stage and --mechanism go with --explain")
         names = None
         if a.label_names:
             names = [n.strip() for n in Path(a.label_names).read_text().splitlines() if n.strip()]
@@ -317,7 +320,8 @@ def _predict(p: argparse.ArgumentParser):
                 from locvit.predict.explain import write_explanations
 
                 def extra(tmp):
-                    for line in write_explanations(predictor, preds, tmp, target, mechanism=a.mechanism):
+                    for line in write_explanations(predictor, preds, tmp, target, mechanism=a.mechanism,
+                                                   stage=a.explain_stage):
                         print(line)
 
             written = write_outputs(a.output, preds, unreadable, fmt=a.format, pictures=not a.no_pictures,

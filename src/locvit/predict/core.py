@@ -295,16 +295,16 @@ class Predictor:
                 preds += self._results(self.logits(images), [str(dataset.samples[i]) for i in index.tolist()], topk)
         return preds, unreadable
 
-    def explain(self, inputs: Any, target: int | str | None = None) -> list[Any]:
+    def explain(self, inputs: Any, target: int | str | None = None, stage: int = -1) -> list[Any]:
         """Grad-CAM maps (:class:`locvit.predict.explain.Explanation`) of one input or a list, for the predicted
-        class or ``target`` (an index or a class name)."""
+        class or ``target`` (an index or a class name), on stage map ``stage`` (``-1``: the last)."""
         from locvit.predict.explain import explain
 
         if self.video:
             raise ValueError("--explain draws maps over images; it does not apply to clips (--task video)")
         target = self.class_index(target)
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        return [explain(self, x, str(x) if isinstance(x, (str, os.PathLike)) else f"<input {i}>", target)
+        return [explain(self, x, str(x) if isinstance(x, (str, os.PathLike)) else f"<input {i}>", target, stage)
                 for i, x in enumerate(items)]
 
     def preview(self, source: str | os.PathLike) -> Image.Image:

@@ -1,21 +1,28 @@
 """``locvit predict --explain``: where in the image the evidence for a class lies, for every family with no
 per-model code.
 
-The map is Grad-CAM (Selvaraju et al., 2017) on the last stage map: ``forward_intermediates`` gives the shape of that
-map (``C x h x w``, NCHW for every locvit model); the activation of that shape the prediction depends on last --
-whatever its layout inside the network (NCHW, NHWC, or tokens with class tokens in front) -- is caught by forward
-hooks during an ordinary forward pass, so the logits are the model's own. Each channel is weighted by the mean
-gradient of the class logit over the map, the weighted sum is clipped at 0 and scaled to [0, 1]:
-``cam = relu(sum_c mean_hw(d y_class / d A_c) * A_c)``.
+The map is Grad-CAM (Selvaraju et al., 2017) in its element-wise form (HiResCAM, Draelos & Carin, 2020) on a stage
+map, the last by default (``stage``, ``--explain-stage``): ``forward_intermediates`` gives the shape of that map
+(``C x h x w``, NCHW for every locvit model); the activation of that shape the prediction depends on last -- whatever
+its layout inside the network (NCHW, NHWC, or tokens with class tokens in front) -- is caught by forward hooks during
+an ordinary forward pass, so the logits are the model's own. Each cell's channels are weighted by the gradient of the
+class logit at that cell, summed, clipped at 0 and scaled to [0, 1]: ``cam = relu(sum_c d y_class / d A_c * A_c)``.
+On the last stage map of the pyramid models (average-pooled into a linear head) the gradient is the same at every
+cell and this is Grad-CAM's channel-mean weighting exactly; where the gradient differs between cells (an earlier
+stage, the patch tokens of an isotropic model) the element-wise product keeps where the logit is sensitive, which
+Grad-CAM's spatial mean of the gradient throws away.
 
 What it means: the cells whose features, moved along the class's gradient, raise the class logit most -- a first-order
-answer to "what here made it say this class", at the map's resolution (stride 32 for the pyramid models: a 224 input
-gives 7 x 7 cells). Where it does not apply as such:
+answer to "what here made it say this class", at the map's resolution (stride 32 for the last stage of the pyramid
+models: a 224 input gives 7 x 7 cells; ``stage=-2`` gives stride 16). Where it does not apply as such:
 
 * isotropic models (LocalViT on DeiT, T2T-ViT, TNT) classify from the class token; after the last block the patch
   tokens no longer reach the logits, so the map is taken at the last place they still do (inside the last block,
   before its attention mixes them into the class token), at the patch stride;
 * RegionViT classifies from its regional tokens; the patch map counts through the last stage's local attention;
+* the last stage of a pyramid model can mix the whole image into every cell: a small Focal or VVT trained on what is
+  present anywhere puts its last-stage evidence in broad maps that do not localise, and the stage before localises
+  better (docs/predict.md gives the measured numbers);
 * a linear, first-order account: it shows where a change moves the logit, not a causal part of the image, and
   saturated (very confident) predictions give weak gradients.
 """
@@ -45,15 +52,23 @@ def as_map(t: Tensor, c: int, h: int, w: int) -> Tensor | None:
     return None
 
 
-def grad_cam(model: nn.Module, x: Tensor, target: int | None = None) -> tuple[Tensor, Tensor, int, str]:
+def grad_cam(model: nn.Module, x: Tensor, target: int | None = None,
+             stage: int = -1) -> tuple[Tensor, Tensor, int, str]:
     """Grad-CAM of ``model`` for one preprocessed image ``x`` (``1 x 3 x H x W``).
 
-    Returns ``(cam, logits, target, layer)``: the ``h x w`` map in [0, 1] on the last stage's grid, the model's
+    ``stage`` picks the map by its ``forward_intermediates`` index, negative from the end (``-1``, the default: the
+    last stage; ``-2`` the one before, twice as fine on the pyramid models; the block maps of an isotropic model all
+    have one shape, so there it changes nothing).
+    Returns ``(cam, logits, target, layer)``: the ``h x w`` map in [0, 1] on that stage's grid, the model's
     logits (its ordinary forward), the class explained (``target``, default the predicted one) and the module whose
     output the map was taken from."""
     model.eval()
     with torch.no_grad():
-        ref = model.forward_intermediates(x, indices=1, intermediates_only=True)[-1]
+        maps = model.forward_intermediates(x, intermediates_only=True)
+    if not -len(maps) <= stage < len(maps):
+        raise ValueError(f"--explain-stage {stage}: {type(model).__name__} has {len(maps)} stage maps "
+                         f"(indices {-len(maps)} to {len(maps) - 1})")
+    ref = maps[stage]
     _, c, h, w = ref.shape
     caught: list[tuple[str, Tensor]] = []
 
@@ -83,7 +98,7 @@ def grad_cam(model: nn.Module, x: Tensor, target: int | None = None) -> tuple[Te
         G = as_map(g, c, h, w) if g is not None else None
         if G is not None and bool(G.abs().sum() > 0):  # the grid itself reaches the logit, not only class tokens
             A = as_map(a, c, h, w)
-            cam = F.relu((G.mean(dim=(2, 3), keepdim=True) * A).sum(1))[0].detach()
+            cam = F.relu((G * A).sum(1))[0].detach()
             return cam / cam.max().clamp(min=1e-12), logits.detach(), target, name
     raise ValueError(f"{type(model).__name__}: the class logit does not depend on any {(c, h, w)} map")
 
@@ -95,7 +110,7 @@ class Explanation:
     Attributes:
         source: the file or ``'<input N>'``.
         target: the class explained; ``name`` its name, ``score`` its probability.
-        cam: the map on the last stage's grid (``h x w``, in [0, 1]).
+        cam: the map on the chosen stage's grid (``h x w``, in [0, 1]).
         display: the image the model saw (its resized, centre-cropped input; ``H x W x 3`` floats in [0, 1]).
         layer: the module whose output the map was taken from.
     """
@@ -120,14 +135,14 @@ class Explanation:
         return tuple(int(v) for v in np.unravel_index(int(up.argmax()), up.shape))  # type: ignore[return-value]
 
 
-def explain(predictor: Any, image: Any, source: str, target: int | None = None) -> Explanation:
+def explain(predictor: Any, image: Any, source: str, target: int | None = None, stage: int = -1) -> Explanation:
     """The Grad-CAM :class:`Explanation` of ``predictor``'s model for ``image`` (anything
-    :func:`locvit.predict.core.to_image` takes), preprocessed as the prediction was."""
+    :func:`locvit.predict.core.to_image` takes), preprocessed as the prediction was, on stage map ``stage``."""
     from locvit.labels import class_name
     from locvit.predict.core import to_image
 
     x = predictor.transform(to_image(image))[None].to(predictor.device)
-    cam, logits, target, layer = grad_cam(predictor.model, x, target)
+    cam, logits, target, layer = grad_cam(predictor.model, x, target, stage)
     cfg = predictor.data_cfg
     mean = torch.tensor(cfg["mean"]).view(3, 1, 1)
     std = torch.tensor(cfg["std"]).view(3, 1, 1)
@@ -155,7 +170,7 @@ def plot_explanation(exp: Explanation, path: str | Path) -> Path:
 
 
 def write_explanations(predictor: Any, predictions: Any, folder: Path, target: int | None = None,
-                       mechanism: bool = False) -> list[str]:
+                       mechanism: bool = False, stage: int = -1) -> list[str]:
     """For each prediction: ``explain/NNNN_<name>.png`` (:func:`plot_explanation`) and, with ``mechanism``, the
     family's own figure of the same input at the map's peak (``mechanism/``, :func:`locvit.viz.run.mechanism_figure`).
     Returns a line per image saying where the evidence peaks."""
@@ -167,7 +182,7 @@ def write_explanations(predictor: Any, predictions: Any, folder: Path, target: i
 
     lines = []
     for i, p in enumerate(predictions):
-        exp = explain(predictor, p.source, p.source, target)
+        exp = explain(predictor, p.source, p.source, target, stage)
         name = picture_name(i, p.source)
         plot_explanation(exp, folder / "explain" / name)
         r, c = exp.peak()
