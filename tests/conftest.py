@@ -30,15 +30,19 @@ def conf_dir() -> Path:
     return d
 
 
-@pytest.fixture(autouse=True)
-def _default_allocator(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _default_allocator():
     """Nothing run in the test process tunes glibc's allocator (e.g. ``locvit.cli.main``'s start-up): once set, glibc's
     adaptive mmap threshold cannot be restored, so one test would change the allocator for every later test in its
     process. Subprocesses are not affected (test_runtime.py measures tuned processes; CLI subprocesses start as a
     user's ``locvit`` command does)."""
     from locvit import runtime
 
-    monkeypatch.setattr(runtime, "_mallopt", lambda: None)
+    # session-wide, so that module-scoped fixtures (a run trained once for a module's tests) are covered too
+    patch = pytest.MonkeyPatch()
+    patch.setattr(runtime, "_mallopt", lambda: None)
+    yield
+    patch.undo()
 
 
 # --- small models: each registered model's own widths, heads, windows, stems and options, at most two blocks per
