@@ -78,3 +78,16 @@ def small_model(name: str, **kwargs) -> torch.nn.Module:
 def every_model(default: list[str]) -> list:
     """All registered models; those not in ``default`` are marked heavy (``make test-heavy``)."""
     return [n if n in default else pytest.param(n, marks=pytest.mark.heavy) for n in locvit.list_models()]
+
+
+def in_fresh_interpreter(case, *args) -> None:
+    """Run ``case(*args)`` (a module-level function of a test module) in a spawned interpreter, so that OpenVINO's and
+    NNCF's native runtimes are never loaded into the test process: loaded in a pytest-xdist worker that had also run
+    DataLoader workers, they made the worker die at its next subprocess. The case's assertion error prints its
+    traceback there."""
+    import multiprocessing
+
+    proc = multiprocessing.get_context("spawn").Process(target=case, args=args)
+    proc.start()
+    proc.join(900)
+    assert proc.exitcode == 0, f"{case.__name__} failed in its own interpreter (exit code {proc.exitcode})"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import locvit
+from conftest import in_fresh_interpreter
 from locvit.bench.flops import count_flops, flop_count
 from locvit.bench.sweep import exponents, fit_exponent
 from locvit.bench.throughput import BenchSpec, benchmark, benchmark_pair
@@ -58,6 +59,10 @@ def test_backends_are_verified_and_timed_round_robin():
     """eager + ONNX Runtime + OpenVINO on one tiny model: the exported outputs match eager on the timed input, every
     backend runs the same number of rounds, ratios are against eager (1.0 for itself) and against --vs."""
     pytest.importorskip("openvino")
+    in_fresh_interpreter(_backends_case)
+
+
+def _backends_case():
     from locvit.bench.throughput import benchmark_backends
 
     kw = dict(depth=1, embed_dim=32, num_heads=2, reduction=4, num_classes=3, patch_size=4)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import locvit
-from conftest import DISTINCT, SMALL_SIZE, every_model
+from conftest import DISTINCT, SMALL_SIZE, every_model, in_fresh_interpreter
 from conftest import small_model as _small_model
 from locvit.export import ExportError, check_compile, export, export_program, max_abs_diff
 
@@ -139,6 +139,10 @@ def tiny_localvit(size: int = 32) -> torch.nn.Module:
 @pytest.mark.slow
 def test_openvino_ir_is_verified_and_runs_in_the_runtime(tmp_path):
     pytest.importorskip("openvino")
+    in_fresh_interpreter(_openvino_ir_case, tmp_path)
+
+
+def _openvino_ir_case(tmp_path):
     from locvit.deploy import Runtime, load_exported
 
     model = tiny_localvit()
@@ -181,10 +185,17 @@ def _white_class_folder(root, n: int = 8):
 
 
 @pytest.mark.slow
-def test_int8_export_passes_the_gate_or_refuses_with_the_measured_drop(tmp_path, capsys):
+def test_int8_export_passes_the_gate_or_refuses_with_the_measured_drop(tmp_path):
     """Calibrated on the digits, the INT8 IR passes a generous budget and is written; calibrated on blank images its
     activation ranges are wrong, and a tiny budget refuses it, naming the drop, with nothing written."""
     pytest.importorskip("nncf")
+    in_fresh_interpreter(_int8_gate_case, tmp_path)
+
+
+def _int8_gate_case(tmp_path):
+    import contextlib
+    import io
+
     from locvit.deploy import Runtime
 
     model = _digits_trained()
@@ -205,11 +216,13 @@ def test_int8_export_passes_the_gate_or_refuses_with_the_measured_drop(tmp_path,
     blank = _white_class_folder(tmp_path / "blank")
     locvit.save_checkpoint(model, tmp_path / "w.safetensors")
     (tmp_path / "no").mkdir()
-    rc = main(["export", "--model", "localvit_tiny", "--checkpoint", str(tmp_path / "w.safetensors"), "--img-size",
-               "32", "32", "--model-kwargs", "patch_size=4", "depth=1", "embed_dim=48", "num_heads=2", "--int8",
-               "--calib", str(blank), "--val", "digits", "--val-images", "160", "--max-drop", "0.01",
-               "--output", str(tmp_path / "no" / "q.xml"), "--report", str(tmp_path / "gate.json")])
-    err = capsys.readouterr().err
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        rc = main(["export", "--model", "localvit_tiny", "--checkpoint", str(tmp_path / "w.safetensors"),
+                   "--img-size", "32", "32", "--model-kwargs", "patch_size=4", "depth=1", "embed_dim=48", "num_heads=2",
+                   "--int8", "--calib", str(blank), "--val", "digits", "--val-images", "160", "--max-drop", "0.01",
+                   "--output", str(tmp_path / "no" / "q.xml"), "--report", str(tmp_path / "gate.json")])
+    err = stderr.getvalue()
     assert rc == 2 and re.search(r"locvit export: error: INT8 model refused: top-1 fp32 .*drop \+\d+\.\d\d pt, "
                                  r"budget 0.01 pt.*nothing written", err), err
     gate = json.loads((tmp_path / "gate.json").read_text())
