@@ -43,6 +43,16 @@ def _unreadable_error(source: str, e: BaseException) -> ValueError:
     return ValueError(f"{source} could not be read as an image ({type(e).__name__}: {e})")
 
 
+def _images(inputs: Any):
+    """``(RGB image, source name)`` of each input (paths, PIL images, numpy arrays, tensors); an input that cannot be
+    read is an error naming it."""
+    for x, source in _sources(inputs):
+        try:
+            yield to_image(x), source
+        except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+            raise _unreadable_error(source, e) from None
+
+
 def _sources(inputs: Any) -> list[tuple[Any, str]]:
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     return [(x, str(x) if isinstance(x, (str, os.PathLike)) else f"<input {i}>") for i, x in enumerate(items)]
@@ -191,11 +201,7 @@ class DetectPredictor:
         from torchvision.transforms.functional import to_tensor
 
         out = []
-        for x, source in _sources(inputs):
-            try:
-                image = to_image(x)
-            except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-                raise _unreadable_error(source, e) from None
+        for image, source in _images(inputs):
             out += self._run([to_tensor(image)], [source])
         return out
 
@@ -286,14 +292,7 @@ class SegmentPredictor:
         return Segmentation(source, logits.argmax(1)[0].cpu(), self.class_names)
 
     def __call__(self, inputs: Any) -> list[Segmentation]:
-        out = []
-        for x, source in _sources(inputs):
-            try:
-                image = to_image(x)
-            except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-                raise _unreadable_error(source, e) from None
-            out.append(self.segment(image, source))
-        return out
+        return [self.segment(image, source) for image, source in _images(inputs)]
 
     def pictures(self, seg: Segmentation, image: Image.Image) -> dict[str, Image.Image]:
         """``label`` (class index per pixel, 8 or 16-bit grayscale PNG), ``color`` (the classes' colours with a
