@@ -46,7 +46,7 @@ SPEED_MODELS = ("regionvit_tiny", "regionvit_small", "focal_tiny", "vvt_tiny", "
                 "localvit_small", "localvit_pvt_tiny")
 BACKENDS = ("eager", "onnxruntime", "openvino", "openvino-int8")
 #: the digits-trained model of each family: LocalViT as the README trains it, the others at make demo's sizes
-#: (locvit.engine.demo.DEMO_MODELS), all with the shipped digits recipe at 32x32
+#: (locvit.demo.DEMO_MODELS), all with the shipped digits recipe at 32x32
 DIGITS_MODELS = {
     "localvit": ("localvit_tiny", ["patch_size=4", "depth=2"]),
     "regionvit": ("regionvit_tiny", ["embed_dim=[32,64,128,128]", "depth=[1,1,2,1]", "num_heads=[2,2,4,4]",
@@ -126,7 +126,7 @@ def _meta(args: argparse.Namespace) -> dict:
 
 def _write(path: Path, obj: dict) -> None:
     sys.path.insert(0, str(REPO / "src"))
-    from locvit._io import atomic_write_text
+    from locvit.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
@@ -195,7 +195,7 @@ def update_doc(text: str, doc: Path = DOC) -> None:
     head, rest = src.split(START, 1)
     _, tail = rest.split(END, 1)
     sys.path.insert(0, str(REPO / "src"))
-    from locvit._io import atomic_write_text
+    from locvit.files import atomic_write_text
 
     atomic_write_text(doc, f"{head}{START}\n{text}{END}{tail}")
 

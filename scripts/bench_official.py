@@ -367,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     import locvit
-    from locvit._io import atomic_write_text
     from locvit.bench.throughput import matmul_peak_gflops
+    from locvit.files import atomic_write_text
 
     if args.gmacs:
         counts = official_gmacs(args.official_root, args.models or locvit.list_models(), args.img_size)

@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # the reference numbers do not depend on a machine's thread count
     if args.check is not None:
         return 0 if check(args.official_root, args.check) else 1
-    from locvit._io import atomic_write
+    from locvit.files import atomic_write
 
     cases = [c for c in CASES if args.only is None or c.name in args.only]
     if args.only and len(cases) != len(args.only):

@@ -9,7 +9,7 @@ import timm
 import torch
 
 import locvit
-from locvit.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from locvit.weights.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
 NAME = "localvit_tiny"
 KW = dict(depth=2, embed_dim=32, num_heads=2, num_classes=5, img_size=64, reduction=4)
@@ -135,7 +135,7 @@ def test_atomic_save_survives_kill(tmp_path):
     save_checkpoint({"step": torch.tensor(1)}, path)
     script = (
         "import os, signal, torch\n"
-        "from locvit.checkpoint import save_checkpoint\n"
+        "from locvit.weights.checkpoint import save_checkpoint\n"
         "class Boom:\n"
         "    def __reduce__(self):\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from locvit.data.coco import CocoDetection, find_coco_split, flip_permutation
-from locvit.data.segmentation import SegmentationFolder, find_segmentation_split, reduce_zero_label, rescale_size
 from locvit.data.synthetic import make_detection_data, make_segmentation_data
+from locvit.dense.coco import CocoDetection, find_coco_split, flip_permutation
+from locvit.dense.config import DetectConfig, SegmentConfig, build_task_config
+from locvit.dense.metrics import coco_evaluate, confusion_matrix, segmentation_scores
+from locvit.dense.segmentation_data import SegmentationFolder, find_segmentation_split, reduce_zero_label, rescale_size
 from locvit.engine.distributed import DistInfo
-from locvit.tasks.config import DetectConfig, SegmentConfig, build_task_config
-from locvit.tasks.metrics import coco_evaluate, confusion_matrix, segmentation_scores
 
 VVT = dict(embed_dims=[8, 16, 16, 32], num_heads=[1, 2, 2, 4], depths=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2])
 DET_SMALL = dict(min_size=[96], max_size=128, fpn_channels=16, box_head_dim=32, mask_head_channels=[16],
@@ -308,7 +308,7 @@ def test_segmentation_label_values_checked_as_loaded(seg_data, tmp_path):
     """A map with a label outside the classes that the check before training did not sample stops the run when it
     is loaded, with its file and the fix, as one message from a DataLoader worker; the fix works."""
     from locvit.data.loader import DataError, build_loader
-    from locvit.data.segmentation import collate_segmentation
+    from locvit.dense.segmentation_data import collate_segmentation
 
     root = _seg_copy(seg_data, tmp_path / "ade")
     images, labels = find_segmentation_split(root, "train")
@@ -331,9 +331,9 @@ def test_segmentation_label_values_checked_as_loaded(seg_data, tmp_path):
 
 
 def _fit_segmenter(root: Path, out: Path, **overrides):
+    from locvit.dense.segment import SegmentationTask
+    from locvit.dense.segmenters import build_segmenter
     from locvit.engine.loop import fit
-    from locvit.tasks.config import save_task_config
-    from locvit.tasks.segment import SegmentationTask, build_segmenter
 
     cfg = build_task_config(SegmentConfig, None, dict(
         model="vvt_tiny", model_kwargs=VVT, num_classes=3, data=str(root), iters=2, batch_size=2, workers=0,
@@ -343,10 +343,10 @@ def _fit_segmenter(root: Path, out: Path, **overrides):
     train, val = (SegmentationFolder(*find_segmentation_split(root, s), 3, train=s == "train", crop_size=(64, 64),
                                      scale=(96, 64), test_scale=(96, 64), reduce_zero_label=cfg.reduce_zero_label)
                   for s in ("train", "val"))
-    from locvit.engine.rundir import start_run
+    from locvit.engine.run import start_run
 
     task = SegmentationTask(cfg, build_segmenter(cfg, 3, verbose=False), train, val, 3, DistInfo())
-    return fit(cfg, task, DistInfo(), start_run(cfg, 1), lambda path: save_task_config(cfg, path))
+    return fit(cfg, task, DistInfo(), start_run(cfg, 1))
 
 
 def test_dense_run_without_a_usable_sample_is_an_error(seg_data, tmp_path):
@@ -392,7 +392,8 @@ def test_cli_bad_data_fails_before_training(det_data, tmp_path):
 # --- a few training steps of each detector and head ---------------------------------------------------------------
 @pytest.mark.parametrize("detector", ["mask_rcnn", "faster_rcnn", "retinanet", "keypoint_rcnn"])
 def test_detector_steps_reduce_loss(det_data, detector):
-    from locvit.tasks.detect import DetectionTask, build_detector, load_split
+    from locvit.dense.detect import DetectionTask, load_split
+    from locvit.dense.detectors import build_detector
 
     torch.manual_seed(0)
     cfg = build_task_config(DetectConfig, None, dict(DET_SMALL, model="vvt_tiny", model_kwargs=VVT, detector=detector,
@@ -421,7 +422,8 @@ def test_detector_steps_reduce_loss(det_data, detector):
 
 @pytest.mark.parametrize("head", ["fpn", "upernet"])
 def test_segmenter_steps_reduce_loss(seg_data, head):
-    from locvit.tasks.segment import SegmentationTask, build_segmenter, load_split
+    from locvit.dense.segment import SegmentationTask, load_split
+    from locvit.dense.segmenters import build_segmenter
 
     torch.manual_seed(0)
     cfg = build_task_config(SegmentConfig, None, dict(model="vvt_tiny", model_kwargs=VVT, head=head, num_classes=3,
@@ -446,7 +448,7 @@ def test_segmenter_steps_reduce_loss(seg_data, head):
     assert ("loss_aux" in parts) == (head == "upernet")
     model.eval()
     with torch.no_grad():  # any input size; sliding windows cover the image
-        from locvit.tasks.segment import predict
+        from locvit.dense.segment import predict
 
         x = torch.randn(1, 3, 70, 150)
         whole = predict(model, x, cfg, (35, 75))
@@ -471,7 +473,7 @@ def _resume_bit_exact(tmp_path, cmd, n_iters):
 
 
 def test_train_refuses_a_run_folder_before_reading_data(seg_data, tmp_path):
-    """`locvit detect|segment train` share `locvit train`'s run-directory check (locvit.engine.rundir.start_run):
+    """`locvit detect|segment train` share `locvit train`'s run-directory check (locvit.engine.run.start_run):
     a folder holding a run is refused unless --resume or --overwrite, another command's run is named with the
     command that continues it -- all before the data (here: none) are read. --overwrite replaces the run: only the
     new run's files remain."""
@@ -602,8 +604,8 @@ def test_run_of_another_command_named(tmp_path):
     """`eval` or `--resume` on a run of another command (detect / segment / classification): one line naming the
     run's command and the command to use, before anything is built; the classification one works as given."""
     from locvit import create_model, save_checkpoint
+    from locvit.dense.config import save_task_config
     from locvit.engine.config import build_config, save_config
-    from locvit.tasks.config import save_task_config
 
     runs = {k: tmp_path / k for k in ("detect", "segment", "train")}
     for run in runs.values():
@@ -650,7 +652,7 @@ class _PixelModel(torch.nn.Module):
 
 
 def test_multi_scale_flip_test_against_a_hand_computed_case():
-    from locvit.tasks.segment import predict, predict_views
+    from locvit.dense.segment import predict, predict_views
 
     a = 1.5
     x = torch.zeros(1, 3, 32, 64)
@@ -670,7 +672,7 @@ def test_multi_scale_flip_test_against_a_hand_computed_case():
     one = build_task_config(SegmentConfig, None, dict(iters=1, test_scale=[64, 32], test_ratios=[1.0],
                                                       test_flip=True))
     flat = build_task_config(SegmentConfig, None, dict(iters=1, test_scale=[64, 32]))
-    from locvit.data.segmentation import rescale_size
+    from locvit.dense.segmentation_data import rescale_size
 
     scaled = torch.nn.functional.interpolate(img, rescale_size((40, 50), (64, 32)), mode="bilinear",
                                              align_corners=False)
@@ -686,7 +688,7 @@ def test_multi_scale_flip_test_against_a_hand_computed_case():
 
 
 def test_shipped_recipes_resolve():
-    from locvit.tasks.config import DENSE_CONFIG_DIR
+    from locvit.dense.config import DENSE_CONFIG_DIR
 
     det = sorted(p.stem for p in DENSE_CONFIG_DIR.glob("*_coco.yaml"))
     seg = sorted(p.stem for p in DENSE_CONFIG_DIR.glob("*_ade20k.yaml"))
@@ -709,7 +711,7 @@ def test_shipped_recipes_resolve():
 def test_dense_demo_beats_chance(tmp_path, task):
     """`locvit demo --task detect|segment` as shipped: every family clearly above chance (detection: AP 0;
     segmentation: background everywhere scores mIoU 28.6 on the generated validation split)."""
-    from locvit.tasks.demo import run_dense_demo
+    from locvit.dense.demo import run_dense_demo
 
     rows = run_dense_demo(task, tmp_path)
     assert len(rows) == 4
@@ -789,7 +791,7 @@ def test_segment_ddp_survives_a_rank_without_a_sample(seg_data, tmp_path):
 def test_schedules():
     """Detectron2's step schedule (the update after milestone s runs at lr x gamma) and mmsegmentation's poly, each
     after a linear warm-up from lr x warmup_ratio."""
-    from locvit.engine.loop import build_scheduler
+    from locvit.engine.optim import build_iter_scheduler as build_scheduler
 
     def lrs(cfg, total, unit=1, at=()):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
@@ -849,8 +851,8 @@ def test_recipes_equal_the_configs_they_cite():
     sources, is tests/data/cited_dense_configs.yaml); what cannot match is stated in the recipe file."""
     import yaml
 
-    from locvit.tasks.config import DENSE_CONFIG_DIR
-    from locvit.tasks.detect import build_detector
+    from locvit.dense.config import DENSE_CONFIG_DIR
+    from locvit.dense.detectors import build_detector
 
     table = yaml.safe_load((Path(__file__).parent / "data" / "cited_dense_configs.yaml").read_text())["recipes"]
     assert set(table) == {p.stem for p in DENSE_CONFIG_DIR.glob("*.yaml")}
@@ -874,7 +876,7 @@ def test_recipes_equal_the_configs_they_cite():
 
 
 def test_detr_crop_keeps_boxes_masks_and_keypoints_together():
-    from locvit.data.coco import detr_crop
+    from locvit.dense.coco import detr_crop
 
     torch.manual_seed(3)
     H, W = 480, 640
@@ -907,7 +909,7 @@ def test_detr_crop_keeps_boxes_masks_and_keypoints_together():
 
 def test_detr_crop_in_the_training_pipeline(det_data):
     """Half the training images (seeded per image and epoch) go through the crop; evaluation never does."""
-    from locvit.tasks.detect import load_split
+    from locvit.dense.detect import load_split
 
     cfg = build_task_config(DetectConfig, None, dict(data=str(det_data), iters=1, detr_crop=True, hflip=0.0))
     train = load_split(cfg, "train")

@@ -9,9 +9,9 @@ from PIL import Image
 
 import locvit
 from locvit import cli
-from locvit.checkpoint import save_checkpoint
 from locvit.labels import label_metadata
 from locvit.predict.explain import as_map, grad_cam
+from locvit.weights.checkpoint import save_checkpoint
 
 FAMILIES = {
     "localvit_tiny": dict(depth=2, embed_dim=32, num_heads=2, reduction=4),

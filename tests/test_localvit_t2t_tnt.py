@@ -209,7 +209,7 @@ def test_tnt_class_token_bypasses_locality_ffn():
 
 def test_tnt_official_names():
     """timm keeps its own tnt_s/b_patch16_224; locvit.create_model builds the LocalViT repository's (legacy)."""
-    from locvit._registry import OFFICIAL_HOMONYMS
+    from locvit.models import OFFICIAL_HOMONYMS
 
     assert OFFICIAL_HOMONYMS["tnt_s_patch16_224"] == "tnt_s_legacy_patch16_224"
     ours = locvit.create_model("tnt_s_patch16_224", depth=1)

@@ -12,8 +12,8 @@ from PIL import Image
 
 import locvit
 from locvit import cli
-from locvit.checkpoint import save_checkpoint
 from locvit.labels import label_metadata, read_label_names
+from locvit.weights.checkpoint import save_checkpoint
 
 KW = dict(depth=1, embed_dim=32, num_heads=2, reduction=4)
 CLI_KW = ["--model-kwargs", *(f"{k}={v}" for k, v in KW.items()), "--img-size", "32"]

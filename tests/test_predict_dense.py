@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from locvit.cli import main
-from locvit.data.coco import CocoDetection
 from locvit.data.synthetic import make_detection_data, make_segmentation_data
-from locvit.tasks.metrics import COCO_STATS, coco_evaluate
+from locvit.dense.coco import CocoDetection
+from locvit.dense.metrics import COCO_STATS, coco_evaluate
 
 VVT = ["embed_dims=[8,16,16,32]", "num_heads=[1,2,2,4]", "depths=[1,1,1,1]", "mlp_ratios=[2,2,2,2]"]
 DET = ["--min-size", "96", "--max-size", "128", "--fpn-channels", "16", "--box-head-dim", "32",
@@ -101,9 +101,9 @@ def test_detect_eval_results_json_rescores_to_the_same_ap(det_run, tmp_path):
 
 
 def test_detect_predict_draws_the_boxes_where_the_model_predicts_them(det_run, tmp_path):
+    from locvit.dense.common import eval_config
+    from locvit.dense.config import DetectConfig
     from locvit.predict.dense import DetectPredictor, draw_detections
-    from locvit.tasks.common import eval_config
-    from locvit.tasks.config import DetectConfig
 
     data, run_dir = det_run
     image = sorted((data / "val" / "images").iterdir())[0]
@@ -160,9 +160,9 @@ def test_detect_predict_bad_input(det_run, tmp_path):
 
 
 def test_segment_predict_writes_label_colour_and_overlay(tmp_path):
+    from locvit.dense.common import eval_config
+    from locvit.dense.config import SegmentConfig
     from locvit.predict.dense import SegmentPredictor
-    from locvit.tasks.common import eval_config
-    from locvit.tasks.config import SegmentConfig
 
     data = make_segmentation_data(tmp_path / "data", num_train=4, num_val=2, size=64, seed=1)
     run_dir = tmp_path / "run"

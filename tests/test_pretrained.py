@@ -17,10 +17,10 @@ import torch
 
 import locvit
 from conftest import REPO, conformance_dir
-from locvit.checkpoint import CheckpointError
 from locvit.hub import convert, push_to_hub
 from locvit.official import official_model_args
-from locvit.pretrained import DownloadError, WeightsUnavailableError
+from locvit.weights.checkpoint import CheckpointError
+from locvit.weights.pretrained import DownloadError, WeightsUnavailableError
 
 # a tiny LocalViT whose official checkpoint keys are ours: weights for every test that needs no official logits
 NAME = "localvit_tiny"
@@ -489,7 +489,7 @@ def test_a_server_that_never_answers_times_out(silent_server, caches, monkeypatc
 
 
 def test_download_timeout_setting_is_checked(monkeypatch):
-    from locvit.pretrained import DEFAULT_DOWNLOAD_TIMEOUT, download_timeout
+    from locvit.weights.pretrained import DEFAULT_DOWNLOAD_TIMEOUT, download_timeout
 
     monkeypatch.delenv("LOCVIT_DOWNLOAD_TIMEOUT", raising=False)
     assert download_timeout() == DEFAULT_DOWNLOAD_TIMEOUT

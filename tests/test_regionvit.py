@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import locvit
-from locvit.checkpoint import CheckpointError
 from locvit.layers.attention import explicit_attention
 from locvit.models.regionvit import R2LBlock, RegionalStem, checkpoint_filter_fn, r2l_window_mask, rel_pos_index
+from locvit.weights.checkpoint import CheckpointError
 
 SMALL = dict(embed_dim=(16, 32, 64, 64), num_heads=(2, 2, 4, 4), depth=(2, 1, 2, 1), num_classes=5)
 

@@ -253,7 +253,7 @@ def test_bad_settings_are_refused_before_any_work(tmp_path):
 def test_unwritable_output_and_full_disk_are_reported_up_front(tmp_path, monkeypatch):
     import shutil
 
-    from locvit._io import check_writable
+    from locvit.files import check_writable
 
     if os.geteuid() == 0:  # root writes anywhere: a regular file where the folder should be fails for everyone
         blocked = tmp_path / "file"
@@ -276,7 +276,7 @@ def test_unwritable_output_and_full_disk_are_reported_up_front(tmp_path, monkeyp
 def test_a_killed_write_leaves_no_temp_file_behind(tmp_path):
     """A kill during an atomic write leaves `.last.pth.<pid>-<random>.tmp`; the next write (or the next run)
     removes it, because its process is gone. A live writer's temp file is left alone."""
-    from locvit._io import atomic_write_text
+    from locvit.files import atomic_write_text
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".last.pth.{int(dead.stdout)}-abc123.tmp"
@@ -309,7 +309,7 @@ def test_multistep_schedule_follows_its_milestones(tmp_path):
     import torch
     from timm.scheduler import create_scheduler_v2
 
-    from locvit.engine.train import timm_milestones
+    from locvit.engine.optim import timm_milestones
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched, _ = create_scheduler_v2(opt, sched="multistep", num_epochs=3, warmup_epochs=0, step_on_epochs=False,
@@ -352,8 +352,8 @@ def test_output_holding_a_run_is_refused_before_any_work(tmp_path, monkeypatch):
     saying which run it holds and how far it got; the wrong command's run is named with the command that continues
     it. Nothing is read or built first, nothing in the folder changes. Empty folders and unrelated files are fine."""
     import locvit.engine.train as engine
-    from locvit.engine.rundir import start_run
-    from locvit.tasks.config import DetectConfig
+    from locvit.dense.config import DetectConfig
+    from locvit.engine.run import start_run
 
     def forbidden(*a, **k):
         raise AssertionError("data read or model built before the run directory was checked")
@@ -410,7 +410,7 @@ def test_overwrite_replaces_a_run_without_mixing_the_two(tmp_path):
     files; the next --overwrite keeps that old run and discards the killed one's files."""
     from safetensors.torch import save_file
 
-    from locvit.engine.rundir import read_run
+    from locvit.engine.run import read_run
 
     run = tmp_path / "run"
     args = [*QUICK, "--workers", "0", "--output", run]
@@ -454,11 +454,11 @@ def test_overwrite_replaces_a_run_without_mixing_the_two(tmp_path):
 def test_demo_reruns_replace_their_own_runs(tmp_path, monkeypatch):
     """`locvit demo` (and `make demo`) run twice into the same folder: the demo passes `overwrite`, so the second
     run gets past the run-directory check (to the data, stopped here) instead of refusing the first run's folders."""
+    import locvit.dense.segment as segment
     import locvit.engine.train as engine
-    import locvit.tasks.segment as segment
-    from locvit.engine.demo import run_demo
-    from locvit.tasks.config import SegmentConfig
-    from locvit.tasks.demo import run_dense_demo
+    from locvit.demo import run_demo
+    from locvit.dense.config import SegmentConfig
+    from locvit.dense.demo import run_dense_demo
 
     class ReachedTheData(Exception):
         pass

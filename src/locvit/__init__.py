@@ -18,16 +18,16 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _API = {
-    "ALIASES": "locvit._registry",
-    "create_model": "locvit._registry",
-    "family_of": "locvit._registry",
-    "list_models": "locvit._registry",
-    "resolve_alias": "locvit._registry",
-    "CheckpointError": "locvit.checkpoint",
-    "LoadReport": "locvit.checkpoint",
-    "load_checkpoint": "locvit.checkpoint",
-    "read_checkpoint": "locvit.checkpoint",
-    "save_checkpoint": "locvit.checkpoint",
+    "ALIASES": "locvit.models",
+    "create_model": "locvit.models",
+    "family_of": "locvit.models",
+    "list_models": "locvit.models",
+    "load_checkpoint": "locvit.models",
+    "resolve_alias": "locvit.models",
+    "CheckpointError": "locvit.weights",
+    "LoadReport": "locvit.weights",
+    "read_checkpoint": "locvit.weights",
+    "save_checkpoint": "locvit.weights",
     "LocalityError": "locvit.models.localize",
     "localize": "locvit.models.localize",
     "from_official": "locvit.official",
@@ -54,12 +54,55 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_API))
 
 
+# Deprecated module paths (0.1) -> their home now; importable for one release.
+MOVED = {
+    "locvit.checkpoint": "locvit.weights.checkpoint",
+    "locvit.pretrained": "locvit.weights.pretrained",
+    "locvit.tasks": "locvit.dense",
+    "locvit.tasks.common": "locvit.dense.common",
+    "locvit.tasks.config": "locvit.dense.config",
+    "locvit.tasks.demo": "locvit.dense.demo",
+    "locvit.tasks.detect": "locvit.dense.detect",
+    "locvit.tasks.metrics": "locvit.dense.metrics",
+    "locvit.tasks.segment": "locvit.dense.segment",
+    "locvit.data.coco": "locvit.dense.coco",
+    "locvit.data.segmentation": "locvit.dense.segmentation_data",
+    "locvit.engine.rundir": "locvit.engine.run",
+    "locvit.engine.demo": "locvit.demo",
+}
+
+
+class _MovedFinder:
+    """Imports a :data:`MOVED` path as the module that replaced it (the same module object, with a warning)."""
+
+    @staticmethod
+    def find_spec(name: str, path=None, target=None):
+        if name not in MOVED:
+            return None
+        import importlib.util
+        import warnings
+
+        warnings.warn(f"{name} moved to {MOVED[name]}; the old path goes in the next release", DeprecationWarning,
+                      stacklevel=3)
+        return importlib.util.spec_from_loader(name, _MovedFinder())
+
+    @staticmethod
+    def create_module(spec):
+        return importlib.import_module(MOVED[spec.name])
+
+    @staticmethod
+    def exec_module(module) -> None:
+        pass
+
+
 def register_models() -> None:
     """Register every locvit model with timm (what ``import locvit`` does; idempotent)."""
     importlib.import_module("locvit.models")
-    # deprecated: the module's path before it joined models/ (0.1), kept for one release; ``locvit.localize`` itself
-    # is the function
+    # ``locvit.localize`` is the function; its module's 0.1 path is put in place already imported, so importing it
+    # never rebinds the package attribute to the module
     sys.modules.setdefault("locvit.localize", importlib.import_module("locvit.models.localize"))
+    if not any(isinstance(f, _MovedFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _MovedFinder())
 
 
 if not os.environ.get("_LOCVIT_DEFER_IMPORTS"):

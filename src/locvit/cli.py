@@ -135,7 +135,7 @@ def _train(p: argparse.ArgumentParser):
 
     def run(a: argparse.Namespace) -> int:
         from locvit.engine.config import TrainConfig, build_config
-        from locvit.engine.rundir import run_config
+        from locvit.engine.run import run_config
         from locvit.engine.train import train
 
         overrides = _config_overrides(a, TrainConfig)
@@ -200,7 +200,7 @@ def _eval(p: argparse.ArgumentParser):
         from pathlib import Path
 
         from locvit.engine.evaluate import evaluate_model, resolve_eval_args
-        from locvit.engine.rundir import check_scorer
+        from locvit.engine.run import check_scorer
         from locvit.engine.video import check_task, video_data_kwargs
 
         if a.checkpoint:  # a detection / segmentation run's weights: say which command scores them
@@ -276,7 +276,7 @@ def _predict(p: argparse.ArgumentParser):
         from pathlib import Path
 
         from locvit.data.loader import default_workers
-        from locvit.engine.rundir import is_run
+        from locvit.engine.run import is_run
         from locvit.predict import Predictor, expand_inputs
 
         inputs, checkpoint = list(a.inputs), a.checkpoint
@@ -390,15 +390,14 @@ def _flops(p: argparse.ArgumentParser):
                    help="GMACs counted on the official implementations with the same counter (name -> GMACs)")
 
     def run(a: argparse.Namespace) -> int:
-        from locvit._registry import create_model
         from locvit.bench.flops import COUNTER, count_flops
-        from locvit.models import clip_length
+        from locvit.models import clip_length, create_model
 
         if a.paper_table:
             import json
 
-            from locvit._io import atomic_write_text
             from locvit.bench.reference import COUNTER_NOTE, flops_table
+            from locvit.files import atomic_write_text
 
             official = json.load(open(a.official_counts)) if a.official_counts else None
             table = flops_table(_expand_models(a.model), official)
@@ -492,7 +491,7 @@ def _bench(p: argparse.ArgumentParser):
             if a.plot:
                 sweep.plot_sweep(rows, a.plot)
             if a.json:
-                from locvit._io import atomic_write_text
+                from locvit.files import atomic_write_text
 
                 atomic_write_text(a.json, json.dumps(dict(rows=rows, exponents=ex), indent=1))
             return 0
@@ -526,8 +525,8 @@ def _bench(p: argparse.ArgumentParser):
                         else:
                             rows.append(tp.benchmark(spec, a.warmup, a.runs, not a.no_memory).row())
                         if peak:
-                            from locvit._registry import create_model
                             from locvit.bench.flops import count_flops
+                            from locvit.models import create_model
 
                             gm = count_flops(create_model(name), rows[-1]["input_shape"]).gmacs
                             for r in rows[-2 if a.vs else -1:]:
@@ -541,7 +540,7 @@ def _bench(p: argparse.ArgumentParser):
 
             write_csv(rows, a.csv)
         if a.json:
-            from locvit._io import atomic_write_text
+            from locvit.files import atomic_write_text
 
             atomic_write_text(a.json, json.dumps(rows, indent=1))
         return 0
@@ -571,11 +570,11 @@ def _print_row(r: dict, vs: str | None) -> None:
 
 # --- locvit detect / segment ----------------------------------------------------------------------------------
 def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
-    """``locvit detect|segment train|eval|predict``: the task's config flags; the runner calls locvit.tasks.<task>
+    """``locvit detect|segment train|eval|predict``: the task's config flags; the runner calls locvit.dense.<task>
     (predict: locvit.predict.dense)."""
     import importlib
 
-    from locvit.tasks.config import DetectConfig, SegmentConfig
+    from locvit.dense.config import DetectConfig, SegmentConfig
 
     cls = DetectConfig if task == "detect" else SegmentConfig
     p.add_argument("action", choices=["train", "eval", "predict"],
@@ -591,12 +590,12 @@ def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
     _config_args(p, cls)
 
     def run(a: argparse.Namespace) -> int:
-        from locvit.tasks.common import eval_config
-        from locvit.tasks.config import build_task_config
+        from locvit.dense.common import eval_config
+        from locvit.dense.config import build_task_config
 
         if a.inputs and a.action != "predict":
             raise ValueError(f"INPUT files are for `locvit {task} predict`; {a.action} reads --data")
-        module = importlib.import_module(f"locvit.tasks.{task}")
+        module = importlib.import_module(f"locvit.dense.{task}")
         overrides = _config_overrides(a, cls)
         if a.action == "predict":
             from locvit.predict.dense import predict_command
@@ -615,7 +614,7 @@ def _dense_command(p: argparse.ArgumentParser, task: str, example: str):
             return 0
         saved = None
         if a.resume:  # as `locvit train --resume`: the interrupted run's settings are the base
-            from locvit.engine.rundir import run_config
+            from locvit.engine.run import run_config
 
             state_file, saved = run_config(a.resume, a.output or cls.output, cls.COMMAND)
             if a.output is None:
@@ -652,11 +651,11 @@ def _demo(p: argparse.ArgumentParser):
 
     def run(a: argparse.Namespace) -> int:
         if a.task == "classify":
-            from locvit.engine.demo import run_demo
+            from locvit.demo import run_demo
 
             run_demo(a.output or "runs/demo", epochs=a.epochs, families=a.family)
         else:
-            from locvit.tasks.demo import run_dense_demo
+            from locvit.dense.demo import run_dense_demo
 
             run_dense_demo(a.task, a.output or f"runs/demo_{a.task}", epochs=a.epochs, families=a.family,
                            workers=a.workers)
@@ -730,8 +729,8 @@ def _export(p: argparse.ArgumentParser):
             raise ValueError("--calib/--val are the INT8 calibration and validation images: add --int8")
         import json
 
-        from locvit._io import atomic_write_text
         from locvit.deploy import Int8Refused
+        from locvit.files import atomic_write_text
 
         if a.report and not a.int8:
             raise ValueError("--report writes the INT8 accuracy gate's measurements: add --int8")
@@ -827,8 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_from_env()  # freed activations stay in the process: no page faults on every forward (locvit.runtime)
     if os.environ.get("LOCVIT_DEBUG"):  # full tracebacks for bug reports
         return int(args._run(args) or 0)
-    from locvit._io import describe_os_error
-    from locvit.engine.train import NonFiniteLossError
+    from locvit.engine.run import NonFiniteLossError
+    from locvit.files import describe_os_error
 
     try:
         return int(args._run(args) or 0)

@@ -313,11 +313,11 @@ def quantize_int8(fp32_model: Any, calib: Sequence[np.ndarray], family: str | No
         raise ValueError("no calibration images")
     import logging
 
-    from locvit.export import _quiet
+    from locvit.runtime import quiet
 
     dataset = nncf.Dataset(list(calib))
     nncf.set_log_level(logging.ERROR)
-    with _quiet():  # NNCF's progress bars
+    with quiet():  # NNCF's progress bars
         return nncf.quantize(fp32_model, dataset, preset=nncf.QuantizationPreset.MIXED,
                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib),
                              ignored_scope=ignored_scope(fp32_model, family))

@@ -19,18 +19,17 @@ ONNX exporter all take the same model the eager path runs. :func:`export` does t
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from locvit.layers.attention import explicit_attention
+from locvit.runtime import quiet
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "openvino": ".xml"}
 
@@ -99,21 +98,6 @@ def max_abs_diff(a: Any, b: Any) -> float:
     return worst
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporters' progress prints and optimiser chatter (errors still raise)."""
-    loggers = [logging.getLogger(n) for n in ("onnxscript", "torch.onnx", "torch.export", "torch._export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
-
-
 def export_program(model: nn.Module, x: Tensor, dynamic_batch: bool = True,
                    strict: bool = False) -> torch.export.ExportedProgram:
     """``torch.export.export(model, (x,))``; with ``dynamic_batch`` the batch dimension is symbolic (the example
@@ -139,7 +123,7 @@ def save_onnx(program: torch.export.ExportedProgram | nn.Module, x: Tensor, path
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency, named in the error below)
     except ImportError as e:  # pragma: no cover - tools extra missing
         raise ValueError("ONNX export needs onnx and onnxscript (pip install 'locvit[tools]')") from e
-    with _quiet():
+    with quiet():
         onnx_program = torch.onnx.export(program, (x,), dynamo=True, input_names=["image"], output_names=["output"],
                                          optimize=optimize, verbose=False)
         onnx_program.save(str(path), external_data=False)
@@ -242,7 +226,7 @@ def export(
     say = log or (lambda s: None)
     t0 = time.perf_counter()
     if isinstance(model, str):
-        from locvit._registry import create_model, family_of
+        from locvit.models import create_model, family_of
 
         name = model
         family = family_of(name)
@@ -364,7 +348,7 @@ def _worst_diff(model: nn.Module, run: Callable[[Tensor], Any], inputs: list[Ten
 
 def _family_of_module(model: nn.Module) -> str | None:
     """The locvit family of a built model (from its timm architecture name), None for other models."""
-    from locvit._registry import family_of
+    from locvit.models import family_of
 
     arch = getattr(model, "default_cfg", {}).get("architecture") or getattr(model, "pretrained_cfg", {}).get(
         "architecture")

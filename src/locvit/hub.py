@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from locvit.checkpoint import CheckpointError, LoadReport
 from locvit.labels import LABEL_KEY, check_label_names, read_label_names
+from locvit.weights.checkpoint import CheckpointError, LoadReport
 
 __all__ = ["ConvertResult", "convert", "model_card", "push_to_hub"]
 
@@ -88,7 +88,7 @@ def convert(
     import timm
     from timm.models import save_for_hf
 
-    from locvit._registry import create_model
+    from locvit.models import create_model
 
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):

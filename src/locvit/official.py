@@ -59,9 +59,9 @@ def from_official(
     kwargs.update(overrides)
     model = spec.model_cls(**kwargs)
     if state_dict is not None:
-        from locvit.checkpoint import load_checkpoint
+        from locvit.weights import load_weights
 
-        load_checkpoint(model, state_dict, strict=True, filter_fn=spec.filter_fn)
+        load_weights(model, state_dict, strict=True, filter_fn=spec.filter_fn)
     return model
 
 

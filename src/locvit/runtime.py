@@ -14,9 +14,13 @@ The ``locvit`` command applies it at start (``LOCVIT_TUNE_MALLOC=0`` turns that 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
+import logging
 import os
 import sys
+from typing import Iterator
 
 # mallopt parameter numbers (glibc malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -97,3 +101,18 @@ def seed_all(seed: int) -> None:
     torch.random.default_generator.manual_seed(seed)
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.manual_seed_all(seed)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the exporters' progress prints and optimiser chatter (errors still raise)."""
+    loggers = [logging.getLogger(n) for n in ("onnxscript", "torch.onnx", "torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
-from locvit._io import atomic_write_text
+from locvit.files import atomic_write_text
 from locvit.layers import fastpath, token_mlp
 from locvit.layers.attention import attend
 from locvit.layers.locality_ffn import LocalityFeedForward
@@ -150,9 +150,9 @@ def bench_se_gate(rounds: int) -> list[dict[str, Any]]:
 
 
 def bench_vvt_chunks(rounds: int) -> list[dict[str, Any]]:
-    import locvit
+    from locvit.models import create_model
 
-    model, x = locvit.create_model("vvt_tiny").eval(), torch.randn(8, 3, 224, 224)
+    model, x = create_model("vvt_tiny").eval(), torch.randn(8, 3, 224, 224)
 
     def run(chunk: int) -> torch.Tensor:
         with _settings(VVT_CHUNK_TOKENS=chunk):

@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from locvit._io import atomic_write, atomic_write_text
 from locvit.bench.flops import count_flops
 from locvit.bench.throughput import BenchSpec, benchmark
+from locvit.files import atomic_write, atomic_write_text
 
 
 def fit_exponent(pixels: list[float], values: list[float]) -> float:

@@ -95,7 +95,7 @@ class Runner:
     """
 
     def __init__(self, spec: BenchSpec, model: nn.Module | None = None, files: dict[str, Any] | None = None):
-        from locvit._registry import create_model
+        from locvit.models import create_model
 
         self.spec = spec
         self.device = torch.device(spec.device)
@@ -242,7 +242,7 @@ def _quiet_stderr():
 
 
 def _family(name: str) -> str | None:
-    from locvit._registry import family_of
+    from locvit.models import family_of
 
     try:
         return family_of(name)
@@ -277,7 +277,7 @@ def create_at_size(name: str, size: int | tuple[int, int], kwargs: dict[str, Any
     their tables and position embeddings once instead of resizing them on every call, which exported graphs would
     also do: OpenVINO's bicubic Resize does not reproduce torch's); models without an ``img_size`` argument (timm's
     PVT v2) are built without it. Returns the model and the keyword arguments that built it."""
-    from locvit._registry import create_model
+    from locvit.models import create_model
 
     kw = dict(kwargs or {}, img_size=size)
     try:

@@ -397,8 +397,8 @@ def write_shards(data: str, output: str | os.PathLike, shard_size: int = 1000,
     ``OUTPUT/<split>-NNNNNN.tar`` shards of ``shard_size`` samples, in the dataset's index order (keys are the
     indices, so shard and folder runs seed augmentation alike), with ``OUTPUT/_info.json``. Image files are stored
     as they are; in-memory datasets as PNG. Every file is written atomically; ``_info.json`` last. Returns the info."""
-    from locvit._io import atomic_write, atomic_write_text, check_writable
     from locvit.data.datasets import ArrayDataset, ImageFolderDataset, build_dataset
+    from locvit.files import atomic_write, atomic_write_text, check_writable
 
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")

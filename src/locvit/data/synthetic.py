@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from locvit._io import atomic_write_text
+from locvit.files import atomic_write_text
 
 __all__ = ["CORNERS", "SHAPES", "make_detection_data", "make_segmentation_data"]
 

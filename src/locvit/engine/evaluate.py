@@ -64,11 +64,11 @@ def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, sp
     scores averaged over them).
 
     Raises ``ValueError`` when the model's outputs are not finite (NaN weights or an input it cannot take)."""
-    from locvit._registry import create_model
     from locvit.data.datasets import build_dataset, check_readable
     from locvit.data.loader import build_loader, default_workers, eval_transform
     from locvit.data.video import build_video_dataset, clip_eval_transform
     from locvit.engine.video import MultiViewModel
+    from locvit.models import create_model
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
@@ -105,7 +105,7 @@ EVAL_FIELDS = ("model", "data", "img_size", "task", "num_frames", "frame_samplin
 
 def resolve_eval_args(args: Any, model_kwargs: dict[str, Any] | None = None) -> Any:
     """``locvit eval``'s arguments with what was not given filled in: from ``--config`` (a training recipe), then
-    from the run directory ``--checkpoint`` names (:func:`locvit.engine.rundir.open_run`: its ``config.yaml``, and its
+    from the run directory ``--checkpoint`` names (:func:`locvit.engine.run.open_run`: its ``config.yaml``, and its
     weights become the checkpoint), then :class:`~locvit.engine.config.TrainConfig`'s defaults. So a
     recipe's test protocol (``test_clips`` x ``test_crops``, the clip sampling) is what eval runs by default.
 
@@ -121,7 +121,7 @@ def resolve_eval_args(args: Any, model_kwargs: dict[str, Any] | None = None) -> 
     if getattr(a, "config", None):
         layers.append(load_yaml(resolve_config_path(a.config)))
     if a.checkpoint and Path(a.checkpoint).is_dir():
-        from locvit.engine.rundir import open_run
+        from locvit.engine.run import open_run
 
         saved, weights = open_run(a.checkpoint)
         layers.append(saved)

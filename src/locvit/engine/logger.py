@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from locvit._io import atomic_write, atomic_write_text
+from locvit.files import atomic_write, atomic_write_text
 
 
 def log_targets(cfg: Any) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """The iteration-based training loop of the dense tasks (``locvit detect`` / ``locvit segment``).
 
 It runs on the classification engine's machinery -- per-step seeding, autocast and the grad scaler, the run
-directory's rules (:func:`~locvit.engine.rundir.start_run`: what to resume, a run in ``--output`` refused unless
-``--overwrite``), :class:`~locvit.engine.train.NonFiniteLossError` (``engine/train.py``), the deterministic resumable
-:class:`~locvit.data.loader.EpochSampler`, atomic checkpoints (:func:`locvit.save_checkpoint`), the
+directory's rules (:mod:`locvit.engine.run`: what to resume, a run in ``--output`` refused unless ``--overwrite``,
+the saved state, the non-finite stop), the optimiser and schedules (:mod:`locvit.engine.optim`), the deterministic
+resumable :class:`~locvit.data.loader.EpochSampler`, atomic checkpoints (:func:`locvit.save_checkpoint`), the
 :class:`~locvit.engine.logger.RunLogger`, torchrun/DDP glue -- and leaves the task to a :class:`Task` object: how a
 batch becomes a loss, and how the model is scored. The schedule is counted in optimiser steps (Detectron2's and
 mmsegmentation's iterations; an epoch schedule is converted with the loader's steps per epoch), with timm's
@@ -20,21 +20,21 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from locvit.checkpoint import save_checkpoint
 from locvit.data.loader import DataError, set_loader_epoch, steps_per_epoch
 from locvit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, every_rank
 from locvit.engine.logger import RunLogger, log_targets
-from locvit.engine.rundir import RunStart
+from locvit.engine.optim import build_iter_scheduler, build_optimizer, build_param_groups
+from locvit.engine.run import RunStart, check_finite, prepare_output, read_state, restore_state
 from locvit.engine.step import GradAccumulator, mixed_precision, seed_step
-from locvit.engine.train import NonFiniteLossError
+from locvit.weights import save_checkpoint
 
-__all__ = ["Task", "build_param_groups", "build_scheduler", "fit"]
+__all__ = ["Task", "fit"]
 
 
 class Task(Protocol):
@@ -64,63 +64,25 @@ class Task(Protocol):
         ...
 
 
-def build_param_groups(model: nn.Module, weight_decay: float, no_decay: set[str]) -> list[dict[str, Any]]:
-    """Two AdamW groups: decay on weights, none on norms, biases and the backbone's position tables."""
-    from timm.optim import param_groups_weight_decay
-
-    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay)
-
-
-def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total: int, steps_per_unit: int):
-    """timm's per-iteration scheduler for ``cfg.sched``: ``'step'`` (x ``lr_gamma`` at each of ``lr_steps``,
-    Detectron2/mmdetection) or ``'poly'`` (``(1 - t/total) ** poly_power`` down to ``min_lr``, mmsegmentation),
-    both after a linear warm-up from ``lr * warmup_ratio`` over ``warmup_iters`` steps."""
-    from timm.scheduler import MultiStepLRScheduler, PolyLRScheduler
-
-    warmup = dict(warmup_t=min(cfg.warmup_iters, total), warmup_lr_init=cfg.lr * cfg.warmup_ratio,
-                  warmup_prefix=False, t_in_epochs=False)
-    if cfg.sched == "poly":
-        return PolyLRScheduler(optimizer, t_initial=total, power=cfg.poly_power, lr_min=cfg.min_lr, **warmup)
-    # timm decays once t + 1 reaches a milestone: shift by one so the decay starts at the milestone's step
-    return MultiStepLRScheduler(optimizer, decay_t=[s * steps_per_unit + 1 for s in cfg.lr_steps],
-                                decay_rate=cfg.lr_gamma, **warmup)
-
-
-def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: Callable[[Path], None]
-        ) -> dict[str, Any]:
-    """Train ``task.model`` as ``cfg`` says (a :class:`locvit.tasks.config.DenseConfig`); returns the last
-    evaluation's row. ``run_start`` is what :func:`locvit.engine.rundir.start_run` decided about ``cfg.output``, before
-    the task read its data (the state to resume, the run ``--overwrite`` replaces); ``save_config(path)`` writes the
-    resolved configuration into the run directory."""
-    from timm.optim import create_optimizer_v2
-
-    from locvit._io import check_writable, remove_stale_temp_files
-
+def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart) -> dict[str, Any]:
+    """Train ``task.model`` as ``cfg`` says (a :class:`locvit.dense.config.DenseConfig`); returns the last
+    evaluation's row. ``run_start`` is what :func:`locvit.engine.run.start_run` decided about ``cfg.output``, before
+    the task read its data (the state to resume, the run ``--overwrite`` replaces)."""
     device, main = dist.device, dist.main
     run_dir = Path(cfg.output)
-    resume_from = run_start.resume_from
-    state = torch.load(resume_from, map_location="cpu", weights_only=True) if resume_from is not None else None
     if main:
-        check_writable(run_dir)
-        remove_stale_temp_files(run_dir)  # temp files of writes a kill interrupted
+        prepare_output(run_dir)
     model, loader = task.model, task.train_loader
-    accum = getattr(cfg, "grad_accum_steps", 1)
+    accum = cfg.grad_accum_steps
     n_steps = steps_per_epoch(loader) // accum  # optimiser steps: the loader holds whole accumulation windows
     unit = n_steps if cfg.epochs is not None else 1  # optimiser steps per schedule unit
     total = cfg.epochs * n_steps if cfg.epochs is not None else cfg.iters
     eval_every = (cfg.eval_interval or 1) * unit if cfg.epochs is not None or cfg.eval_interval else total
-    if cfg.max_steps:
-        total_run = min(total, cfg.max_steps)
-        eval_every = min(eval_every, total_run)
-    else:
-        total_run = total
+    total_run = min(total, cfg.max_steps) if cfg.max_steps else total
+    eval_every = min(eval_every, total_run)
 
-    opt_kwargs: dict[str, Any] = dict(eps=cfg.opt_eps) if cfg.opt.lower().endswith("adamw") else {}
-    if cfg.opt_betas:
-        opt_kwargs["betas"] = tuple(cfg.opt_betas)
-    optimizer = create_optimizer_v2(build_param_groups(model, cfg.weight_decay, task.no_weight_decay()), opt=cfg.opt,
-                                    lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, **opt_kwargs)
-    scheduler = build_scheduler(cfg, optimizer, total, unit)
+    optimizer = build_optimizer(cfg, build_param_groups(model, cfg.weight_decay, task.no_weight_decay()), cfg.lr)
+    scheduler = build_iter_scheduler(cfg, optimizer, total, unit)
     autocast, scaler = mixed_precision(cfg.amp, device)
     net: nn.Module = model
     if dist.distributed:
@@ -128,19 +90,16 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
                                                   find_unused_parameters=task.find_unused_parameters)
 
     global_step, history, best = 0, [], -math.inf
-    running = dict(loss=0.0, images=0, skipped=0, parts={}, t=0.0)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
+    running = _fresh_sums()
+    if run_start.resume_from is not None:
+        state = read_state(run_start.resume_from)
+        restore_state(state, run_start.resume_from, model, optimizer, scheduler, scaler, what=cfg.model)
         global_step, history, best = state["global_step"], state.get("history", []), state.get("best", -math.inf)
         # every rank's own running sums (a checkpoint before this fix holds rank 0's only)
         ranks = state.get("running_ranks") or []
         running = ranks[dist.rank] if len(ranks) == dist.world else state.get("running", running)
         if main:
-            print(f"resumed from {resume_from}: iteration {global_step} of {total}", flush=True)
+            print(f"resumed from {run_start.resume_from}: iteration {global_step} of {total}", flush=True)
     scheduler.step_update(num_updates=global_step)
     if main:
         run_start.begin()  # --overwrite: the old run's files move to replaced_run/ before this run writes any
@@ -148,7 +107,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
               if main else None)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_dir / "config.yaml")
+        cfg.save(run_dir / "config.yaml")
 
     def save_state() -> None:
         ranks = all_gather_objects(running)  # so each rank's part of the next row survives a resume
@@ -157,8 +116,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
                                  scheduler=scheduler.state_dict(),
                                  scaler=scaler.state_dict() if scaler is not None else None, global_step=global_step,
                                  history=logger.history, best=best, running=running, running_ranks=ranks,
-                                 config=cfg.to_dict(),
-                                 world_size=dist.world),
+                                 config=cfg.to_dict(), world_size=dist.world),
                             run_dir / "last.pth")
 
     metrics: dict[str, Any] = history[-1] if history else {}
@@ -172,28 +130,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
         net.train()
         for batch in loader:
             seed_step(cfg.seed, global_step * accum + stepper.micro, dist.rank)
-            batch.refuse()  # a sample that must stop the run (locvit.data.loader.Refused), raised here
-            running["skipped"] += batch.skipped
-            if batch.unreadable and not running.get("first_skipped"):
-                running["first_skipped"] = f"{batch.unreadable[0].path} ({batch.unreadable[0].reason})"
-            if every_rank(len(batch[0]) > 0, device):  # all ranks step or none (engine.distributed.every_rank)
-                with stepper.context():
-                    with autocast():
-                        loss, parts, n = task.loss(net, batch)
-                    if torch.isfinite(loss).all():
-                        stepper.backward(loss)
-                if not torch.isfinite(loss).all():
-                    last = run_dir / "last.pth"
-                    kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-                    raise NonFiniteLossError(
-                        f"non-finite loss ({loss.item()}; {({k: round(v.item(), 4) for k, v in parts.items()})}) at "
-                        f"iteration {global_step + 1}; training stopped, {kept}. Lower --lr, set --clip-grad or check "
-                        "the data")
-                running["loss"] += loss.item() * n
-                running["images"] += n
-                running["unused"] = running.get("unused", 0) + len(batch[0]) - n
-                for k, v in parts.items():
-                    running["parts"][k] = running["parts"].get(k, 0.0) + v.item() * n
+            _step(task, net, batch, stepper, autocast, running, device, f"iteration {global_step + 1}", run_dir)
             if not stepper.step():
                 continue
             global_step += 1
@@ -201,11 +138,10 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
             if main:
                 bar.update(1)
                 if global_step % max(1, cfg.log_interval) == 0:
-                    bar.set_postfix(loss=f"{running['loss'] / max(running['images'], 1):.4f}",
-                                    lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                    lr = optimizer.param_groups[0]["lr"]
+                    bar.set_postfix(loss=f"{running['loss'] / max(running['images'], 1):.4f}", lr=f"{lr:.2e}")
                     seconds = running["t"] + time.time() - t0
-                    logger.log_step(global_step, dict(train_loss=running["loss"] / max(running["images"], 1),
-                                                      lr=optimizer.param_groups[0]["lr"],
+                    logger.log_step(global_step, dict(train_loss=running["loss"] / max(running["images"], 1), lr=lr,
                                                       images_per_s=running["images"] * dist.world / max(seconds, 1e-9)))
             if global_step % eval_every == 0 or global_step == total_run:
                 running["t"] += time.time() - t0
@@ -221,7 +157,7 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
                         best = score
                         save_checkpoint(model, run_dir / "best.safetensors",
                                         metadata={"iter": global_step, task.key_metric: score})
-                running = dict(loss=0.0, images=0, skipped=0, parts={}, t=0.0)
+                running = _fresh_sums()
                 save_state()
                 net.train()
             elif cfg.checkpoint_interval and global_step % cfg.checkpoint_interval == 0:
@@ -237,6 +173,34 @@ def fit(cfg: Any, task: Task, dist: DistInfo, run_start: RunStart, save_config: 
         logger.close()
         run_start.finish()
     return metrics
+
+
+def _fresh_sums() -> dict[str, Any]:
+    """The running sums of one evaluation interval (loss, images, skipped, the loss's parts, seconds)."""
+    return dict(loss=0.0, images=0, skipped=0, parts={}, t=0.0)
+
+
+def _step(task: Task, net: nn.Module, batch: Any, stepper: GradAccumulator, autocast: Any, running: dict[str, Any],
+          device: torch.device, where: str, run_dir: Path) -> None:
+    """One micro-batch: its forward and backward (skipped by every rank at once when one rank has no image), its
+    sums added to ``running``."""
+    batch.refuse()  # a sample that must stop the run (locvit.data.loader.Refused), raised here
+    running["skipped"] += batch.skipped
+    if batch.unreadable and not running.get("first_skipped"):
+        running["first_skipped"] = f"{batch.unreadable[0].path} ({batch.unreadable[0].reason})"
+    if not every_rank(len(batch[0]) > 0, device):  # all ranks step or none (engine.distributed.every_rank)
+        return
+    with stepper.context():
+        with autocast():
+            loss, parts, n = task.loss(net, batch)
+        if torch.isfinite(loss).all():
+            stepper.backward(loss)
+    check_finite(loss, where, run_dir, f"; {({k: round(v.item(), 4) for k, v in parts.items()})}")
+    running["loss"] += loss.item() * n
+    running["images"] += n
+    running["unused"] = running.get("unused", 0) + len(batch[0]) - n
+    for k, v in parts.items():
+        running["parts"][k] = running["parts"].get(k, 0.0) + v.item() * n
 
 
 def _evaluate(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, running: dict[str, Any],

@@ -10,6 +10,7 @@ from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 from torch import nn
 
 from locvit.models._registry import ModelSpec
+from locvit.weights.pretrained import check_source, load_published
 
 
 def make_cfg(
@@ -65,19 +66,16 @@ def build_model(spec: ModelSpec, variant: str, pretrained: bool = False, trust_p
     ``pretrained=True`` loads what the pretrained cfg names -- timm's sources and overrides (``url``, ``file``,
     ``hf_hub_id``, ``hf-hub:``/``local-dir:`` names), downloads cached in torch hub's folder -- through the
     spec's checkpoint filter, strictly but for a new classifier when ``num_classes`` differs
-    (:func:`locvit.pretrained.load_pretrained`). ``trust_pickle=True`` admits files that pickle more than tensors.
+    (:func:`locvit.weights.pretrained.load_published`). ``trust_pickle=True`` admits files that pickle more than
+    tensors.
     """
     if pretrained:  # no source: say where the weights are before building a model for nothing
-        from locvit.pretrained import check_source
-
         check_source(resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"),
                                             kwargs.get("pretrained_cfg_overlay")).to_dict())
     feature_cfg = dict(feature_cls="getter", **spec.feature_cfg)
     model = build_model_with_cfg(spec.model_cls, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
     if pretrained:
-        from locvit.pretrained import load_pretrained
-
-        load_pretrained(model, spec.filter_fn, trust_pickle=trust_pickle, cache_dir=kwargs.get("cache_dir"))
+        load_published(model, spec.filter_fn, trust_pickle=trust_pickle, cache_dir=kwargs.get("cache_dir"))
     return model
 
 

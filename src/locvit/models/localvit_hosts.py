@@ -48,8 +48,8 @@ def _check_input(model: nn.Module, args: tuple) -> None:
 
 
 def _localized(host: str, pretrained: bool, kwargs: dict[str, Any], **lff: Any) -> nn.Module:
-    from locvit.checkpoint import LoadReport
     from locvit.models.localize import localize
+    from locvit.weights.checkpoint import LoadReport
 
     kwargs.pop("pretrained_cfg", None)  # timm's tag for this name; the host resolves its own
     kwargs.pop("trust_pickle", None)  # timm's loader reads the host's weights itself

@@ -641,7 +641,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RegionViT) -> dic
     * a ``det_norm`` model loading an ImageNet checkpoint keeps its freshly initialised detection norms (the
       official detection fine-tuning starts them that way).
     """
-    from locvit.checkpoint import CheckpointError
+    from locvit.weights.checkpoint import CheckpointError
 
     if any(k.startswith(_D2_PREFIX) for k in state_dict):
         state_dict = {k[len(_D2_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_D2_PREFIX)}

@@ -27,7 +27,7 @@ parameters): ``tnt_t_legacy_patch16_224`` (official name ``tnt_t_patch16_224``, 
 ``tnt_b_legacy_patch16_224`` are registered here; timm's own ``tnt_s_patch16_224`` and
 ``tnt_b_patch16_224`` are a later, different layout and keep their meaning in timm, while
 :func:`locvit.create_model` builds the LocalViT repository's model for those two official names (see
-``locvit._registry.OFFICIAL_HOMONYMS``).
+``locvit.models.factory.OFFICIAL_HOMONYMS``).
 """
 from __future__ import annotations
 

@@ -160,7 +160,7 @@ class Predictor:
         from locvit.data.loader import eval_transform
         from locvit.data.video import clip_eval_transform
         from locvit.engine.config import TrainConfig
-        from locvit.engine.rundir import open_run
+        from locvit.engine.run import open_run
         from locvit.engine.video import MultiViewModel, check_task, video_data_kwargs
         from locvit.labels import check_label_names, label_names_of, read_label_names
 
@@ -185,12 +185,12 @@ class Predictor:
         if isinstance(model, nn.Module):
             self.model = model
             if checkpoint is not None:
-                from locvit.checkpoint import load_checkpoint
+                from locvit.models import load_checkpoint
 
                 load_checkpoint(model, checkpoint, trust_pickle=trust_pickle)
             self.name = type(model).__name__
         else:
-            from locvit._registry import create_model
+            from locvit.models import create_model
 
             name = model or run.get("model")
             if not name:

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from locvit.predict.core import to_image
+from locvit.weights import load_weights
 
 __all__ = ["DetectPredictor", "Detections", "SegmentPredictor", "Segmentation", "draw_detections", "palette"]
 
@@ -145,7 +146,7 @@ class DetectPredictor:
     """A detection run ready to predict.
 
     Args:
-        cfg: the run's :class:`~locvit.tasks.config.DetectConfig` (``locvit.tasks.common.eval_config`` reads it
+        cfg: the run's :class:`~locvit.dense.config.DetectConfig` (``locvit.dense.common.eval_config`` reads it
             from the run directory).
         weights: the trained weights (a run's ``best.safetensors``...).
         score_thr: keep detections scoring at least this (0..1).
@@ -154,8 +155,8 @@ class DetectPredictor:
 
     def __init__(self, cfg: Any, weights: str | os.PathLike | None, score_thr: float = 0.5,
                  device: str | torch.device | None = None):
-        from locvit.tasks.common import load_weights
-        from locvit.tasks.detect import build_detector, load_split
+        from locvit.dense.detect import load_split
+        from locvit.dense.detectors import build_detector
 
         self.score_thr = check_score_thr(score_thr)
         if weights is None:
@@ -190,7 +191,7 @@ class DetectPredictor:
 
     @torch.no_grad()
     def _run(self, images: list[Tensor], sources: list[str]) -> list[Detections]:
-        from locvit.tasks.detect import test_size
+        from locvit.dense.detect import test_size
 
         with test_size(self.model, self.cfg):
             outputs = self.model([im.to(self.device) for im in images])
@@ -212,9 +213,9 @@ class DetectPredictor:
         from torchvision.transforms.functional import to_tensor
         from tqdm import tqdm
 
-        from locvit.data.coco import collate_detection
         from locvit.data.datasets import FileListDataset
         from locvit.data.loader import build_loader
+        from locvit.dense.coco import collate_detection
 
         dataset = FileListDataset(paths, to_tensor)
         loader = build_loader(dataset, batch_size, training=False, workers=workers, collate_fn=collate_detection)
@@ -248,7 +249,7 @@ class SegmentPredictor:
     into ``test_scale`` and whole/slide inference, logits resized to the image's size, argmax.
 
     Args:
-        cfg: the run's :class:`~locvit.tasks.config.SegmentConfig`.
+        cfg: the run's :class:`~locvit.dense.config.SegmentConfig`.
         weights: the trained weights.
         class_names: one per class (default: ``'class N'``).
         device: default CUDA when available.
@@ -256,8 +257,8 @@ class SegmentPredictor:
 
     def __init__(self, cfg: Any, weights: str | os.PathLike | None, class_names: Sequence[str] | None = None,
                  device: str | torch.device | None = None):
-        from locvit.tasks.common import load_weights
-        from locvit.tasks.segment import _norm, build_segmenter
+        from locvit.dense.segment import _norm
+        from locvit.dense.segmenters import build_segmenter
 
         if weights is None:
             raise ValueError("no weights: pass --checkpoint RUN_DIR (or its best.safetensors): an untrained "
@@ -279,8 +280,8 @@ class SegmentPredictor:
     def segment(self, image: Image.Image, source: str) -> Segmentation:
         import torch.nn.functional as F
 
-        from locvit.data.segmentation import rescale_size
-        from locvit.tasks.segment import predict
+        from locvit.dense.segment import predict
+        from locvit.dense.segmentation_data import rescale_size
 
         x = _to_uint8(image).float()
         size = tuple(x.shape[-2:])

@@ -87,7 +87,7 @@ def picture_name(index: int, source: str) -> str:
 def staged(output: str | os.PathLike) -> Iterator[Path]:
     """A temporary folder next to ``output`` to write into; when the block ends without an error its files move
     into ``output`` (created), otherwise they are deleted and ``output`` is left as it was."""
-    from locvit._io import check_writable
+    from locvit.files import check_writable
 
     output = Path(output)
     if output.exists() and not output.is_dir():

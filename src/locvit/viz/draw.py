@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from locvit._io import atomic_write
+from locvit.files import atomic_write
 
 HEAT = "inferno"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from locvit._registry import create_model
+from locvit.models import create_model
 from locvit.viz import draw
 from locvit.viz.erf import effective_receptive_fields, plot_erf_grid
 from locvit.viz.image import Prepared, check_query, model_input_size, prepare, read_image

@@ -16,32 +16,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from locvit._io import atomic_write_text
-from locvit.data.coco import CocoDetection, collate_detection, find_coco_split
 from locvit.data.datasets import check_readable
 from locvit.data.loader import DataError
-from locvit.engine.distributed import DistInfo, all_gather_objects
-from locvit.engine.loop import fit
-from locvit.engine.rundir import start_run
-from locvit.engine.step import mixed_precision
-from locvit.tasks.common import (
-    backbone_kwargs,
+from locvit.dense.coco import CocoDetection, collate_detection, find_coco_split
+from locvit.dense.common import (
     eval_loader,
-    load_weights,
     no_weight_decay,
     report_size,
     session,
     train_loader,
 )
-from locvit.tasks.config import DetectConfig, save_task_config
-from locvit.tasks.metrics import coco_evaluate
+from locvit.dense.config import DetectConfig
+from locvit.dense.detectors import IOU_TYPES, build_detector
+from locvit.dense.metrics import coco_evaluate
+from locvit.engine.distributed import DistInfo, all_gather_objects
+from locvit.engine.loop import fit
+from locvit.engine.run import start_run
+from locvit.engine.step import mixed_precision
+from locvit.files import atomic_write_text
+from locvit.weights import load_weights
 
-__all__ = ["DetectionTask", "build_detector", "detect_dataset", "evaluate_detector", "evaluate_run", "load_split",
+__all__ = ["DetectionTask", "detect_dataset", "evaluate_detector", "evaluate_run", "load_split",
            "score_detections", "test_size", "to_coco_results", "train_run"]
-
-IOU_TYPES = {"mask_rcnn": ("bbox", "segm"), "faster_rcnn": ("bbox",), "retinanet": ("bbox",),
-             "keypoint_rcnn": ("bbox", "keypoints")}
-
 
 def load_split(cfg: DetectConfig, split: str, categories: list[int] | None = None) -> CocoDetection:
     """The validated ``split`` of ``cfg``'s data (explicit ``{split}_ann`` / ``{split}_images`` win)."""
@@ -57,36 +53,6 @@ def load_split(cfg: DetectConfig, split: str, categories: list[int] | None = Non
                          keypoints=cfg.detector == "keypoint_rcnn", hflip=cfg.hflip if train else 0.0,
                          detr_crop=cfg.detr_crop and train,
                          seed=cfg.seed, categories=categories)
-
-
-def build_detector(cfg: DetectConfig, num_classes: int, num_keypoints: int | None = None,
-                   verbose: bool = True) -> nn.Module:
-    """The configured torchvision detector (``num_classes`` counts the background) on ``cfg.model``."""
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
-    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-
-    from locvit import dense
-
-    c = cfg.fpn_channels
-    kw: dict[str, Any] = dict(min_size=tuple(cfg.min_size), max_size=cfg.max_size, out_channels=c, verbose=verbose)
-    if cfg.detector == "retinanet":
-        kw.update(detections_per_img=100)
-        kw.update(cfg.detector_kwargs)
-        return dense.retinanet(cfg.model, num_classes, **backbone_kwargs(cfg, dense.retinanet), **kw)
-    kw.update(box_head=TwoMLPHead(c * 7 * 7, cfg.box_head_dim),
-              box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes))
-    if cfg.detector == "mask_rcnn":
-        ch = list(cfg.mask_head_channels)
-        kw.update(mask_head=MaskRCNNHeads(c, ch, 1), mask_predictor=MaskRCNNPredictor(ch[-1], ch[-1], num_classes))
-    if cfg.detector == "keypoint_rcnn":
-        ch = list(cfg.keypoint_head_channels)
-        kw.update(keypoint_head=KeypointRCNNHeads(c, ch), keypoint_predictor=KeypointRCNNPredictor(ch[-1],
-                                                                                                   num_keypoints))
-        kw.update(num_keypoints=None)
-    kw.update(cfg.detector_kwargs)
-    build = getattr(dense, cfg.detector)
-    return build(cfg.model, None, **backbone_kwargs(cfg, build), **kw)
 
 
 def to_coco_results(output: dict[str, torch.Tensor], image_id: int, label_to_cat: dict[int, int],
@@ -227,7 +193,7 @@ def train_run(cfg: DetectConfig) -> dict[str, Any]:
         model = build_detector(cfg, num_classes, len(train_set.keypoint_names) or None, verbose=dist.main)
         report_size(model.to(dist.device), f"{cfg.detector} on {cfg.model}, {num_classes - 1} classes", dist)
         task = DetectionTask(cfg, model, train_set, val_set, dist)
-        return fit(cfg, task, dist, run_start, lambda path: save_task_config(cfg, path))
+        return fit(cfg, task, dist, run_start)
 
 
 def evaluate_run(cfg: DetectConfig, weights: str | None, save_results: str | None = None) -> dict[str, Any]:
@@ -242,7 +208,7 @@ def evaluate_run(cfg: DetectConfig, weights: str | None, save_results: str | Non
         num_classes = cfg.num_classes or len(val_set.cat_ids) + 1
         model = build_detector(cfg, num_classes, len(val_set.keypoint_names) or None, verbose=False)
         if weights:
-            load_weights(model, weights, cfg.trust_checkpoint)
+            load_weights(model, weights, trust_pickle=cfg.trust_checkpoint)
         results, skipped = detect_dataset(model.to(dist.device), val_set, cfg, dist)
         if dist.main:  # the detections as COCO results: pycocotools' loadRes takes the file and re-scores it
             text = json.dumps(results)

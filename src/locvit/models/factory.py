@@ -1,4 +1,5 @@
-"""Model names: locvit's canonical timm-style names and the official names that alias them.
+"""Building and loading models by name: locvit's canonical timm-style names and the official names that alias
+them, :func:`create_model`, and :func:`load_checkpoint` with the family's checkpoint filter.
 
 Every model is registered with :func:`timm.models.register_model` when :mod:`locvit.models` is imported (the
 tables live with the models, in :mod:`locvit.models._registry`), so timm and everything that consumes timm
@@ -8,18 +9,30 @@ the model it builds carries the canonical name's pretrained cfg.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import timm
 from timm.models import parse_model_name
+from torch import nn
 
-from locvit._io import sha256_file
-from locvit.models import ALIASES, FAMILIES, OFFICIAL_HOMONYMS, spec_of
+from locvit.files import sha256_file
+from locvit.models._registry import ALIASES, FAMILIES, OFFICIAL_HOMONYMS, spec_for_model, spec_of
+from locvit.weights.checkpoint import (
+    LoadReport,
+    StateDict,
+    head_classes,
+    load_weights,
+    read_checkpoint,
+    unwrap_model,
+    unwrap_state_dict,
+)
 
-__all__ = ["ALIASES", "OFFICIAL_HOMONYMS", "create_model", "family_of", "list_models", "resolve_alias"]
+__all__ = ["ALIASES", "OFFICIAL_HOMONYMS", "create_model", "family_of", "find_filter_fn", "list_models",
+           "load_checkpoint", "resolve_alias"]
 
 
 def resolve_alias(name: str) -> str:
@@ -87,8 +100,6 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | Any | No
         raise ValueError(f"unknown model {name!r}.{hint}")
     state = None
     if checkpoint is not None:
-        from locvit.checkpoint import head_classes, read_checkpoint, unwrap_state_dict
-
         state = (read_checkpoint(checkpoint, trust_pickle=trust_pickle, use_ema=use_ema)
                  if isinstance(checkpoint, (str, os.PathLike)) else unwrap_state_dict(checkpoint, use_ema=use_ema))
         if num_classes is None:
@@ -109,11 +120,46 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | Any | No
         raise ValueError(f"{where} is not valid JSON ({e.msg}, line {e.lineno} column {e.colno}): write the folder "
                          "again with `locvit convert`, or fix the file") from None
     if state is not None:
-        from locvit.checkpoint import load_checkpoint
-
         is_file = isinstance(checkpoint, (str, os.PathLike))
         model.load_report = load_checkpoint(model, state, strict=strict, allow_nonfinite=allow_nonfinite,
                                             source=str(checkpoint) if is_file else None)
         if is_file:
             model.load_report.sha256 = sha256_file(checkpoint)
     return model
+
+
+def find_filter_fn(model: nn.Module) -> Callable[[StateDict, nn.Module], StateDict] | None:
+    """The checkpoint filter of ``model``: its :class:`~locvit.models.ModelSpec`'s (found by the architecture its
+    pretrained cfg names, else by its class), or, for timm's own models, the ``checkpoint_filter_fn`` of the module
+    that registers the architecture (timm's convention, so they load their official files too)."""
+    from timm.models import is_model, model_entrypoint
+
+    spec = spec_for_model(model)
+    if spec is not None:
+        return spec.filter_fn
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if arch and is_model(arch):
+        module = importlib.import_module(model_entrypoint(arch).__module__)
+        return getattr(module, "checkpoint_filter_fn", None)
+    return None
+
+
+def load_checkpoint(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    *,
+    strict: bool = True,
+    filter_fn: Callable[[StateDict, nn.Module], StateDict] | None | str = "auto",
+    trust_pickle: bool = False,
+    use_ema: bool = False,
+    allow_nonfinite: bool = False,
+    source: str | None = None,
+) -> LoadReport:
+    """Load a checkpoint (path or dict; official or locvit format) into ``model``: the state dict goes through the
+    model family's ``checkpoint_filter_fn`` (``filter_fn='auto'``, :func:`find_filter_fn`; official key names ->
+    ours, tables and embeddings resized to the model), then :func:`locvit.weights.load_weights` compares it key
+    by key with the model (see there for the other arguments; ``filter_fn=None`` uses the keys as they are)."""
+    if filter_fn == "auto":
+        filter_fn = find_filter_fn(unwrap_model(model))
+    return load_weights(model, checkpoint, strict=strict, filter_fn=filter_fn, trust_pickle=trust_pickle,
+                        use_ema=use_ema, allow_nonfinite=allow_nonfinite, source=source)

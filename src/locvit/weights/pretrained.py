@@ -1,7 +1,7 @@
 """``pretrained=True``: timm's weight sources with locvit's strictness, a cache that is never poisoned, and errors
 that say where to get a file.
 
-Every locvit entrypoint builds through ``locvit.models.builder.build_model``, which calls :func:`load_pretrained`
+Every locvit entrypoint builds through ``locvit.models.builder.build_model``, which calls :func:`load_published`
 for ``pretrained=True``:
 
 1. The source is resolved in timm's order: a ``state_dict``, a ``file``, an ``hf_hub_id``, a ``url`` (``hf-hub:`` and
@@ -34,21 +34,21 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
-from locvit._io import sha256_file
-from locvit.checkpoint import (
+from locvit.files import sha256_file
+from locvit.weights.checkpoint import (
     CheckpointError,
     CorruptCheckpointError,
     LoadReport,
     NonFiniteWeightsError,
     StateDict,
     UntrustedPickleError,
-    load_checkpoint,
+    load_weights,
     read_checkpoint,
     unwrap_state_dict,
 )
 
 __all__ = ["DownloadError", "WeightsUnavailableError", "cached_download", "download", "download_timeout",
-           "load_pretrained"]
+           "load_published"]
 
 # weight files in a hub-style folder, in the order timm's hub export writes and looks for them
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -82,7 +82,7 @@ def check_source(pretrained_cfg: Mapping[str, Any]) -> None:
         raise unavailable_error(pretrained_cfg.get("architecture") or "this model", pretrained_cfg)
 
 
-def load_pretrained(
+def load_published(
     model: nn.Module,
     filter_fn: Callable[[StateDict, nn.Module], StateDict] | None = None,
     *,
@@ -118,7 +118,7 @@ def load_pretrained(
         if filter_fn is not None:
             sd = filter_fn(dict(sd), target)
         _adapt_input_convs(sd, target, cfg)
-        report = load_checkpoint(target, sd, strict=False, filter_fn=None, source=source)
+        report = load_weights(target, sd, strict=False, source=source)
         _check_fit(report, target, cfg, variant, features_only)
         return report
 
@@ -262,7 +262,7 @@ def cached_download(
     """The file at ``url`` from the cache, downloading it on first use.
 
     The download lands under a temporary name in the cache folder and is moved to ``<cache>/<file name>`` only
-    once it reads as a complete checkpoint and ``verify(state_dict, source)`` accepted it (``load_pretrained``
+    once it reads as a complete checkpoint and ``verify(state_dict, source)`` accepted it (``load_published``
     passes the checks for its model: finite, fits). A cached file that fails either check is removed, said so on
     stderr with its path, and fetched again once; a fresh download that fails is discarded, never cached.
 

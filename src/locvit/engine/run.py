@@ -1,4 +1,5 @@
-"""Run directories: what a training command finds in its ``--output`` before it starts, and what it replaces.
+"""The run directory's rules, for both training loops: what a command finds in its ``--output`` before it starts
+and what it replaces, what may be resumed, the state a run saves and restores, and the stop on a non-finite loss.
 
 ``locvit train`` (images and ``--task video``), ``locvit detect train`` and ``locvit segment train`` write the same
 kind of run directory: ``config.yaml``, ``metrics.csv``, ``curves.png``, ``tensorboard/``, ``last.pth``,
@@ -29,8 +30,10 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["EVAL_COMMAND", "REPLACED", "RUN_FILES", "RUN_WEIGHTS", "RunInfo", "RunStart", "check_scorer", "command_of",
-           "find_resume", "is_run", "open_run", "read_run", "run_config", "start_run"]
+__all__ = ["EVAL_COMMAND", "REPLACED", "RESUME_INVARIANTS", "RUN_FILES", "RUN_WEIGHTS", "NonFiniteLossError", "RunInfo",
+           "RunStart", "check_finite", "check_resume", "check_scorer", "command_of", "find_resume", "is_run",
+           "open_run", "prepare_output", "read_run", "read_state", "restore_state", "resume_differences",
+           "run_config", "start_run"]
 
 RUN_FILES = ("config.yaml", "last.pth", "metrics.csv", "curves.png", "tensorboard", "best.safetensors",
              "model.safetensors", "model_ema.safetensors", "unreadable.txt")
@@ -64,7 +67,7 @@ def _load_state(path: Path) -> dict[str, Any] | None:
 
 def command_of(config: Mapping[str, Any]) -> str:
     """The command that wrote a run with this configuration: the task configurations' own fields tell them apart
-    (``detector``: :class:`~locvit.tasks.config.DetectConfig`, ``head``: ``SegmentConfig``)."""
+    (``detector``: :class:`~locvit.dense.config.DetectConfig`, ``head``: ``SegmentConfig``)."""
     if "detector" in config:
         return "locvit detect train"
     if "head" in config:
@@ -274,8 +277,6 @@ def start_run(cfg: Any, world: int = 1) -> RunStart:
     ``cfg`` is a :class:`~locvit.engine.config.TrainConfig` or a dense task's configuration (its ``COMMAND`` names
     the command), ``world`` the number of processes. Raises ``ValueError`` / ``FileNotFoundError`` naming the
     folder, the run it holds and the flag that settles it."""
-    from locvit.engine.config import check_resume
-
     command, out = cfg.COMMAND, Path(cfg.output)
     start = RunStart(out)
     if cfg.resume:
@@ -305,3 +306,83 @@ def start_run(cfg: Any, world: int = 1) -> RunStart:
         raise ValueError(f"{out} already holds {found}; {hint}, or choose another --output")
     start.replace = found
     return start
+
+
+# What must stay the same for a resumed run to continue the interrupted one (the order and content of its batches,
+# the model whose state is restored).
+RESUME_INVARIANTS = ("model", "model_kwargs", "data", "img_size", "num_classes", "batch_size", "grad_accum_steps",
+                     "seed", "repeated_aug", "world_size", "task", "num_frames", "frame_sampling", "frame_stride")
+
+
+def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``'name: saved -> current'`` for each :data:`RESUME_INVARIANTS` entry that differs."""
+    out = []
+    for k in RESUME_INVARIANTS:
+        a, b = saved.get(k), current.get(k)
+        if k in saved and a != b:
+            out.append(f"{k}: {a!r} -> {b!r}")
+    return out
+
+
+def check_resume(path: str | Path, state: dict[str, Any], current: dict[str, Any], world: int,
+                 allow: bool) -> dict[str, Any]:
+    """Refuse to resume ``path`` (its loaded ``state``) with settings whose :func:`resume_differences` from the run
+    that wrote it would make the resumed run another one, unless ``allow`` (``--allow-config-change``). Returns the
+    run's saved settings (with its ``world_size``)."""
+    saved = dict(state.get("config") or {}, world_size=state.get("world_size", 1))
+    diffs = resume_differences(saved, dict(current, world_size=world))
+    if diffs and not allow:
+        raise ValueError(f"{path} belongs to a run with other settings ({'; '.join(diffs)}), so resuming "
+                         "would not continue it: use the run's settings, another --output for a new run, or "
+                         "--allow-config-change to resume anyway")
+    return saved
+
+
+# --- the run's state: output folder, last.pth, non-finite stop ----------------------------------------------------
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept (the CLI prints this as one line)."""
+
+
+def check_finite(loss: torch.Tensor, where: str, run_dir: Path, parts: str = "") -> None:
+    """Raise :class:`NonFiniteLossError` when ``loss`` is NaN/inf, saying ``where`` (the step) and which
+    checkpoint is the last good one in ``run_dir``."""
+    if torch.isfinite(loss).all():
+        return
+    last = run_dir / "last.pth"
+    kept = (f"the last good checkpoint is {last} (resume from it with --resume and a lower --lr)" if last.is_file()
+            else "no checkpoint was written before it")
+    raise NonFiniteLossError(f"non-finite loss ({loss.item()}{parts}) at {where}; training stopped, {kept}. Lower "
+                             "--lr, set --clip-grad or check the data")
+
+
+def prepare_output(run_dir: Path, need_bytes: int = 0) -> None:
+    """On the main process, before a run writes: the folder is writable (with ``need_bytes`` free), and temp files
+    of writes a kill interrupted are gone."""
+    from locvit.files import check_writable, remove_stale_temp_files
+
+    check_writable(run_dir, need_bytes)
+    remove_stale_temp_files(run_dir)
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A run's whole training state (``last.pth``: tensors and plain values only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def restore_state(state: dict[str, Any], path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any = None,
+                  ema: Any = None, what: str = "the model") -> None:
+    """Load a saved training state's model, optimiser, scheduler, grad scaler and EMA; a state that does not fit
+    the model as configured now is a :class:`~locvit.weights.CheckpointError` naming the file."""
+    from locvit.weights import CheckpointError
+
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} does not fit {what} as configured now ({str(e).splitlines()[0][:200]}); "
+                              "resume with the run's model settings") from None
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])

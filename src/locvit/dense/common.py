@@ -4,7 +4,6 @@ directory belongs to (also for ``locvit train`` / ``locvit eval``)."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -13,9 +12,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from locvit.data.loader import build_loader
+from locvit.dense.config import DenseConfig, build_task_config
 from locvit.engine.distributed import DistInfo, cleanup, init_distributed
-from locvit.engine.rundir import EVAL_COMMAND, check_scorer, open_run
-from locvit.tasks.config import DenseConfig, build_task_config
+from locvit.engine.run import EVAL_COMMAND, check_scorer, open_run
 
 C = TypeVar("C", bound=DenseConfig)
 
@@ -38,21 +37,6 @@ def session(cfg: DenseConfig) -> Iterator[DistInfo]:
 def report_size(model: nn.Module, what: str, dist: DistInfo) -> None:
     if dist.main:
         print(f"{what}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
-
-
-def backbone_kwargs(cfg: DenseConfig, build: Callable[..., Any]) -> dict[str, Any]:
-    """``checkpoint`` / ``pretrained`` / ``trust_pickle`` / ``model_kwargs`` (with the recipe's drop path) for a
-    ``locvit.dense`` builder; ``pretrained`` only where the builder offers it."""
-    out: dict[str, Any] = dict(model_kwargs=dict(dict(drop_path_rate=cfg.drop_path), **cfg.model_kwargs),
-                               trust_pickle=cfg.trust_checkpoint)
-    if cfg.checkpoint:
-        out["checkpoint"] = cfg.checkpoint
-    if cfg.pretrained:
-        if "pretrained" not in inspect.signature(build).parameters:
-            raise ValueError(f"this locvit has no released dense-task weights for {cfg.model} yet: pass the "
-                             "classification weights with --checkpoint FILE")
-        out["pretrained"] = True
-    return out
 
 
 def no_weight_decay(model: nn.Module) -> set[str]:
@@ -78,13 +62,6 @@ def eval_loader(dataset: Any, batch_size: int, workers: int, dist: DistInfo, col
                       num_workers=workers, collate_fn=collate)
 
 
-def load_weights(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> None:
-    """Trained task weights (a run's ``best.safetensors`` / ``model.safetensors`` / ``last.pth``), strictly."""
-    from locvit.checkpoint import load_checkpoint
-
-    load_checkpoint(model, path, strict=True, filter_fn=None, trust_pickle=trust_pickle)
-
-
 def eval_config(cls: type[C], config: str | None, overrides: dict[str, Any]) -> tuple[C, Path | None]:
     """The configuration of an ``eval`` command and the weights to score.
 
@@ -102,9 +79,7 @@ def eval_config(cls: type[C], config: str | None, overrides: dict[str, Any]) -> 
     elif weights is not None and not weights.is_file():
         raise FileNotFoundError(f"checkpoint {weights} does not exist")
     if config:
-        from locvit.tasks.config import load_recipe
-
-        base.update(load_recipe(config, {f: None for f in cls.__dataclass_fields__}))
+        base.update(cls.load_recipe(config))
     merged = {**base, **{k: v for k, v in overrides.items() if v is not None}}
     # the trained weights replace the backbone's initial ones; the schedule does not matter for scoring
     merged.update(checkpoint=None, pretrained=False, resume=None)

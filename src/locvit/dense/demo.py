@@ -2,7 +2,7 @@
 
 The data are written by :mod:`locvit.data.synthetic` into the run directory in the standard layouts (COCO JSON,
 ADE20K folders) and read by the same commands a user runs (``locvit detect train`` / ``locvit segment train``
-through :func:`locvit.tasks.detect.train_run` / :func:`locvit.tasks.segment.train_run`), with the
+through :func:`locvit.dense.detect.train_run` / :func:`locvit.dense.segment.train_run`), with the
 default pipeline: DataLoader workers, flips, (segmentation) random rescale, crops and photometric distortion.
 Mask R-CNN is scored with COCOeval (box and mask AP), Semantic FPN with mIoU; the table is printed and written to
 ``results.md`` / ``results.json``.
@@ -14,17 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from locvit._io import atomic_write_text
-from locvit.engine.demo import DEMO_MODELS
+from locvit.files import atomic_write_text
+from locvit.models import DENSE_DEMO_MODELS
 
 __all__ = ["DENSE_DEMO_MODELS", "DETECT", "SEGMENT", "run_dense_demo"]
 
-# the classification demo's small configurations; LocalViT's pyramid host (PVT) replaces its DeiT host here
-DENSE_DEMO_MODELS: dict[str, dict[str, Any]] = {
-    **{k: v for k, v in DEMO_MODELS.items() if k != "LocalViT"},
-    "LocalViT": dict(model="localvit_pvt_tiny", model_kwargs=dict(
-        embed_dims=[32, 64, 96, 128], num_heads=[1, 2, 3, 4], depths=[1, 1, 2, 1], mlp_ratios=[4, 4, 4, 4])),
-}
 DETECT: dict[str, Any] = dict(
     detector="mask_rcnn", epochs=6, batch_size=4, lr=5e-4, weight_decay=0.05, warmup_iters=50, lr_steps=[],
     drop_path=0.0, min_size=[128], max_size=192, fpn_channels=64, box_head_dim=256, mask_head_channels=[64, 64],
@@ -44,7 +38,7 @@ def run_dense_demo(task: str, output: str | Path = "runs/demo_detect", epochs: i
     """Generate the data, train and score each family's small model; returns the table rows. Each family's run
     goes to ``output/<family>``, replacing the run an earlier demo left there (``overwrite``)."""
     from locvit.data.synthetic import make_detection_data, make_segmentation_data
-    from locvit.tasks.config import DetectConfig, SegmentConfig, build_task_config
+    from locvit.dense.config import DetectConfig, SegmentConfig, build_task_config
 
     if task not in ("detect", "segment"):
         raise ValueError(f"task must be 'detect' or 'segment', got {task!r}")
@@ -69,11 +63,11 @@ def run_dense_demo(task: str, output: str | Path = "runs/demo_detect", epochs: i
               flush=True)
         t0, c0 = time.time(), _cpu_seconds()
         if task == "detect":
-            from locvit.tasks.detect import train_run
+            from locvit.dense.detect import train_run
 
             m = train_run(build_task_config(DetectConfig, None, recipe))
         else:
-            from locvit.tasks.segment import train_run
+            from locvit.dense.segment import train_run
 
             m = train_run(build_task_config(SegmentConfig, None, recipe))
         rows.append(dict(family=fam, model=spec["model"], train_s=time.time() - t0, cpu_s=_cpu_seconds() - c0,

@@ -6,15 +6,15 @@
   runs no code. Anything else that is pickled (e.g. Focal's yacs config) is refused with an error naming the
   object, unless the caller passes ``trust_pickle=True`` (CLI: ``--trust-checkpoint``), which falls back to
   full unpickling -- only for files from a source you trust.
-* Every family declares a ``checkpoint_filter_fn(state_dict, model)`` in its ``ModelSpec`` that maps official
-  keys to ours (and resizes tables/embeddings to the target model). :func:`load_checkpoint` finds it through the
-  model registry (:func:`find_filter_fn`); timm's own models use the filter of the timm module that registers
-  them, so they load their official files too.
+* :func:`load_weights` compares a state dict key by key with a model (strictly unless told otherwise), after an
+  optional ``filter_fn``; :func:`load_converted` loads another model's checkpoint and reports key by key what was
+  taken, converted, left and dropped. Every family's ``checkpoint_filter_fn`` (official keys -> ours, tables
+  resized) lives with its model; :func:`locvit.load_checkpoint` (:mod:`locvit.models.factory`) finds it and calls
+  :func:`load_weights`. Nothing in this package knows a model family.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import pickle
 import zipfile
@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from locvit._io import sha256_file
+from locvit.files import sha256_file
 
 StateDict = dict[str, torch.Tensor]
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
@@ -55,7 +55,21 @@ class NonFiniteWeightsError(CheckpointError):
 
 @dataclass
 class LoadReport:
-    """What :func:`load_checkpoint` did: keys loaded, model keys left as initialised, checkpoint keys dropped."""
+    """What loading a checkpoint did, key by key (keys are the target model's state-dict names).
+
+    Attributes:
+        loaded: tensors taken from the checkpoint (:func:`load_converted`: as they are, possibly renamed).
+        converted: tensors the family's ``checkpoint_filter_fn`` computed for this model (tables, kernels and
+            embeddings resized for another window or input size; merged projections). Filled by
+            :func:`load_converted`; :func:`load_weights` counts them as ``loaded``.
+        missing: parameters left as initialised (not in the checkpoint, zero-filled by the filter for a part the
+            checkpoint's geometry lacks, or skipped for another shape); also called ``new``.
+        rebuilt: buffers (index tables) the model computes for its own geometry instead of taking the checkpoint's.
+        unexpected: checkpoint tensors the model has no use for (classifier, final norm...); also ``dropped``.
+        mismatched: ``(key, checkpoint shape, model shape)`` of tensors skipped for their shape.
+        adapter_new: modules an adapter adds on top of the model (an FPN...), always newly initialised.
+        source: the file (or ``<state dict>``); sha256: the file's hash; model: the architecture's name.
+    """
 
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -63,22 +77,42 @@ class LoadReport:
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     source: str = "<state dict>"
     sha256: str | None = None  # of the file the weights came from
+    converted: list[str] = field(default_factory=list)
+    rebuilt: list[str] = field(default_factory=list)
+    adapter_new: list[str] = field(default_factory=list)
+    model: str | None = None
 
     @property
     def exact(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.rebuilt)
+
+    @property
+    def new(self) -> list[str]:
+        return self.missing
+
+    @property
+    def dropped(self) -> list[str]:
+        return self.unexpected
 
     def __str__(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors from {self.source}"]
+        n = len(self.loaded) + len(self.converted)
+        lines = [f"{self.model + ': ' if self.model else ''}loaded {n} tensors from {self.source}"]
         if self.sha256:
             lines.append(f"  file sha256 {self.sha256}")
+        if self.converted:
+            lines.append(f"  of which resized/converted by the family's checkpoint filter ({len(self.converted)}): "
+                         + _fmt(self.converted))
         if self.mismatched:
             lines.append(f"  skipped {len(self.mismatched)} with another shape (left as initialised): "
                          + _fmt([f"{k} {tuple(a)}->{tuple(b)}" for k, a, b in self.mismatched]))
         if self.missing:
             lines.append(f"  newly initialised ({len(self.missing)}): " + _fmt(self.missing))
+        if self.rebuilt:
+            lines.append(f"  buffers rebuilt for this model ({len(self.rebuilt)}): " + _fmt(self.rebuilt))
         if self.unexpected:
             lines.append(f"  dropped from the checkpoint ({len(self.unexpected)}): " + _fmt(self.unexpected))
+        if self.adapter_new:
+            lines.append(f"  adapter modules, newly initialised: {', '.join(self.adapter_new)}")
         return "\n".join(lines)
 
 
@@ -186,36 +220,18 @@ def head_classes(state: Mapping[str, torch.Tensor] | None) -> int | None:
     return None
 
 
-def find_filter_fn(model: nn.Module) -> Callable[[StateDict, nn.Module], StateDict] | None:
-    """The checkpoint filter of ``model``: its :class:`~locvit.models._registry.ModelSpec`'s (found by the
-    architecture its pretrained cfg names, else by its class), or, for timm's own models, the
-    ``checkpoint_filter_fn`` of the module that registers the architecture (timm's convention)."""
-    from timm.models import is_model, model_entrypoint
-
-    from locvit.models import spec_for_model
-
-    spec = spec_for_model(model)
-    if spec is not None:
-        return spec.filter_fn
-    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
-    if arch and is_model(arch):
-        module = importlib.import_module(model_entrypoint(arch).__module__)
-        return getattr(module, "checkpoint_filter_fn", None)
-    return None
-
-
-def _unwrap_model(model: nn.Module) -> nn.Module:
-    # timm's feature wrappers (features_only=True) keep the network in `.model`
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside timm's feature wrapper (``features_only=True`` keeps it in ``.model``), else ``model``."""
     inner = getattr(model, "model", None)
     return inner if isinstance(inner, nn.Module) and hasattr(model, "feature_info") else model
 
 
-def load_checkpoint(
+def load_weights(
     model: nn.Module,
     checkpoint: str | os.PathLike | Mapping[str, Any],
     *,
     strict: bool = True,
-    filter_fn: Callable | None | str = "auto",
+    filter_fn: Callable[[StateDict, nn.Module], StateDict] | None = None,
     trust_pickle: bool = False,
     use_ema: bool = False,
     allow_nonfinite: bool = False,
@@ -223,15 +239,16 @@ def load_checkpoint(
 ) -> LoadReport:
     """Load a checkpoint (path or dict; official or locvit format) into ``model``.
 
-    The state dict goes through the model family's ``checkpoint_filter_fn`` (official key names -> ours,
-    tables and embeddings resized to the model), then is compared key by key with the model.
+    The state dict goes through ``filter_fn`` when one is given (a family's ``checkpoint_filter_fn``: official key
+    names -> ours, tables and embeddings resized to the model), then is compared key by key with the model.
+    :func:`locvit.load_checkpoint` is this function with the model family's filter found for you.
 
     Args:
         model: the target model (a ``features_only`` wrapper is unwrapped).
         checkpoint: file path, or a (possibly wrapped) state dict.
         strict: raise :class:`CheckpointError` naming every missing, unexpected and mis-shaped key. With
             ``strict=False`` what fits is loaded and the rest is reported (fine-tuning, backbones).
-        filter_fn: ``'auto'`` (the family's filter), ``None`` (keys used as they are) or a callable.
+        filter_fn: ``None`` (keys used as they are) or ``filter_fn(state_dict, model) -> state_dict``.
         trust_pickle: see :func:`read_checkpoint`.
         use_ema: prefer EMA weights when present.
         allow_nonfinite: load tensors holding NaN/inf (refused by default: such a model outputs NaN).
@@ -240,7 +257,7 @@ def load_checkpoint(
     Returns:
         A :class:`LoadReport`.
     """
-    target = _unwrap_model(model)
+    target = unwrap_model(model)
     sha256 = None
     if isinstance(checkpoint, (str, os.PathLike)):
         source = str(checkpoint)
@@ -249,8 +266,6 @@ def load_checkpoint(
     else:
         source = source or "<state dict>"
         sd = unwrap_state_dict(checkpoint, use_ema=use_ema)
-    if filter_fn == "auto":
-        filter_fn = find_filter_fn(target)
     if filter_fn is not None:
         sd = filter_fn(dict(sd), target)
 
@@ -289,6 +304,54 @@ def load_checkpoint(
     return report
 
 
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr() if t.numel() else 0
+
+
+def load_converted(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    filter_fn: Callable[[StateDict, nn.Module], StateDict] | None,
+    *,
+    trust_pickle: bool = False,
+    use_ema: bool = False,
+) -> LoadReport:
+    """Load another model's checkpoint (a classification checkpoint into a backbone) non-strictly through
+    ``filter_fn``, and say for every key whether it was taken as it is (``loaded``), computed by the filter
+    (``converted``), left as initialised (``missing``; ``rebuilt`` for buffers) or dropped (``unexpected``).
+
+    A tensor counts as taken when the filter returned the checkpoint's own storage, as left when it returned the
+    model's own tensor or an all-zero one (a part the checkpoint's geometry lacks), as converted otherwise."""
+    target = unwrap_model(model)
+    if isinstance(checkpoint, (str, os.PathLike)):
+        source, raw = str(checkpoint), read_checkpoint(checkpoint, trust_pickle=trust_pickle, use_ema=use_ema)
+    else:
+        source, raw = "<state dict>", unwrap_state_dict(checkpoint, use_ema=use_ema)
+    own_storage = {k: _storage(v) for k, v in target.state_dict().items()}
+    sd = filter_fn(dict(raw), target) if filter_fn is not None else dict(raw)
+    raw_storage = {_storage(v) for v in raw.values()} - {0}
+    report = load_weights(target, sd, strict=False, source=source)
+    if isinstance(checkpoint, (str, os.PathLike)):
+        report.sha256 = sha256_file(checkpoint)
+    report.model = (getattr(target, "pretrained_cfg", None) or {}).get("architecture") or type(target).__name__
+    new, taken = list(report.missing) + [k for k, _, _ in report.mismatched], []
+    for k in report.loaded:
+        t, ptr = sd[k], _storage(sd[k])
+        if ptr and ptr == own_storage.get(k):  # the filter handed back the model's own tensor
+            new.append(k)
+        elif ptr in raw_storage:
+            taken.append(k)
+        elif t.is_floating_point() and t.numel() and not bool(t.any()):
+            new.append(k)  # zero-filled for a part the checkpoint's geometry lacks
+        else:
+            report.converted.append(k)
+    params = {n for n, _ in target.named_parameters()}
+    report.loaded = taken
+    report.missing = [k for k in new if k in params]
+    report.rebuilt = [k for k in new if k not in params]
+    return report
+
+
 def save_checkpoint(obj: Mapping[str, Any] | nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Write a checkpoint atomically (temp file in the same folder, fsync, rename over ``path``).
 
@@ -296,7 +359,7 @@ def save_checkpoint(obj: Mapping[str, Any] | nn.Module, path: str | os.PathLike,
     (e.g. a training state with optimizer and scheduler) with ``torch.save``. A kill at any moment leaves
     either the previous file or the complete new one, never a half-written file.
     """
-    from locvit._io import atomic_write
+    from locvit.files import atomic_write
 
     path = Path(path)
     sd = obj.state_dict() if isinstance(obj, nn.Module) else obj

@@ -11,21 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from locvit._io import atomic_write, atomic_write_text
+from locvit.files import atomic_write, atomic_write_text
+from locvit.models import DEMO_MODELS
 
 IMG = 32
-# One small configuration per family: the registered architecture, shrunk to a few hundred thousand parameters.
-DEMO_MODELS: dict[str, dict[str, Any]] = {
-    "RegionViT": dict(model="regionvit_tiny", model_kwargs=dict(
-        embed_dim=[32, 64, 128, 128], depth=[1, 1, 2, 1], num_heads=[2, 2, 4, 4], window_size=4)),
-    "Focal": dict(model="focal_tiny", model_kwargs=dict(
-        embed_dim=32, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4], window_size=4, focal_windows=[3, 3, 1, 1],
-        expand_sizes=[1, 1, 1, 1])),
-    "VVT": dict(model="vvt_tiny", model_kwargs=dict(
-        embed_dims=[32, 64, 96, 128], num_heads=[1, 2, 3, 4], depths=[1, 1, 2, 1], mlp_ratios=[4, 4, 4, 4])),
-    "LocalViT": dict(model="localvit_tiny", model_kwargs=dict(
-        patch_size=4, embed_dim=96, depth=4, num_heads=4, mlp_ratio=4, reduction=4)),
-}
 RECIPE = "digits"  # the shipped recipe (locvit/configs/digits.yaml), as `locvit train --config digits` uses it
 
 
@@ -33,11 +22,11 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, famili
              ) -> list[dict[str, Any]]:
     """Train, evaluate and compare; returns the table rows. Each family's run goes to ``output/<family>``,
     replacing the run an earlier demo left there (``overwrite``)."""
-    from locvit._registry import create_model
     from locvit.bench.flops import count_flops
     from locvit.bench.throughput import BenchSpec, benchmark
     from locvit.engine.config import build_config
     from locvit.engine.train import train
+    from locvit.models import create_model
 
     out = Path(output)
     rows = []

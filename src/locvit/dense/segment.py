@@ -13,7 +13,7 @@ argmax. With several test views (``--aug-test``, ``--test-ratios``, ``--test-fli
 each view is the image rescaled into ``test_scale`` x ratio, flipped or not, predicted as above and flipped back;
 the views' softmax probabilities are averaged at the label map's size (mmsegmentation's ``inference`` returns
 probabilities, and ``aug_test`` averages those), then argmax. Scores: mmsegmentation's ``IoUMetric``
-(:func:`locvit.tasks.metrics.segmentation_scores`).
+(:func:`locvit.dense.metrics.segmentation_scores`).
 """
 from __future__ import annotations
 
@@ -24,78 +24,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from locvit.data.loader import DataError
-from locvit.data.segmentation import SegmentationFolder, collate_segmentation, find_segmentation_split, rescale_size
-from locvit.engine.distributed import DistInfo, all_reduce_sum
-from locvit.engine.loop import fit
-from locvit.engine.rundir import start_run
-from locvit.engine.step import mixed_precision
-from locvit.tasks.common import (
-    backbone_kwargs,
+from locvit.dense.common import (
     eval_loader,
-    load_weights,
     no_weight_decay,
     report_size,
     session,
     train_loader,
 )
-from locvit.tasks.config import SegmentConfig, save_task_config
-from locvit.tasks.metrics import confusion_matrix, segmentation_scores
+from locvit.dense.config import SegmentConfig
+from locvit.dense.metrics import confusion_matrix, segmentation_scores
+from locvit.dense.segmentation_data import (
+    SegmentationFolder,
+    collate_segmentation,
+    find_segmentation_split,
+    rescale_size,
+)
+from locvit.dense.segmenters import Segmenter, build_segmenter
+from locvit.engine.distributed import DistInfo, all_reduce_sum
+from locvit.engine.loop import fit
+from locvit.engine.run import start_run
+from locvit.engine.step import mixed_precision
+from locvit.weights import load_weights
 
-__all__ = ["Segmenter", "SegmentationTask", "build_segmenter", "evaluate_run", "evaluate_segmenter", "predict",
+__all__ = ["SegmentationTask", "evaluate_run", "evaluate_segmenter", "predict",
            "predict_views", "train_run"]
-
-ARCH = {"fpn": "FPN", "upernet": "UPerNet"}
-
-
-class Segmenter(nn.Module):
-    """An smp encoder-decoder with an optional auxiliary FCN head, for inputs of any size.
-
-    ``forward`` returns logits at the input's size; in training mode with an auxiliary head, ``(logits,
-    aux_logits)``.
-    """
-
-    def __init__(self, smp_model: nn.Module, num_classes: int, aux_channels: int = 256, aux: bool = False,
-                 multiple: int = 32):
-        super().__init__()
-        self.smp = smp_model
-        self.multiple = multiple
-        self.aux_head = None
-        if aux:
-            c = self.smp.encoder.out_channels[-2]
-            self.aux_head = nn.Sequential(nn.Conv2d(c, aux_channels, 3, padding=1, bias=False),
-                                          nn.BatchNorm2d(aux_channels), nn.ReLU(inplace=True), nn.Dropout2d(0.1),
-                                          nn.Conv2d(aux_channels, num_classes, 1))
-
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        H, W = x.shape[-2:]
-        m = self.multiple
-        ph, pw = (m - H % m) % m, (m - W % m) % m
-        if ph or pw:  # after normalisation: zero is the mean colour
-            x = F.pad(x, (0, pw, 0, ph))
-        features = self.smp.encoder(x)
-        logits = self.smp.segmentation_head(self.smp.decoder(features))[..., :H, :W]
-        if self.aux_head is not None and self.training:
-            aux = F.interpolate(self.aux_head(features[-2]), size=x.shape[-2:], mode="bilinear", align_corners=False)
-            return logits, aux[..., :H, :W]
-        return logits
-
-
-def build_segmenter(cfg: SegmentConfig, num_classes: int, verbose: bool = True) -> Segmenter:
-    """The configured head on ``cfg.model`` (smp decoder + optional auxiliary head)."""
-    from locvit import dense
-
-    kw: dict[str, Any] = {}
-    if cfg.head == "fpn" and cfg.decoder_channels:
-        kw["decoder_pyramid_channels"] = cfg.decoder_channels
-    elif cfg.head == "upernet" and cfg.decoder_channels:
-        kw["decoder_channels"] = cfg.decoder_channels
-    bk = backbone_kwargs(cfg, dense.smp_model)
-    model = dense.smp_model(ARCH[cfg.head], cfg.model, num_classes, pad_to=None, verbose=verbose,
-                            checkpoint=bk.get("checkpoint"), trust_pickle=bk["trust_pickle"], **kw,
-                            **bk["model_kwargs"],
-                            **({"pretrained": True} if "pretrained" in bk else {}))
-    return Segmenter(model, num_classes, aux=cfg.aux_weight > 0)
-
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, cfg: SegmentConfig, out_size: tuple[int, int]) -> Tensor:
@@ -260,7 +212,7 @@ def load_split(cfg: SegmentConfig, split: str, num_classes: int, mean: Any, std:
 def _norm(cfg: SegmentConfig) -> tuple[Any, Any]:
     from timm.models import get_pretrained_cfg
 
-    from locvit._registry import resolve_alias
+    from locvit.models import resolve_alias
 
     pc = get_pretrained_cfg(resolve_alias(cfg.model))
     pc = pc.to_dict() if pc is not None else {}
@@ -280,7 +232,7 @@ def train_run(cfg: SegmentConfig) -> dict[str, Any]:
         model = build_segmenter(cfg, num_classes, verbose=dist.main)
         report_size(model.to(dist.device), f"{cfg.head} on {cfg.model}", dist)
         task = SegmentationTask(cfg, model, train_set, val_set, num_classes, dist)
-        return fit(cfg, task, dist, run_start, lambda path: save_task_config(cfg, path))
+        return fit(cfg, task, dist, run_start)
 
 
 def evaluate_run(cfg: SegmentConfig, weights: str | None) -> dict[str, Any]:
@@ -290,5 +242,5 @@ def evaluate_run(cfg: SegmentConfig, weights: str | None) -> dict[str, Any]:
         val_set = load_split(cfg, "val", num_classes, *_norm(cfg))
         model = build_segmenter(cfg, num_classes, verbose=False)
         if weights:
-            load_weights(model, weights, cfg.trust_checkpoint)
+            load_weights(model, weights, trust_pickle=cfg.trust_checkpoint)
         return evaluate_segmenter(model.to(dist.device), val_set, cfg, dist, num_classes)
