@@ -12,18 +12,29 @@ Tasks (``locvit detect`` / ``locvit segment``): :mod:`.config` (the configuratio
 predict on the shared loop :func:`locvit.engine.loop.fit`), :mod:`.metrics` (COCOeval, mIoU), :mod:`.common`
 (what the two tasks share), :mod:`.demo` (``locvit demo --task detect|segment``).
 """
-from locvit.dense.backbone import (
-    DenseRecipe,
-    LocvitFPN,
-    PretrainedReport,
-    create_backbone,
-    create_features,
-    dense_recipe,
-    load_pretrained,
-)
-from locvit.dense.detectors import faster_rcnn, keypoint_rcnn, mask_rcnn, retinanet
-from locvit.dense.segmenters import PadCrop, pad_to_multiple, smp_model
+from __future__ import annotations
 
-__all__ = ["DenseRecipe", "LocvitFPN", "PadCrop", "PretrainedReport", "create_backbone", "create_features",
-           "dense_recipe", "faster_rcnn", "keypoint_rcnn", "load_pretrained", "mask_rcnn", "pad_to_multiple",
-           "retinanet", "smp_model"]
+import importlib
+
+# public name -> the module that defines it, imported on first use (PEP 562): ``locvit.dense.config`` is read by
+# the command line's parser without loading the models
+_API = {
+    **dict.fromkeys(["DenseRecipe", "LocvitFPN", "PretrainedReport", "create_backbone", "create_features",
+                     "dense_recipe", "load_pretrained"], "locvit.dense.backbone"),
+    **dict.fromkeys(["faster_rcnn", "keypoint_rcnn", "mask_rcnn", "retinanet"], "locvit.dense.detectors"),
+    **dict.fromkeys(["PadCrop", "pad_to_multiple", "smp_model"], "locvit.dense.segmenters"),
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'locvit.dense' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
