@@ -1,91 +1,96 @@
-"""Shared layers: the cache-blocked inference paths give the plain expression's numbers and only run where they
-apply."""
-import pytest
-import torch
-from timm.layers import Mlp
-from torch import nn
+"""The import directions of docs/DESIGN.md: a module imports from its own package and from lower layers only.
 
-from locvit.layers import LocalityFeedForward, explicit_attention, fastpath, residual_mlp, token_mlp
+Every ``import`` in ``src/locvit`` is read, at module level and inside functions alike (a function-level import is
+still a dependency). The layer table below is the one drawn in docs/DESIGN.md and CONTRIBUTING.md; the test fails
+when the code climbs a layer or when the pictures and this table disagree.
+"""
+from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
 
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Blocks of a few rows, so a test-sized tensor is split into several (and a ragged last one)."""
-    monkeypatch.setattr(fastpath, "MLP_BLOCK_BYTES", 4 * 32 * 24)  # 24 rows of a 32-wide hidden
-    monkeypatch.setattr(fastpath, "MLP_MIN_ROWS", 1)
-    monkeypatch.setattr(fastpath, "MLP_MIN_TOKENS", 1)
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "locvit"
 
-
-def _parts(dim=16, hidden=32, bias=True):
-    torch.manual_seed(0)
-    norm = nn.LayerNorm(dim).eval()
-    mlp = Mlp(dim, hidden, bias=bias).eval()
-    with torch.no_grad():
-        norm.weight.normal_()
-        norm.bias.normal_()
-    return norm, mlp
-
-
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("layerscale", [False, True])
-def test_residual_mlp_blocked_matches_plain(small_blocks, bias, layerscale):
-    norm, mlp = _parts(bias=bias)
-    gamma = torch.rand(16) if layerscale else None
-    x = torch.randn(3, 37, 16)  # 111 rows: four blocks of 24 and a ragged 15
-    plain = x + (gamma if layerscale else 1) * mlp(norm(x))
-    calls = []
-    mlp.fc1.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    with torch.inference_mode():
-        got = residual_mlp(x, norm, mlp, nn.Identity(), gamma)
-    assert calls == [24, 24, 24, 24, 15]
-    assert got.shape == x.shape
-    torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
+# bottom to top; a package of layer i may import packages of layers < i (and its own package)
+LAYERS = [
+    ("files", "runtime", "labels"),
+    ("layers", "weights", "data"),
+    ("models",),
+    ("official", "deploy", "viz"),
+    ("engine", "export"),
+    ("bench", "dense"),
+    ("predict", "zoo", "hub", "demo"),
+    ("cli",),
+]
+RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
 
-def test_residual_mlp_plain_where_blocking_does_not_apply(small_blocks):
-    norm, mlp = _parts()
-    x = torch.randn(2, 50, 16, requires_grad=True)
-    calls = []
-    mlp.fc1.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
-    residual_mlp(x, norm, mlp).sum().backward()  # autograd: one call on the whole tensor, gradients flow
-    assert x.grad is not None and calls == [(2, 50, 16)]
-    mlp.train()
-    with torch.no_grad():
-        residual_mlp(x, norm, mlp)  # training mode (dropout would differ per block)
-    mlp.eval()
-    with torch.no_grad(), explicit_attention():
-        residual_mlp(x, norm, mlp)  # FLOP counting sees the plain ops
-    assert calls[1:] == [(2, 50, 16)] * 2
+def _package(module: str) -> str:
+    """``locvit.dense.detect`` -> ``dense``; ``locvit.__main__`` -> ``cli``; ``locvit`` (the API facade) -> ``''``."""
+    parts = module.split(".")
+    return "" if len(parts) == 1 else "cli" if parts[1] == "__main__" else parts[1]
 
 
-def test_residual_mlp_thresholds():
-    """Blocking needs a large map or a large hidden tensor (the shapes where it was measured to pay)."""
-    assert token_mlp._large(25600, 256)  # RegionViT-Ti stage 1
-    assert token_mlp._large(25088, 64)  # T2T token layer
-    assert token_mlp._large(6272, 768)  # Focal-T stage 2 (19 MB hidden)
-    assert not token_mlp._large(1576, 512)  # an isotropic ViT block
-    assert not token_mlp._large(6400, 512)
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, module)`` of every locvit module ``path`` imports (``from locvit import x`` -> ``locvit.x``)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("locvit"):
+            if node.module == "locvit":
+                out += [(node.lineno, f"locvit.{a.name}") for a in node.names if a.name != "__version__"]
+            else:
+                out.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "locvit"]
+    return out
 
 
-def test_locality_ffn_image_groups_match_whole_batch(monkeypatch):
-    """The fused inference path takes a large batch in groups of images; the result is the whole batch's."""
-    torch.manual_seed(0)
-    ffn = LocalityFeedForward(8, 4.0, "hs+se", 4).eval()
-    for m in ffn.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-    x = torch.randn(5, 50, 8)[:, 1:].transpose(1, 2).reshape(5, 8, 7, 7)  # token-view layout, as the models pass
-    with torch.inference_mode():
-        whole = ffn(x)
-        per_image = 4 * 7 * 7 * 32
-        monkeypatch.setattr(fastpath, "FFN_GROUP_MIN_BYTES", per_image)
-        monkeypatch.setattr(fastpath, "FFN_GROUP_BYTES", 2 * per_image)
-        calls = []
-        orig = ffn._forward_fused_group
-        monkeypatch.setattr(ffn, "_forward_fused_group", lambda g: calls.append(g.shape[0]) or orig(g))
-        grouped = ffn(x)
-    assert calls == [2, 2, 1]
-    assert grouped.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(grouped, whole, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(whole, ffn._forward_eval(x), rtol=1e-5, atol=1e-5)
+def _modules() -> list[tuple[Path, str]]:
+    out = []
+    for path in sorted(SRC.rglob("*.py")):
+        module = ".".join(path.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__")
+        out.append((path, module))
+    return out
+
+
+def test_every_package_has_a_layer():
+    packages = {_package(m) for _, m in _modules()} - {""}
+    assert packages == set(RANK), f"add to LAYERS (and docs/DESIGN.md): {sorted(packages - set(RANK))}; " \
+                                  f"gone: {sorted(set(RANK) - packages)}"
+
+
+def test_no_import_climbs_a_layer():
+    climbs = []
+    for path, module in _modules():
+        src = _package(module)
+        if not src:  # locvit/__init__.py: the public API binds names from every layer, lazily
+            continue
+        for line, target in _imports(path):
+            dst = _package(target)
+            if dst == src or (dst == "" and src == "cli"):  # the command line uses the public API as users do
+                continue
+            if dst not in RANK or RANK[dst] >= RANK[src]:
+                climbs.append(f"{path.relative_to(ROOT)}:{line}: {src} (layer {RANK[src]}) imports {target} "
+                              f"(layer {RANK.get(dst, 'top')})")
+    assert not climbs, "imports against docs/DESIGN.md's layers:\n" + "\n".join(climbs)
+
+
+def test_weights_know_no_model():
+    """The weights package reads, checks and loads state dicts; a family's filter is passed in by the caller."""
+    for path, module in _modules():
+        if _package(module) == "weights":
+            assert not [t for _, t in _imports(path) if _package(t) == "models"], path
+
+
+def _picture(path: Path) -> list[tuple[str, ...]]:
+    """The layer lines of a document's picture (``layer N  a, b, c   what they are``), bottom to top."""
+    rows = re.findall(r"^layer (\d+) {2}([\w, ]+?) {2,}", path.read_text(), flags=re.M)
+    layers = {int(n): tuple(p.strip() for p in names.split(",")) for n, names in rows}
+    return [layers[i] for i in sorted(layers)]
+
+
+def test_the_pictures_match():
+    for doc in ("docs/DESIGN.md", "CONTRIBUTING.md"):
+        assert _picture(ROOT / doc) == LAYERS, f"{doc}'s layer picture differs from tests/test_layers.py"
