@@ -14,6 +14,8 @@ import importlib
 import os
 import sys
 
+from locvit.runtime import lazy_api
+
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
@@ -41,17 +43,7 @@ _API = {
 __all__ = ["__version__", "register_models", *sorted(_API)]
 
 
-def __getattr__(name: str):
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'locvit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_api(__name__, _API)
 
 
 # Deprecated module paths (0.1) -> their home now; importable for one release.

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import io
 import logging
 import os
 import sys
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 # mallopt parameter numbers (glibc malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -116,3 +117,21 @@ def quiet() -> Iterator[None]:
     finally:
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)
+
+
+def lazy_api(package: str, api: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``__getattr__`` and ``__dir__`` (PEP 562) for ``package``, binding each public name of ``api`` (name ->
+    the module that defines it) on first use: importing the package costs nothing until a name is used."""
+
+    def __getattr__(name: str) -> Any:
+        module = api.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(api))
+
+    return __getattr__, __dir__

@@ -14,7 +14,7 @@ predict on the shared loop :func:`locvit.engine.loop.fit`), :mod:`.metrics` (COC
 """
 from __future__ import annotations
 
-import importlib
+from locvit.runtime import lazy_api
 
 # public name -> the module that defines it, imported on first use (PEP 562): ``locvit.dense.config`` is read by
 # the command line's parser without loading the models
@@ -27,14 +27,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'locvit.dense' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_api(__name__, _API)
