@@ -28,7 +28,8 @@ _CIFAR_URL = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.g
               "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"}
 _CIFAR_DIR = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # what a folder of images holds
-_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+#: what PIL raises on a file it cannot decode (an unreadable image is skipped and listed, never fatal)
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class SeededDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         try:
             img, target = self.load(index)
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             return Unreadable(index, self.describe(index), f"{type(e).__name__}: {e}"), self.target(index)
         if self.transform is not None:
             seed_sample(self.seed, self.epoch, index)
@@ -261,7 +262,7 @@ def check_readable(dataset: SeededDataset, max_tries: int = 64) -> None:
         try:
             dataset.load(i)
             return
-        except _DECODE_ERRORS:
+        except DECODE_ERRORS:
             continue
     where = getattr(dataset, "root", "the dataset")
     raise ValueError(f"no readable image in {where}: the {min(n, max_tries)} files tried could not be decoded")

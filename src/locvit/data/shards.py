@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from locvit.data.datasets import _DECODE_ERRORS, Unreadable, seed_sample, to_rgb
+from locvit.data.datasets import DECODE_ERRORS, Unreadable, seed_sample, to_rgb
 
 INFO = "_info.json"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "gif")
@@ -303,7 +303,7 @@ class ShardDataset(IterableDataset):
         try:
             with Image.open(io.BytesIO(raw[ext])) as im:
                 img = to_rgb(im)
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             return Unreadable(index, where, f"{type(e).__name__}: {e}"), target
         if self.transform is not None:
             seed_sample(self.seed, self.epoch, index)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from locvit.data.datasets import _DECODE_ERRORS, SeededDataset, Unreadable, seed_sample, to_rgb
+from locvit.data.datasets import DECODE_ERRORS, SeededDataset, Unreadable, seed_sample, to_rgb
 from locvit.data.loader import Batch, DataError
 
 __all__ = ["CocoDetection", "CocoSplit", "collate_detection", "detr_crop", "find_coco_split", "flip_permutation"]
@@ -428,7 +428,7 @@ class CocoDetection(SeededDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor | Unreadable, dict[str, torch.Tensor] | int]:
         try:
             img, t = self.load(index)
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             return Unreadable(index, self.describe(index), f"{type(e).__name__}: {e}"), self.target(index)
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
         if self.train and (self.hflip > 0 or self.detr_crop):

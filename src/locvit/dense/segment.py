@@ -209,7 +209,8 @@ def load_split(cfg: SegmentConfig, split: str, num_classes: int, mean: Any, std:
     return ds
 
 
-def _norm(cfg: SegmentConfig) -> tuple[Any, Any]:
+def image_norm(cfg: SegmentConfig) -> tuple[Any, Any]:
+    """The mean and std the backbone's pretrained cfg normalises images with (ImageNet's when it names none)."""
     from timm.models import get_pretrained_cfg
 
     from locvit.models import resolve_alias
@@ -224,7 +225,7 @@ def train_run(cfg: SegmentConfig) -> dict[str, Any]:
     with session(cfg) as dist:
         run_start = start_run(cfg, dist.world)  # --output and --resume checked before the data are read
         num_classes = cfg.num_classes or 150
-        mean, std = _norm(cfg)
+        mean, std = image_norm(cfg)
         train_set = load_split(cfg, "train", num_classes, mean, std)  # data errors surface before the model
         val_set = load_split(cfg, "val", num_classes, mean, std)
         if dist.main:
@@ -239,7 +240,7 @@ def evaluate_run(cfg: SegmentConfig, weights: str | None) -> dict[str, Any]:
     """``locvit segment eval``: score trained weights on the validation split."""
     with session(cfg) as dist:
         num_classes = cfg.num_classes or 150
-        val_set = load_split(cfg, "val", num_classes, *_norm(cfg))
+        val_set = load_split(cfg, "val", num_classes, *image_norm(cfg))
         model = build_segmenter(cfg, num_classes, verbose=False)
         if weights:
             load_weights(model, weights, trust_pickle=cfg.trust_checkpoint)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from locvit.data.datasets import _DECODE_ERRORS, SeededDataset, Unreadable, seed_sample, to_rgb
+from locvit.data.datasets import DECODE_ERRORS, SeededDataset, Unreadable, seed_sample, to_rgb
 from locvit.data.loader import Batch, DataError, Refused
 
 __all__ = ["SegmentationFolder", "collate_segmentation", "find_segmentation_split", "photometric_distort",
@@ -152,7 +152,7 @@ class SegmentationFolder(SeededDataset):
                     if a.size != b.size:
                         mismatched.append(f"{label} is {b.size[0]}x{b.size[1]}, {img.name} is "
                                           f"{a.size[0]}x{a.size[1]}")
-            except _DECODE_ERRORS:
+            except DECODE_ERRORS:
                 pass  # unreadable files are skipped and counted when loaded
             pairs.append((img, label))
         if missing:
@@ -196,7 +196,7 @@ class SegmentationFolder(SeededDataset):
                 _, lb = self.load(i)
             except DataError:
                 raise
-            except _DECODE_ERRORS as e:
+            except DECODE_ERRORS as e:
                 first_error = first_error or f"{self.describe(i)}: {type(e).__name__}: {e}"
                 continue
             y = self._labels(lb)
@@ -252,7 +252,7 @@ class SegmentationFolder(SeededDataset):
             img, label = self.load(index)
         except DataError as e:
             return Refused(index, self.describe(index), str(e)), index
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             return Unreadable(index, self.describe(index), f"{type(e).__name__}: {e}"), index
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         y = self._labels(label)

@@ -257,7 +257,7 @@ class SegmentPredictor:
 
     def __init__(self, cfg: Any, weights: str | os.PathLike | None, class_names: Sequence[str] | None = None,
                  device: str | torch.device | None = None):
-        from locvit.dense.segment import _norm
+        from locvit.dense.segment import image_norm
         from locvit.dense.segmenters import build_segmenter
 
         if weights is None:
@@ -268,7 +268,7 @@ class SegmentPredictor:
         self.class_names = list(class_names) if class_names else [f"class {i}" for i in range(self.num_classes)]
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for the run's {self.num_classes} classes")
-        mean, std = _norm(cfg)
+        mean, std = image_norm(cfg)
         self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
         self.model = build_segmenter(cfg, self.num_classes, verbose=False)
         load_weights(self.model, weights)
