@@ -11,8 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from locvit.bench.flops import count_flops
+from locvit.bench.throughput import BenchSpec, benchmark
+from locvit.engine.config import build_config
+from locvit.engine.train import train
 from locvit.files import atomic_write, atomic_write_text
-from locvit.models import DEMO_MODELS
+from locvit.models import DEMO_MODELS, create_model
 
 IMG = 32
 RECIPE = "digits"  # the shipped recipe (locvit/configs/digits.yaml), as `locvit train --config digits` uses it
@@ -22,12 +26,6 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, famili
              ) -> list[dict[str, Any]]:
     """Train, evaluate and compare; returns the table rows. Each family's run goes to ``output/<family>``,
     replacing the run an earlier demo left there (``overwrite``)."""
-    from locvit.bench.flops import count_flops
-    from locvit.bench.throughput import BenchSpec, benchmark
-    from locvit.engine.config import build_config
-    from locvit.engine.train import train
-    from locvit.models import create_model
-
     out = Path(output)
     rows = []
     for fam, spec in DEMO_MODELS.items():

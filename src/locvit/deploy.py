@@ -33,6 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from locvit.data.datasets import build_dataset, check_readable
+from locvit.data.loader import build_loader, build_transform
+from locvit.runtime import quiet
+
 #: backend -> (file suffix it reads, Python module it needs)
 BACKENDS = {"onnxruntime": (".onnx", "onnxruntime"), "openvino": (".xml", "openvino"), "pt2": (".pt2", "torch")}
 EXTRA = "pip install 'locvit[deploy]'"
@@ -272,9 +276,6 @@ def image_batches(data: str, split: str, model: nn.Module, img_size: tuple[int, 
     ``img_size``); at most ``limit`` images. Raises a ValueError for an empty or unreadable dataset."""
     from timm.data import resolve_data_config
 
-    from locvit.data.datasets import build_dataset, check_readable
-    from locvit.data.loader import build_loader, build_transform
-
     try:
         ds = build_dataset(data, split)
     except FileNotFoundError as e:
@@ -312,8 +313,6 @@ def quantize_int8(fp32_model: Any, calib: Sequence[np.ndarray], family: str | No
     if not calib:
         raise ValueError("no calibration images")
     import logging
-
-    from locvit.runtime import quiet
 
     dataset = nncf.Dataset(list(calib))
     nncf.set_log_level(logging.ERROR)

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from locvit.deploy import Runtime, image_batches, publish, temp_files_for
 from locvit.layers.attention import explicit_attention
+from locvit.models import create_model, family_of
 from locvit.runtime import quiet
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "openvino": ".xml"}
@@ -226,8 +228,6 @@ def export(
     say = log or (lambda s: None)
     t0 = time.perf_counter()
     if isinstance(model, str):
-        from locvit.models import create_model, family_of
-
         name = model
         family = family_of(name)
         torch.manual_seed(0)
@@ -251,8 +251,6 @@ def export(
     calib_batches: list[np.ndarray] = []
     if int8:
         # read (and so check) the images before the slow tracing: an empty or unreadable folder fails at once
-        from locvit.deploy import image_batches
-
         calib_batches = [b for b, _ in image_batches(calib, "train", model, size, 32, calib_images,
                                                      what="calibration images --calib")]
         val_batches = list(image_batches(val or calib, "val", model, size, 32, val_images,
@@ -271,8 +269,6 @@ def export(
             program = export_program(model, trace_x, dynamic_batch)
     except Exception as e:  # noqa: BLE001 - report what torch.export says, in one line
         raise ExportError(f"torch.export failed for {name}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
-
-    from locvit.deploy import Runtime, publish, temp_files_for
 
     # temporary names keep the extension (torch.export.load wants '.pt2'; an IR's .xml and .bin share a stem)
     if format == "openvino":
@@ -348,8 +344,6 @@ def _worst_diff(model: nn.Module, run: Callable[[Tensor], Any], inputs: list[Ten
 
 def _family_of_module(model: nn.Module) -> str | None:
     """The locvit family of a built model (from its timm architecture name), None for other models."""
-    from locvit.models import family_of
-
     arch = getattr(model, "default_cfg", {}).get("architecture") or getattr(model, "pretrained_cfg", {}).get(
         "architecture")
     try:

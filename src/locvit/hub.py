@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from locvit.labels import LABEL_KEY, check_label_names, read_label_names
+from locvit.models import create_model
 from locvit.weights.checkpoint import CheckpointError, LoadReport
 
 __all__ = ["ConvertResult", "convert", "model_card", "push_to_hub"]
@@ -87,8 +88,6 @@ def convert(
     """
     import timm
     from timm.models import save_for_hf
-
-    from locvit.models import create_model
 
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):

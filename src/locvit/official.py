@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from locvit.models import names_of, official_translator, translated_classes
+from locvit.weights import load_weights
 
 
 def official_classes() -> list[str]:
@@ -59,8 +60,6 @@ def from_official(
     kwargs.update(overrides)
     model = spec.model_cls(**kwargs)
     if state_dict is not None:
-        from locvit.weights import load_weights
-
         load_weights(model, state_dict, strict=True, filter_fn=spec.filter_fn)
     return model
 

@@ -35,6 +35,7 @@ from locvit.files import atomic_write_text
 from locvit.layers import fastpath, token_mlp
 from locvit.layers.attention import attend
 from locvit.layers.locality_ffn import LocalityFeedForward
+from locvit.models import create_model
 
 CASES = ("mlp", "ffn_groups", "se_gate", "vvt_chunks", "sdpa_bias")
 
@@ -150,8 +151,6 @@ def bench_se_gate(rounds: int) -> list[dict[str, Any]]:
 
 
 def bench_vvt_chunks(rounds: int) -> list[dict[str, Any]]:
-    from locvit.models import create_model
-
     model, x = create_model("vvt_tiny").eval(), torch.randn(8, 3, 224, 224)
 
     def run(chunk: int) -> torch.Tensor:

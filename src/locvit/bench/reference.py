@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from locvit.models import ALIASES, create_model, family_of
+
 
 class Ref(NamedTuple):
     params_m: float | None
@@ -92,7 +94,6 @@ COUNTER_NOTE = ("fvcore also counts normalisation layers (BatchNorm/LayerNorm/Gr
 def flops_table(models: list[str], official_counts: dict[str, float] | None = None) -> str:
     """Markdown table of params and GMACs at each model's default size against the official figures."""
     from locvit.bench.flops import count_flops
-    from locvit.models import ALIASES, create_model, family_of
 
     inv: dict[str, list[str]] = {}
     for alias, canon in ALIASES.items():

@@ -22,6 +22,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from locvit.export import ExportError, export, max_abs_diff
+from locvit.models import clip_length, create_model, family_of
 from locvit.runtime import allocator_settings
 
 
@@ -95,8 +97,6 @@ class Runner:
     """
 
     def __init__(self, spec: BenchSpec, model: nn.Module | None = None, files: dict[str, Any] | None = None):
-        from locvit.models import create_model
-
         self.spec = spec
         self.device = torch.device(spec.device)
         if spec.threads:
@@ -108,8 +108,6 @@ class Runner:
         fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
         if spec.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        from locvit.models import clip_length
-
         self.num_frames = (spec.num_frames or clip_length(model)) if clip_length(model) else None
         self.input_shape = (3, self.num_frames, *spec.img_size) if self.num_frames else (3, *spec.img_size)
         x = torch.randn(spec.batch_size, *self.input_shape, device=self.device)
@@ -158,7 +156,6 @@ class Runner:
         import tempfile
 
         from locvit import deploy
-        from locvit.export import ExportError, export, max_abs_diff
 
         fmt, int8 = BACKENDS[self.spec.backend]
         model.eval()
@@ -242,8 +239,6 @@ def _quiet_stderr():
 
 
 def _family(name: str) -> str | None:
-    from locvit.models import family_of
-
     try:
         return family_of(name)
     except (KeyError, ValueError):
@@ -277,8 +272,6 @@ def create_at_size(name: str, size: int | tuple[int, int], kwargs: dict[str, Any
     their tables and position embeddings once instead of resizing them on every call, which exported graphs would
     also do: OpenVINO's bicubic Resize does not reproduce torch's); models without an ``img_size`` argument (timm's
     PVT v2) are built without it. Returns the model and the keyword arguments that built it."""
-    from locvit.models import create_model
-
     kw = dict(kwargs or {}, img_size=size)
     try:
         return create_model(name, **kw), kw

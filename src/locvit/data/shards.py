@@ -42,6 +42,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from locvit.data.datasets import DECODE_ERRORS, Unreadable, seed_sample, to_rgb
+from locvit.files import atomic_write, atomic_write_text, check_writable
 
 INFO = "_info.json"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "gif")
@@ -398,7 +399,6 @@ def write_shards(data: str, output: str | os.PathLike, shard_size: int = 1000,
     indices, so shard and folder runs seed augmentation alike), with ``OUTPUT/_info.json``. Image files are stored
     as they are; in-memory datasets as PNG. Every file is written atomically; ``_info.json`` last. Returns the info."""
     from locvit.data.datasets import ArrayDataset, ImageFolderDataset, build_dataset
-    from locvit.files import atomic_write, atomic_write_text, check_writable
 
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")

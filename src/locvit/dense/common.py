@@ -15,6 +15,7 @@ from locvit.data.loader import build_loader
 from locvit.dense.config import DenseConfig, build_task_config
 from locvit.engine.distributed import DistInfo, cleanup, init_distributed
 from locvit.engine.run import EVAL_COMMAND, check_scorer, open_run
+from locvit.engine.step import seed_step
 
 C = TypeVar("C", bound=DenseConfig)
 
@@ -22,8 +23,6 @@ C = TypeVar("C", bound=DenseConfig)
 @contextlib.contextmanager
 def session(cfg: DenseConfig) -> Iterator[DistInfo]:
     """torchrun's process group (when there is one) and the device, determinism and initial seed of ``cfg``."""
-    from locvit.engine.step import seed_step
-
     dist = init_distributed(cfg.device, cfg.dist_timeout)
     try:
         if cfg.deterministic:

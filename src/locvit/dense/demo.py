@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from locvit.data.synthetic import make_detection_data, make_segmentation_data
 from locvit.files import atomic_write_text
 from locvit.models import DENSE_DEMO_MODELS
 
@@ -37,7 +38,6 @@ def run_dense_demo(task: str, output: str | Path = "runs/demo_detect", epochs: i
                    families: list[str] | None = None, workers: int | None = None) -> list[dict[str, Any]]:
     """Generate the data, train and score each family's small model; returns the table rows. Each family's run
     goes to ``output/<family>``, replacing the run an earlier demo left there (``overwrite``)."""
-    from locvit.data.synthetic import make_detection_data, make_segmentation_data
     from locvit.dense.config import DetectConfig, SegmentConfig, build_task_config
 
     if task not in ("detect", "segment"):

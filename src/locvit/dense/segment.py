@@ -44,6 +44,7 @@ from locvit.engine.distributed import DistInfo, all_reduce_sum
 from locvit.engine.loop import fit
 from locvit.engine.run import start_run
 from locvit.engine.step import mixed_precision
+from locvit.models import resolve_alias
 from locvit.weights import load_weights
 
 __all__ = ["SegmentationTask", "evaluate_run", "evaluate_segmenter", "predict",
@@ -212,8 +213,6 @@ def load_split(cfg: SegmentConfig, split: str, num_classes: int, mean: Any, std:
 def image_norm(cfg: SegmentConfig) -> tuple[Any, Any]:
     """The mean and std the backbone's pretrained cfg normalises images with (ImageNet's when it names none)."""
     from timm.models import get_pretrained_cfg
-
-    from locvit.models import resolve_alias
 
     pc = get_pretrained_cfg(resolve_alias(cfg.model))
     pc = pc.to_dict() if pc is not None else {}

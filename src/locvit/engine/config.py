@@ -295,7 +295,7 @@ def load_yaml(path: str | Path, fields: dict[str, Any] | None = None, folder: Pa
 
 def family_recipe(model: str) -> dict[str, Any]:
     """The recipe shipped for a model's family and size class, when there is one."""
-    from locvit.models import family_of, resolve_alias
+    from locvit.models import family_of, resolve_alias  # here: the command line's parser reads this module
 
     fam = family_of(model)
     name = resolve_alias(model)

@@ -10,7 +10,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from locvit.data.datasets import build_dataset, check_readable
+from locvit.data.loader import build_loader, default_workers, eval_transform
+from locvit.data.video import build_video_dataset, clip_eval_transform
 from locvit.engine.distributed import all_reduce_sum
+from locvit.models import create_model
 
 
 @torch.no_grad()
@@ -64,11 +68,7 @@ def evaluate_model(model_name: str, data: str, checkpoint: str | None = None, sp
     scores averaged over them).
 
     Raises ``ValueError`` when the model's outputs are not finite (NaN weights or an input it cannot take)."""
-    from locvit.data.datasets import build_dataset, check_readable
-    from locvit.data.loader import build_loader, default_workers, eval_transform
-    from locvit.data.video import build_video_dataset, clip_eval_transform
     from locvit.engine.video import MultiViewModel
-    from locvit.models import create_model
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")

@@ -30,6 +30,9 @@ from typing import Any, Mapping
 
 import torch
 
+from locvit.files import check_writable, remove_stale_temp_files
+from locvit.weights import CheckpointError
+
 __all__ = ["EVAL_COMMAND", "REPLACED", "RESUME_INVARIANTS", "RUN_FILES", "RUN_WEIGHTS", "NonFiniteLossError", "RunInfo",
            "RunStart", "check_finite", "check_resume", "check_scorer", "command_of", "find_resume", "is_run",
            "open_run", "prepare_output", "read_run", "read_state", "restore_state", "resume_differences",
@@ -358,8 +361,6 @@ def check_finite(loss: torch.Tensor, where: str, run_dir: Path, parts: str = "")
 def prepare_output(run_dir: Path, need_bytes: int = 0) -> None:
     """On the main process, before a run writes: the folder is writable (with ``need_bytes`` free), and temp files
     of writes a kill interrupted are gone."""
-    from locvit.files import check_writable, remove_stale_temp_files
-
     check_writable(run_dir, need_bytes)
     remove_stale_temp_files(run_dir)
 
@@ -373,8 +374,6 @@ def restore_state(state: dict[str, Any], path: Path, model: Any, optimizer: Any,
                   ema: Any = None, what: str = "the model") -> None:
     """Load a saved training state's model, optimiser, scheduler, grad scaler and EMA; a state that does not fit
     the model as configured now is a :class:`~locvit.weights.CheckpointError` naming the file."""
-    from locvit.weights import CheckpointError
-
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

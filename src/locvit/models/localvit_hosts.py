@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from locvit.models._registry import ModelSpec, register_family_model
 from locvit.models.interface import check_image
+from locvit.weights.checkpoint import LoadReport
 
 __all__: list[str] = []
 
@@ -49,7 +50,6 @@ def _check_input(model: nn.Module, args: tuple) -> None:
 
 def _localized(host: str, pretrained: bool, kwargs: dict[str, Any], **lff: Any) -> nn.Module:
     from locvit.models.localize import localize
-    from locvit.weights.checkpoint import LoadReport
 
     kwargs.pop("pretrained_cfg", None)  # timm's tag for this name; the host resolves its own
     kwargs.pop("trust_pickle", None)  # timm's loader reads the host's weights itself

@@ -72,6 +72,7 @@ from locvit.models.args import (
 )
 from locvit.models.builder import build_model, init_linear_layernorm, make_cfg
 from locvit.models.interface import PyramidStages
+from locvit.weights.checkpoint import CheckpointError
 
 __all__ = ["R2LAttention", "R2LBlock", "RegionViT", "RegionViTStage", "r2l_window_mask", "rel_pos_index"]
 
@@ -641,8 +642,6 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RegionViT) -> dic
     * a ``det_norm`` model loading an ImageNet checkpoint keeps its freshly initialised detection norms (the
       official detection fine-tuning starts them that way).
     """
-    from locvit.weights.checkpoint import CheckpointError
-
     if any(k.startswith(_D2_PREFIX) for k in state_dict):
         state_dict = {k[len(_D2_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_D2_PREFIX)}
     own = model.state_dict()

@@ -19,6 +19,15 @@ import torch
 from PIL import Image
 from torch import nn
 
+from locvit.data.datasets import IMAGE_EXTENSIONS, FileListDataset, to_rgb
+from locvit.data.loader import build_loader, eval_transform
+from locvit.data.video import VIDEO_EXTENSIONS, VideoFileList, clip_eval_transform, is_clip, middle_frame
+from locvit.engine.config import TrainConfig
+from locvit.engine.run import open_run
+from locvit.engine.video import MultiViewModel, check_task, video_data_kwargs
+from locvit.labels import check_label_names, class_name, label_names_of, read_label_names
+from locvit.models import create_model, load_checkpoint
+
 __all__ = ["Prediction", "Predictor", "expand_inputs"]
 
 
@@ -53,9 +62,6 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], video: bool = False) -> l
     each file once. With ``video``: video files and frame folders (a folder holding frame images is one clip;
     another folder stands for the clips anywhere below it). An empty folder, a pattern without matches or a missing
     path is a ``ValueError`` / ``FileNotFoundError`` naming it."""
-    from locvit.data.datasets import IMAGE_EXTENSIONS
-    from locvit.data.video import VIDEO_EXTENSIONS, is_clip
-
     def found_in(folder: Path) -> list[Path]:
         if video:
             if is_clip(folder):
@@ -94,8 +100,6 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], video: bool = False) -> l
 def to_image(x: Any) -> Image.Image:
     """8-bit RGB from a PIL image, an ``H x W [x C]`` numpy array or a ``[C x] H x W`` tensor (uint8, or floats in
     [0, 1]; 1, 3 or 4 channels), or an image file."""
-    from locvit.data.datasets import to_rgb
-
     if isinstance(x, Image.Image):
         return to_rgb(x)
     if isinstance(x, (str, os.PathLike)):
@@ -157,13 +161,6 @@ class Predictor:
                  batch_size: int = 32, workers: int = 0, task: str | None = None, num_frames: int | None = None,
                  frame_sampling: str | None = None, frame_stride: int | None = None, test_clips: int = 1,
                  test_crops: int = 1):
-        from locvit.data.loader import eval_transform
-        from locvit.data.video import clip_eval_transform
-        from locvit.engine.config import TrainConfig
-        from locvit.engine.run import open_run
-        from locvit.engine.video import MultiViewModel, check_task, video_data_kwargs
-        from locvit.labels import check_label_names, label_names_of, read_label_names
-
         if batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
         run: dict[str, Any] = {}
@@ -185,13 +182,9 @@ class Predictor:
         if isinstance(model, nn.Module):
             self.model = model
             if checkpoint is not None:
-                from locvit.models import load_checkpoint
-
                 load_checkpoint(model, checkpoint, trust_pickle=trust_pickle)
             self.name = type(model).__name__
         else:
-            from locvit.models import create_model
-
             name = model or run.get("model")
             if not name:
                 raise ValueError("no model: pass --model NAME, or a run directory as --checkpoint")
@@ -240,8 +233,6 @@ class Predictor:
         return out
 
     def _results(self, logits: torch.Tensor, sources: Sequence[str], topk: int) -> list[Prediction]:
-        from locvit.labels import class_name
-
         probs = logits.softmax(dim=1)
         top = probs.topk(topk, dim=1)
         return [Prediction(src, idx.tolist(), p.tolist(), [class_name(self.label_names, i) for i in idx.tolist()],
@@ -278,10 +269,6 @@ class Predictor:
         :class:`~locvit.data.datasets.Unreadable` records of the files that did not decode (skipped)."""
         from tqdm import tqdm
 
-        from locvit.data.datasets import FileListDataset
-        from locvit.data.loader import build_loader
-        from locvit.data.video import VideoFileList
-
         topk = self._check_topk(topk or self.topk)
         dataset = (VideoFileList(paths, transform=self.transform, **self.clip) if self.video
                    else FileListDataset(paths, self.transform))
@@ -309,8 +296,6 @@ class Predictor:
 
     def preview(self, source: str | os.PathLike) -> Image.Image:
         """The picture of an input: the image, or a clip's middle frame."""
-        from locvit.data.video import middle_frame
-
         return middle_frame(source) if self.video else to_image(source)
 
     def class_index(self, target: int | str | None) -> int | None:

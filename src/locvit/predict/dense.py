@@ -22,6 +22,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from locvit.data.datasets import FileListDataset, Unreadable
+from locvit.data.loader import build_loader
+from locvit.dense.coco import collate_detection
+from locvit.dense.detect import load_split, test_size
+from locvit.dense.detectors import build_detector
+from locvit.dense.segment import image_norm, predict
+from locvit.dense.segmentation_data import rescale_size
+from locvit.dense.segmenters import build_segmenter
 from locvit.predict.core import to_image
 from locvit.weights import load_weights
 
@@ -155,9 +163,6 @@ class DetectPredictor:
 
     def __init__(self, cfg: Any, weights: str | os.PathLike | None, score_thr: float = 0.5,
                  device: str | torch.device | None = None):
-        from locvit.dense.detect import load_split
-        from locvit.dense.detectors import build_detector
-
         self.score_thr = check_score_thr(score_thr)
         if weights is None:
             raise ValueError("no weights: pass --checkpoint RUN_DIR (or its best.safetensors): an untrained "
@@ -191,8 +196,6 @@ class DetectPredictor:
 
     @torch.no_grad()
     def _run(self, images: list[Tensor], sources: list[str]) -> list[Detections]:
-        from locvit.dense.detect import test_size
-
         with test_size(self.model, self.cfg):
             outputs = self.model([im.to(self.device) for im in images])
         return [self._detections(o, s) for o, s in zip(outputs, sources)]
@@ -212,10 +215,6 @@ class DetectPredictor:
         decode (skipped)."""
         from torchvision.transforms.functional import to_tensor
         from tqdm import tqdm
-
-        from locvit.data.datasets import FileListDataset
-        from locvit.data.loader import build_loader
-        from locvit.dense.coco import collate_detection
 
         dataset = FileListDataset(paths, to_tensor)
         loader = build_loader(dataset, batch_size, training=False, workers=workers, collate_fn=collate_detection)
@@ -257,9 +256,6 @@ class SegmentPredictor:
 
     def __init__(self, cfg: Any, weights: str | os.PathLike | None, class_names: Sequence[str] | None = None,
                  device: str | torch.device | None = None):
-        from locvit.dense.segment import image_norm
-        from locvit.dense.segmenters import build_segmenter
-
         if weights is None:
             raise ValueError("no weights: pass --checkpoint RUN_DIR (or its best.safetensors): an untrained "
                              "segmenter predicts nothing")
@@ -279,9 +275,6 @@ class SegmentPredictor:
     @torch.no_grad()
     def segment(self, image: Image.Image, source: str) -> Segmentation:
         import torch.nn.functional as F
-
-        from locvit.dense.segment import predict
-        from locvit.dense.segmentation_data import rescale_size
 
         x = _to_uint8(image).float()
         size = tuple(x.shape[-2:])
@@ -333,7 +326,6 @@ def predict_command(task: str, cfg: Any, weights: Any, inputs: Sequence[str], ou
     import json
     import sys
 
-    from locvit.data.datasets import FileListDataset, Unreadable
     from locvit.predict.core import expand_inputs
     from locvit.predict.output import picture_name, save_png, staged, write_unreadable
 

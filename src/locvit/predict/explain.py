@@ -37,6 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from locvit.labels import class_name
+from locvit.viz import draw
+from locvit.viz.draw import weights_note
+from locvit.viz.image import Prepared
+from locvit.viz.run import mechanism_figure
+
 __all__ = ["Explanation", "as_map", "explain", "grad_cam", "plot_explanation"]
 
 
@@ -138,7 +144,6 @@ class Explanation:
 def explain(predictor: Any, image: Any, source: str, target: int | None = None, stage: int = -1) -> Explanation:
     """The Grad-CAM :class:`Explanation` of ``predictor``'s model for ``image`` (anything
     :func:`locvit.predict.core.to_image` takes), preprocessed as the prediction was, on stage map ``stage``."""
-    from locvit.labels import class_name
     from locvit.predict.core import to_image
 
     x = predictor.transform(to_image(image))[None].to(predictor.device)
@@ -154,8 +159,6 @@ def explain(predictor: Any, image: Any, source: str, target: int | None = None, 
 
 def plot_explanation(exp: Explanation, path: str | Path) -> Path:
     """The model input, and the map drawn over it (``inferno``), titled with the class and the layer."""
-    from locvit.viz import draw
-
     plt = draw.plt()
     fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.8))
     H, W = exp.display.shape[:2]
@@ -176,9 +179,6 @@ def write_explanations(predictor: Any, predictions: Any, folder: Path, target: i
     Returns a line per image saying where the evidence peaks."""
     from locvit.predict.core import to_image
     from locvit.predict.output import picture_name
-    from locvit.viz.draw import weights_note
-    from locvit.viz.image import Prepared
-    from locvit.viz.run import mechanism_figure
 
     lines = []
     for i, p in enumerate(predictions):

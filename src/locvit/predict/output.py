@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from locvit.files import check_writable
+
 __all__ = ["annotate", "contact_sheet", "fit_tile", "staged", "write_outputs", "write_unreadable"]
 
 TILE = 256  # side of the square an image is fitted into in the pictures
@@ -87,8 +89,6 @@ def picture_name(index: int, source: str) -> str:
 def staged(output: str | os.PathLike) -> Iterator[Path]:
     """A temporary folder next to ``output`` to write into; when the block ends without an error its files move
     into ``output`` (created), otherwise they are deleted and ``output`` is left as it was."""
-    from locvit.files import check_writable
-
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output} is a file; choose a folder")

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from locvit.layers.locality_ffn import LocalityFeedForward, fold_batchnorm
+from locvit.models.localvit import LocalViT
 from locvit.viz import draw
 from locvit.viz.erf import ERF
 
@@ -64,8 +65,6 @@ def depthwise_kernels(model: nn.Module) -> list[DepthwiseKernels]:
 
 def host_model(name: str, model: nn.Module) -> tuple[str, nn.Module] | None:
     """``(label, host)``: the LocalViT model's host with a plain MLP, randomly initialised, or None if unknown."""
-    from locvit.models.localvit import LocalViT
-
     if isinstance(model, LocalViT):
         ff = model.blocks[0].conv
         hidden = ff.conv.part("expand").out_channels

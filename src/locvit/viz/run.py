@@ -11,7 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from locvit.layers.locality_ffn import LocalityFeedForward
 from locvit.models import create_model
+from locvit.models.focal import FocalTransformer
+from locvit.models.regionvit import RegionViT
+from locvit.models.vvt import VicinityVisionTransformer
 from locvit.viz import draw
 from locvit.viz.erf import effective_receptive_fields, plot_erf_grid
 from locvit.viz.image import Prepared, check_query, model_input_size, prepare, read_image
@@ -19,11 +23,6 @@ from locvit.viz.image import Prepared, check_query, model_input_size, prepare, r
 
 def mechanism(model: nn.Module) -> str | None:
     """Which mechanism figure a model gets: ``'regionvit' | 'focal' | 'vvt' | 'localvit'`` or None."""
-    from locvit.layers.locality_ffn import LocalityFeedForward
-    from locvit.models.focal import FocalTransformer
-    from locvit.models.regionvit import RegionViT
-    from locvit.models.vvt import VicinityVisionTransformer
-
     if isinstance(model, RegionViT):
         return "regionvit"
     if isinstance(model, FocalTransformer):  # v2 included

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from locvit.files import sha256_file
+from locvit.files import atomic_write, sha256_file
 
 StateDict = dict[str, torch.Tensor]
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
@@ -359,8 +359,6 @@ def save_checkpoint(obj: Mapping[str, Any] | nn.Module, path: str | os.PathLike,
     (e.g. a training state with optimizer and scheduler) with ``torch.save``. A kill at any moment leaves
     either the previous file or the complete new one, never a half-written file.
     """
-    from locvit.files import atomic_write
-
     path = Path(path)
     sd = obj.state_dict() if isinstance(obj, nn.Module) else obj
 
