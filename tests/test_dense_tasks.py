@@ -604,19 +604,18 @@ def test_run_of_another_command_named(tmp_path):
     """`eval` or `--resume` on a run of another command (detect / segment / classification): one line naming the
     run's command and the command to use, before anything is built; the classification one works as given."""
     from locvit import create_model, save_checkpoint
-    from locvit.dense.config import save_task_config
-    from locvit.engine.config import build_config, save_config
+    from locvit.engine.config import build_config
 
     runs = {k: tmp_path / k for k in ("detect", "segment", "train")}
     for run in runs.values():
         run.mkdir()
         # the position a loop saves in last.pth (never used further: the command is refused first)
         torch.save(dict(global_step=0, epoch=0, epoch_totals=[None], history=[]), run / "last.pth")
-    save_task_config(DetectConfig(iters=1), runs["detect"] / "config.yaml")
-    save_task_config(SegmentConfig(iters=1), runs["segment"] / "config.yaml")
+    DetectConfig(iters=1).save(runs["detect"] / "config.yaml")
+    SegmentConfig(iters=1).save(runs["segment"] / "config.yaml")
     tiny = dict(depth=1, embed_dim=32, num_heads=2, reduction=4)
-    save_config(build_config(None, dict(model="localvit_tiny", model_kwargs=tiny, img_size=32, data="digits",
-                                        epochs=2, warmup_epochs=0)), runs["train"] / "config.yaml")
+    build_config(None, dict(model="localvit_tiny", model_kwargs=tiny, img_size=32, data="digits", epochs=2,
+                            warmup_epochs=0)).save(runs["train"] / "config.yaml")
     for k in ("detect", "segment"):
         (runs[k] / "best.safetensors").write_bytes(b"")
     save_checkpoint(create_model("localvit_tiny", num_classes=10, img_size=32, **tiny),

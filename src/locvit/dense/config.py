@@ -13,8 +13,7 @@ from typing import Any, ClassVar, TypeVar
 
 from locvit.engine.config import RunConfig, load_yaml, resolve_config_path
 
-__all__ = ["DENSE_CONFIG_DIR", "DenseConfig", "DetectConfig", "SegmentConfig", "build_task_config", "load_recipe",
-           "save_task_config"]
+__all__ = ["DENSE_CONFIG_DIR", "DenseConfig", "DetectConfig", "SegmentConfig", "build_task_config", "load_recipe"]
 
 
 DENSE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dense"
@@ -160,11 +159,6 @@ def build_task_config(cls: type[C], config: str | None = None, overrides: dict[s
                       run: dict[str, Any] | None = None) -> C:
     """A dense task's configuration: :meth:`~locvit.engine.config.RunConfig.build` of ``cls``."""
     return cls.build(config, overrides, run)
-
-
-def save_task_config(cfg: DenseConfig, path: str | Path) -> None:
-    """The run's ``config.yaml`` (:meth:`~locvit.engine.config.RunConfig.save`)."""
-    cfg.save(path)
 
 
 _ALL_FIELDS = {**DetectConfig.fields(), **SegmentConfig.fields()}

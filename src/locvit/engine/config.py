@@ -326,8 +326,3 @@ def check_log(log: list[str], tensorboard: bool) -> list[str]:
     if "tensorboard" in log and not tensorboard:
         problems.append("--log tensorboard contradicts --no-tensorboard (tensorboard: false): pass one of them")
     return problems
-
-
-def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write a run's configuration as its ``config.yaml`` (:meth:`RunConfig.save`)."""
-    cfg.save(path)
