@@ -94,3 +94,24 @@ def _picture(path: Path) -> list[tuple[str, ...]]:
 def test_the_pictures_match():
     for doc in ("docs/DESIGN.md", "CONTRIBUTING.md"):
         assert _picture(ROOT / doc) == LAYERS, f"{doc}'s layer picture differs from tests/test_layers.py"
+
+
+def test_moved_paths_import_as_their_new_home():
+    """Each 0.1 module path (``locvit.MOVED``) imports, with a DeprecationWarning, as the very module that replaced
+    it, so code written against the old layout keeps working for one release."""
+    import importlib
+    import sys
+    import warnings
+
+    import locvit
+
+    for old, new in locvit.MOVED.items():
+        sys.modules.pop(old, None)  # imported by an earlier test: the finder answers a first import only
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new), old
+        assert [w for w in caught if issubclass(w.category, DeprecationWarning) and new in str(w.message)], old
+    from locvit.tasks.detect import train_run  # a name through an old package path
+
+    assert train_run is importlib.import_module("locvit.dense.detect").train_run
